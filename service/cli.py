@@ -1,0 +1,263 @@
+"""The `bitsweep` command line: train one trial, list strategies, print schemas."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.errors import input_error
+
+app = typer.Typer(
+    name="bitsweep",
+    help="Benchmark low-bit weight training: trials, sweeps, leaderboards.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class InputRefused(click.ClickException):
+    """Bad input: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def refuse(field: str, reason: str) -> InputRefused:
+    return InputRefused(f"{field}: {reason}")
+
+
+def parse_param(raw: str) -> tuple[str, Any]:
+    """`key=value`; the value is read as JSON (numbers, booleans, lists) or else a string."""
+    key, sep, value = raw.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise refuse("--param", f"{raw!r} is not key=value")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def parse_params(raw: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in raw:
+        k, v = parse_param(item)
+        if k in params:
+            raise refuse(f"params.{k}", "given twice")
+        params[k] = v
+    return params
+
+
+@app.command()
+def train(
+    strategy: Annotated[str, typer.Option(help="registered strategy name")] = "full_precision",
+    dataset: Annotated[str, typer.Option(help="digits, mnist-5k, npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR")] = "digits",
+    model: Annotated[str, typer.Option(help="mlp, lenet, conv6, resnet20, wrn, ...")] = "mlp",
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
+    seed: Annotated[int, typer.Option(help="seed of every random source")] = 0,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value: strategy param or training knob (lr, optimizer, batch_size, ...)")] = None,
+    model_option: Annotated[list[str] | None, typer.Option("--model-option", "-m", help="key=value option of the model")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
+    export: Annotated[Path | None, typer.Option(help="write the deployed weights here (safetensors)")] = None,
+) -> None:
+    """Train one trial and report its accuracy and the cost of its deployed weights."""
+    from schemas.trial import TrialConfig
+
+    params = parse_params(param or [])
+    options = parse_params(model_option or [])
+    if export is not None and not export.parent.resolve().is_dir():
+        raise refuse("export", f"directory {export.parent} does not exist")
+    if export is not None and export.is_dir():
+        raise refuse("export", f"{export} is a directory")
+    config = TrialConfig(
+        strategy=strategy,
+        params=params,
+        dataset=dataset,
+        model=model,
+        model_options=options,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+    )
+    from runners.data import load_dataset
+    from runners.trial import resolve, train as train_trial
+
+    resolved, _, _ = resolve(config)
+    data = load_dataset(resolved.dataset, val_fraction=resolved.val_fraction)
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task(f"{strategy} on {dataset}/{model}", total=epochs, status="")
+
+        def on_epoch(record: Any, _save: Any) -> bool:
+            bar.update(
+                task,
+                advance=1,
+                status=f"loss {record.train_loss:.3f} val {record.val_accuracy:.3f}",
+            )
+            return False
+
+        trained = train_trial(config, dataset=data, on_epoch=on_epoch)
+    result = trained.result
+    if export is not None:
+        from runners.export import save_weights
+
+        save_weights(
+            export,
+            trained.strategy.export(trained.model),
+            strategy=strategy,
+            params=result.config.params,
+            extra={"test_accuracy": result.test_accuracy, "dataset": dataset, "model": model},
+        )
+    if as_json:
+        sys.stdout.write(result.model_dump_json() + "\n")
+        return
+    show_result(result, export)
+
+
+def show_result(result: Any, export: Path | None) -> None:
+    cfg = result.config
+    table = Table(title=f"{cfg.strategy} on {cfg.dataset} / {cfg.model}", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics().items():
+        table.add_row(key, f"{value:.6g}")
+    table.add_row("best_epoch", str(result.best_epoch))
+    table.add_row("device", result.environment.device)
+    out.print(table)
+    layers = Table(title="deployed weights per layer")
+    for col in ("layer", "shape", "bits", "unique", "entropy", "sparsity"):
+        layers.add_column(col, justify="left" if col in ("layer", "shape") else "right")
+    for lm in result.weights.layers:
+        layers.add_row(
+            lm.name,
+            "x".join(map(str, lm.shape)),
+            f"{lm.bits:g}",
+            str(lm.unique_weights),
+            f"{lm.weight_entropy_bits:.3f}",
+            f"{lm.sparsity:.3f}",
+        )
+    out.print(layers)
+    if export is not None:
+        out.print(f"deployed weights written to {export}")
+
+
+@app.command("strategies")
+def strategies_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="print every strategy as JSON")] = False,
+) -> None:
+    """List every registered strategy with its paper, params, bounds and search ranges."""
+    import strategies
+
+    described = [cls.describe() for cls in strategies.list_strategies().values()]
+    if as_json:
+        sys.stdout.write(json.dumps(described, indent=2) + "\n")
+        return
+    for d in described:
+        out.print(f"[bold cyan]{d['name']}[/] — {d['summary']}")
+        out.print(f"  paper: {d['paper']}")
+        out.print(f"  fidelity: {d['fidelity']}")
+        table = Table(show_edge=False, pad_edge=False, box=None)
+        for col in ("param", "type", "default", "bounds", "search", "description"):
+            table.add_column(col)
+        rows = d["params"] + [
+            {"name": k, "type": "knob", "default": None, "search": v} for k, v in d["recipe"]["search"].items()
+        ]
+        for p in rows:
+            table.add_row(
+                p["name"],
+                p["type"],
+                "" if p.get("default") is None else str(p["default"]),
+                " , ".join(str(b) for b in p["bounds"] if b is not None) if p.get("bounds") else str(p.get("choices", "")),
+                _search_text(p.get("search")),
+                p.get("description", ""),
+            )
+        if rows:
+            out.print(table)
+        r = d["recipe"]
+        out.print(
+            f"  recipe: {r['optimizer']['name']} lr={r['optimizer']['lr']:g}, "
+            f"schedule={r['schedule']['name']}, batch={r['batch_size']}, model options={r['model_options']}"
+        )
+        out.print()
+
+
+def _search_text(s: dict[str, Any] | None) -> str:
+    if not s:
+        return ""
+    if "choices" in s:
+        return "{" + ", ".join(map(str, s["choices"])) + "}"
+    return f"[{s['low']:g}, {s['high']:g}]" + (" log" if s.get("log") else "")
+
+
+@app.command()
+def schema(
+    which: Annotated[str, typer.Argument(help="trial, sweep, or all")] = "all",
+) -> None:
+    """Print the JSON Schema of the trial config and of the sweep spec."""
+    from schemas.sweep import SweepSpec
+    from schemas.trial import TrialConfig
+
+    schemas = {"trial": TrialConfig.model_json_schema(), "sweep": SweepSpec.model_json_schema()}
+    if which not in (*schemas, "all"):
+        raise refuse("which", f"must be trial, sweep or all, not {which!r}")
+    doc = schemas if which == "all" else schemas[which]
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input exits 2 with one line; other failures exit 1 with one line."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="bitsweep", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except InputRefused as e:
+        e.show()
+        return 2
+    except click.UsageError as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return 2
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except Exception as e:  # the top of the program: every failure becomes one line
+        line = input_error(e)
+        if line is not None:
+            click.echo(f"error: {line}", err=True)
+            return 2
+        logging.getLogger("bitsweep").debug("failure", exc_info=True)
+        click.echo(f"error: {type(e).__name__}: {e}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

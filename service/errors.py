@@ -1,0 +1,27 @@
+"""Turning refused inputs into one line that names the field and the reason."""
+
+from __future__ import annotations
+
+import pydantic
+
+
+def input_error(e: BaseException) -> str | None:
+    """`field: reason` for an exception caused by bad input, or None for any other error.
+
+    Input errors are pydantic validation errors and the project's errors that carry a
+    `field` (ConfigError, DatasetError, ModelError, SpaceError, SpecError).
+    """
+    if isinstance(e, pydantic.ValidationError):
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or e.title
+        return _one_line(f"{loc}: {err['msg']}")
+    field = getattr(e, "field", None)
+    if isinstance(e, ValueError) and isinstance(field, str):
+        reason = getattr(e, "reason", None)
+        text = f"{field}: {reason}" if reason else str(e)
+        return _one_line(text if text.startswith(field) else f"{field}: {text}")
+    return None
+
+
+def _one_line(s: str) -> str:
+    return " ".join(s.split())
