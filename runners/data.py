@@ -301,10 +301,8 @@ def _read_mnist(folder: Path) -> _Raw:
     if x_train.shape[0] == 0:
         raise DatasetError(f"mnist: no training images in {folder}")
     num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
-    return _Raw(
-        x_train[:, None, :, :], y_train.astype(np.int64), x_test[:, None, :, :],
-        y_test.astype(np.int64), num_classes,
-    )  # fmt: skip
+    y_train, y_test = y_train.astype(np.int64), y_test.astype(np.int64)
+    return _Raw(x_train[:, None, :, :], y_train, x_test[:, None, :, :], y_test, num_classes)
 
 
 def _find_file(folder: Path, name: str, kind: str) -> Path:

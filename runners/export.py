@@ -51,7 +51,9 @@ def save_weights(
     save_file(tensors, str(path), metadata=metadata)
 
 
-def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+def load_weights(
+    path: Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """(deployed weights by layer, integer codes by layer, metadata) of a file `save_weights` wrote.
 
     Raises ValueError when the file is not a bitsweep weights file.

@@ -39,7 +39,7 @@ from schemas.trial import (
 )
 from strategies.base import Progress, Strategy
 from strategies.metrics import weight_metrics
-from strategies.space import TRAINING_KNOBS, SpaceError
+from strategies.space import TRAINING_KNOBS
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,12 @@ def resolve(config: TrialConfig) -> tuple[TrialConfig, type[Strategy], strategie
     except ValueError as e:
         raise ConfigError(getattr(e, "field", "model"), getattr(e, "reason", str(e))) from None
     try:
-        model_opts(**{**{k: v for k, v in recipe.model_options.items() if k in model_opts.model_fields}, **config.model_options})
+        model_opts(
+            **{
+                **{k: v for k, v in recipe.model_options.items() if k in model_opts.model_fields},
+                **config.model_options,
+            }
+        )
     except pydantic.ValidationError as e:
         raise pydantic_error(e, "model_options") from None
     resolved = config.model_copy(
@@ -169,7 +174,9 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch
     return opt
 
 
-def lr_factor(cfg: ScheduleConfig, *, epoch_float: float, step: int, epochs: int, base_lr: float) -> float:
+def lr_factor(
+    cfg: ScheduleConfig, *, epoch_float: float, step: int, epochs: int, base_lr: float
+) -> float:
     """The schedule's multiplier of the base learning rate at a point of training.
 
     A pure function of the position, so a resumed trial continues the same curve.
@@ -194,7 +201,9 @@ def lr_factor(cfg: ScheduleConfig, *, epoch_float: float, step: int, epochs: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` in eval mode."""
     if x.shape[0] == 0:
         return float("nan"), float("nan")
@@ -301,8 +310,10 @@ def train(
     assert resolved.optimizer and resolved.schedule and resolved.batch_size
     device = pick_device(resolved.device)
     seed_everything(resolved.seed)
-    data = dataset if dataset is not None else load_dataset(
-        resolved.dataset, val_fraction=resolved.val_fraction, device=device
+    data = (
+        dataset
+        if dataset is not None
+        else load_dataset(resolved.dataset, val_fraction=resolved.val_fraction, device=device)
     )
     data = data.to(device)
     model = build_model(
@@ -320,7 +331,9 @@ def train(
     history: list[EpochRecord] = []
 
     if resume_from is not None:
-        ckpt = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        ckpt = torch.load(
+            Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=False
+        )
         model.load_state_dict(ckpt["model"])
         strategy.load_state_dict(ckpt["strategy"])
         optimizer = build_optimizer(strategy.param_groups(model), resolved.optimizer)
@@ -358,9 +371,18 @@ def train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        progress = Progress(epoch=epoch, epochs=resolved.epochs, step=state.step, steps_per_epoch=steps_per_epoch)
+        progress = Progress(
+            epoch=epoch, epochs=resolved.epochs, step=state.step, steps_per_epoch=steps_per_epoch
+        )
         for i, (xb, yb) in enumerate(
-            batches(data.x_train, data.y_train, bs, shuffle=True, generator=gen, augment=resolved.augment)
+            batches(
+                data.x_train,
+                data.y_train,
+                bs,
+                shuffle=True,
+                generator=gen,
+                augment=resolved.augment,
+            )
         ):
             factor = lr_factor(
                 resolved.schedule,
@@ -433,7 +455,9 @@ def train(
         config=resolved,
         test_accuracy=test_acc,
         test_loss=test_loss,
-        best_val_accuracy=state.best_val if math.isfinite(history[-1].val_accuracy) else float("nan"),
+        best_val_accuracy=state.best_val
+        if math.isfinite(history[-1].val_accuracy)
+        else float("nan"),
         best_epoch=state.best_epoch,
         epochs_run=state.epoch,
         train_seconds=state.train_seconds,

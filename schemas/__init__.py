@@ -24,6 +24,6 @@ __all__ = [
     "WeightMetrics",
 ]
 
-from schemas.sweep import EarlyStopping, Objective, Resources, StrategySpec, SweepSpec  # noqa: E402
+from schemas.sweep import EarlyStopping, Objective, Resources, StrategySpec, SweepSpec
 
 __all__ += ["EarlyStopping", "Objective", "Resources", "StrategySpec", "SweepSpec"]

@@ -101,22 +101,30 @@ class SweepSpec(Strict):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     max_failures: int = Field(2, ge=0, le=100, description="retries of a trial whose worker died")
     sampler: Literal["auto", "tpe", "nsga2", "random"] = "auto"
-    tracking_uri: str | None = Field(None, description="MLflow store; default SQLite under BITSWEEP_HOME")
-    optuna_storage: str | None = Field(None, description="Optuna RDB URL; default SQLite under BITSWEEP_HOME")
+    tracking_uri: str | None = Field(
+        None, description="MLflow store; default SQLite under BITSWEEP_HOME"
+    )
+    optuna_storage: str | None = Field(
+        None, description="Optuna RDB URL; default SQLite under BITSWEEP_HOME"
+    )
     export_weights: bool = Field(True, description="log each finished trial's deployed weights")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_PATTERN.match(v):
-            raise ValueError("must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+            raise ValueError(
+                "must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+            )
         return v
 
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
         if not DATASET_PATTERN.match(v):
-            raise ValueError("must be digits, mnist-5k, or one of npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR")
+            raise ValueError(
+                "must be digits, mnist-5k, or one of npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR"
+            )
         return v
 
     @model_validator(mode="after")

@@ -69,7 +69,9 @@ class TrialConfig(Strict):
     params: dict[str, Any] = Field(
         default_factory=dict, description="the strategy's own params, validated by its Params"
     )
-    dataset: str = Field("digits", description="digits, mnist-5k, npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR")
+    dataset: str = Field(
+        "digits", description="digits, mnist-5k, npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR"
+    )
     model: str = Field("mlp", min_length=1)
     model_options: dict[str, Any] = Field(default_factory=dict)
     optimizer: OptimizerConfig | None = None

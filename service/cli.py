@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,21 +22,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+from service.cli_payload import app as payload_app  # noqa: E402
+
+app.add_typer(payload_app, name="payload")
 out = Console()
 err = Console(stderr=True)
 
 
-class InputRefused(click.ClickException):
-    """Bad input: one line on stderr, exit code 2."""
+class InputRefused(ValueError):
+    """Bad input refused by the command line itself: `field: reason`, exit code 2."""
 
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 def refuse(field: str, reason: str) -> InputRefused:
-    return InputRefused(f"{field}: {reason}")
+    return InputRefused(field, reason)
 
 
 def parse_param(raw: str) -> tuple[str, Any]:
@@ -65,15 +67,30 @@ def parse_params(raw: list[str]) -> dict[str, Any]:
 @app.command()
 def train(
     strategy: Annotated[str, typer.Option(help="registered strategy name")] = "full_precision",
-    dataset: Annotated[str, typer.Option(help="digits, mnist-5k, npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR")] = "digits",
+    dataset: Annotated[
+        str, typer.Option(help="digits, mnist-5k, npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR")
+    ] = "digits",
     model: Annotated[str, typer.Option(help="mlp, lenet, conv6, resnet20, wrn, ...")] = "mlp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
     seed: Annotated[int, typer.Option(help="seed of every random source")] = 0,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value: strategy param or training knob (lr, optimizer, batch_size, ...)")] = None,
-    model_option: Annotated[list[str] | None, typer.Option("--model-option", "-m", help="key=value option of the model")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            help="key=value: strategy param or training knob (lr, optimizer, batch_size, ...)",
+        ),
+    ] = None,
+    model_option: Annotated[
+        list[str] | None, typer.Option("--model-option", "-m", help="key=value option of the model")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
-    export: Annotated[Path | None, typer.Option(help="write the deployed weights here (safetensors)")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the result as one JSON object")
+    ] = False,
+    export: Annotated[
+        Path | None, typer.Option(help="write the deployed weights here (safetensors)")
+    ] = None,
 ) -> None:
     """Train one trial and report its accuracy and the cost of its deployed weights."""
     from schemas.trial import TrialConfig
@@ -95,7 +112,8 @@ def train(
         device=device,
     )
     from runners.data import load_dataset
-    from runners.trial import resolve, train as train_trial
+    from runners.trial import resolve
+    from runners.trial import train as train_trial
 
     resolved, _, _ = resolve(config)
     data = load_dataset(resolved.dataset, val_fraction=resolved.val_fraction)
@@ -184,14 +202,17 @@ def strategies_cmd(
         for col in ("param", "type", "default", "bounds", "search", "description"):
             table.add_column(col)
         rows = d["params"] + [
-            {"name": k, "type": "knob", "default": None, "search": v} for k, v in d["recipe"]["search"].items()
+            {"name": k, "type": "knob", "default": None, "search": v}
+            for k, v in d["recipe"]["search"].items()
         ]
         for p in rows:
             table.add_row(
                 p["name"],
                 p["type"],
                 "" if p.get("default") is None else str(p["default"]),
-                " , ".join(str(b) for b in p["bounds"] if b is not None) if p.get("bounds") else str(p.get("choices", "")),
+                " , ".join(str(b) for b in p["bounds"] if b is not None)
+                if p.get("bounds")
+                else str(p.get("choices", "")),
                 _search_text(p.get("search")),
                 p.get("description", ""),
             )
@@ -200,7 +221,8 @@ def strategies_cmd(
         r = d["recipe"]
         out.print(
             f"  recipe: {r['optimizer']['name']} lr={r['optimizer']['lr']:g}, "
-            f"schedule={r['schedule']['name']}, batch={r['batch_size']}, model options={r['model_options']}"
+            f"schedule={r['schedule']['name']}, batch={r['batch_size']}, "
+            f"model options={r['model_options']}"
         )
         out.print()
 
@@ -234,29 +256,28 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="bitsweep", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.Abort:
-        click.echo("aborted", err=True)
+    except typer.Exit as e:
+        return int(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("aborted")
         return 130
-    except InputRefused as e:
-        e.show()
-        return 2
-    except click.UsageError as e:
-        click.echo(f"error: {e.format_message()}", err=True)
-        return 2
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
     except Exception as e:  # the top of the program: every failure becomes one line
         line = input_error(e)
         if line is not None:
-            click.echo(f"error: {line}", err=True)
+            _fail(line)
             return 2
+        if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
+            # click's usage errors (unknown option, missing argument) and ClickExceptions
+            _fail(e.format_message())
+            return int(e.exit_code)
         logging.getLogger("bitsweep").debug("failure", exc_info=True)
-        click.echo(f"error: {type(e).__name__}: {e}", err=True)
+        _fail(f"{type(e).__name__}: {e}")
         return 1
     return 0
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ from strategies.registry import (
     unregister_strategy,
 )
 
-# Built-in strategies register themselves on import.
+# Built-in strategies register themselves on import (one line each).
 from strategies import full_precision  # noqa: E402, F401  isort: skip
+from strategies import bit_regularization  # noqa: E402, F401  isort: skip
+from strategies import wrn_1bit  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -75,9 +75,7 @@ class Recipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 128
     model_options: dict[str, Any] = field(default_factory=dict)
-    search: dict[str, Search] = field(
-        default_factory=lambda: {"lr": Search(1e-4, 1e-1, log=True)}
-    )
+    search: dict[str, Search] = field(default_factory=lambda: {"lr": Search(1e-4, 1e-1, log=True)})
 
 
 @dataclass

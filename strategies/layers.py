@@ -25,6 +25,14 @@ def quantizable_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """`module.weight` as a tensor (the transformed weight when a parametrization is attached)."""
+    w = module.weight
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return w
+
+
 def fan_in(weight: torch.Tensor) -> int:
     """Inputs feeding one output: in_features, or k*k*C_in for a convolution."""
     return int(weight[0].numel())
@@ -55,7 +63,9 @@ def attach(model: nn.Module, make: Callable[[str, nn.Module], nn.Module | None])
     return model
 
 
-def parametrizations(model: nn.Module, kind: type[nn.Module]) -> Iterator[tuple[str, nn.Module, nn.Module]]:
+def parametrizations(
+    model: nn.Module, kind: type[nn.Module]
+) -> Iterator[tuple[str, nn.Module, nn.Module]]:
     """(name, layer, transform) for each layer whose weight carries a transform of type `kind`."""
     for name, layer in quantizable_layers(model):
         if parametrize.is_parametrized(layer, "weight"):
@@ -73,5 +83,7 @@ def plain_copy(model: nn.Module, exported: dict[str, ExportedLayer]) -> nn.Modul
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
         if name in exported:
             with torch.no_grad():
-                layer.weight.copy_(exported[name].weight.to(layer.weight.device, layer.weight.dtype))
+                layer.weight.copy_(
+                    exported[name].weight.to(layer.weight.device, layer.weight.dtype)
+                )
     return out

@@ -44,9 +44,8 @@ def register_strategy(name: str) -> Callable[[S], S]:
             raise TypeError(f"{cls!r} is not a Strategy subclass")
         existing = _REGISTRY.get(name)
         if existing is not None and existing is not cls:
-            raise ValueError(
-                f"strategy {name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
-            )
+            where = f"{existing.__module__}.{existing.__qualname__}"
+            raise ValueError(f"strategy {name!r} is already registered by {where}")
         cls.name = name
         _REGISTRY[name] = cls
         return cls

@@ -122,7 +122,9 @@ def check_search(name: str, search: Search, info: FieldInfo) -> None:
     for v in (search.low, search.high):
         if not _in_bounds(v, info):
             low, high, _, _ = field_bounds(info)
-            raise SpaceError(name, f"range [{search.low}, {search.high}] leaves bounds [{low}, {high}]")
+            raise SpaceError(
+                name, f"range [{search.low}, {search.high}] leaves bounds [{low}, {high}]"
+            )
 
 
 def parse_search(name: str, raw: Any, info: FieldInfo) -> Search:
@@ -137,7 +139,9 @@ def parse_search(name: str, raw: Any, info: FieldInfo) -> Search:
             if "choices" in raw:
                 s = Search(choices=tuple(raw["choices"]))
             else:
-                s = Search(raw.get("low"), raw.get("high"), bool(raw.get("log", False)), raw.get("step"))
+                s = Search(
+                    raw.get("low"), raw.get("high"), bool(raw.get("log", False)), raw.get("step")
+                )
         elif isinstance(raw, (list, tuple)):
             if kind in ("int", "float"):
                 if len(raw) != 2:
@@ -177,7 +181,9 @@ def describe_params(params_cls: type[BaseModel]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {
             "name": name,
             "type": field_kind(info),
-            "default": None if info.is_required() else _jsonable(info.get_default(call_default_factory=True)),
+            "default": None
+            if info.is_required()
+            else _jsonable(info.get_default(call_default_factory=True)),
             "description": info.description or "",
         }
         if low is not None or high is not None:

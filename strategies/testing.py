@@ -137,7 +137,7 @@ class StrategyContract:
                 assert lw.grad is not None, "a trainable latent weight got no gradient"
 
     def test_training_keeps_loss_finite(self, trained: tuple[Strategy, nn.Module]) -> None:
-        strategy, model = trained
+        _, model = trained
         x, y = tiny_data(1)
         assert torch.isfinite(F.cross_entropy(model(x), y))
 
@@ -193,7 +193,9 @@ class StrategyContract:
         ea, eb = a_strategy.export(a), b_strategy.export(b)
         assert all(torch.equal(ea[k].weight, eb[k].weight) for k in ea)
 
-    def test_state_dict_round_trips(self, trained: tuple[Strategy, nn.Module], cls: type[Strategy]) -> None:
+    def test_state_dict_round_trips(
+        self, trained: tuple[Strategy, nn.Module], cls: type[Strategy]
+    ) -> None:
         strategy, model = trained
         fresh = cls(cls.Params(**self.params))
         fresh_model = fresh.prepare(TinyNet())

@@ -168,7 +168,7 @@ def test_conv6_structure_and_small_inputs() -> None:
     assert sum(isinstance(m, NORM_TYPES) for m in model.modules()) == 8
     # 8x8 digits: 8 -> 4 -> 2 -> 1, never 0.
     small = build_model("conv6", (1, 8, 8), 10, {"width": 0.25})
-    assert [m for m in small.modules() if isinstance(m, nn.Linear)][0].in_features == 64
+    assert next(m for m in small.modules() if isinstance(m, nn.Linear)).in_features == 64
     # A 2x2 input pools once and then stops.
     tiny = build_model("conv6", (1, 2, 2), 10, {"width": 0.25})
     assert tiny(torch.randn(2, 1, 2, 2)).shape == (2, 10)
@@ -179,7 +179,7 @@ def test_resnet20_parameter_count_and_shortcuts() -> None:
     assert 260_000 <= n_params(model) <= 280_000
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 19 and all(c.kernel_size == (3, 3) and c.bias is None for c in convs)
-    assert [m for m in model.modules() if isinstance(m, nn.Linear)][0].bias is not None
+    assert next(m for m in model.modules() if isinstance(m, nn.Linear)).bias is not None
     b = build_model("resnet20", (3, 32, 32), 10, {"shortcut": "B"})
     assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in b.modules()) == 2
     deeper = build_model("resnet20", (3, 32, 32), 10, {"depth": 32, "width": 2})
@@ -277,14 +277,16 @@ def test_bad_shapes() -> None:
         build_model("mlp", (64,), 0)
     with pytest.raises(ModelError):
         build_model("wrn", (8, 8), 10, {"width": 1})
-    # Integer-like dims from a dataset (torch.Size, numpy ints) are fine.
-    model = build_model("mlp", torch.Size([1, 8, 8]), torch.tensor(3).item())
+    with pytest.raises(ModelError):
+        build_model("mlp", (64.0,), 10)  # type: ignore[arg-type]
+    # A dataset's torch.Size is fine.
+    model = build_model("mlp", torch.Size([1, 8, 8]), 3)
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
 
 
 def test_model_error_pickles() -> None:
     err = pickle.loads(pickle.dumps(ModelError("model_options.depth", "too deep")))
-    assert (err.field, err.reason, str(err)) == ("model_options.depth", "too deep", str(err))
+    assert (err.field, err.reason) == ("model_options.depth", "too deep")
     assert str(err) == "model_options.depth: too deep"
     assert isinstance(err, ValueError)
 

@@ -34,7 +34,8 @@ class _Ternary(nn.Module):
 
     def forward(self, w):
         scale = w.abs().mean()
-        q = torch.where(w.abs() > self.threshold * scale, torch.sign(w), torch.zeros_like(w)) * scale
+        keep = w.abs() > self.threshold * scale
+        q = torch.where(keep, torch.sign(w), torch.zeros_like(w)) * scale
         return w + (q - w).detach()
 
 
@@ -66,7 +67,9 @@ def plugin_path(tmp_path: Path) -> Path:
     dist = tmp_path / "ternary_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ternary-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[bitsweep.strategies]\nternary = ternary_plugin:Ternary\n")
+    (dist / "entry_points.txt").write_text(
+        "[bitsweep.strategies]\nternary = ternary_plugin:Ternary\n"
+    )
     return tmp_path
 
 
@@ -84,10 +87,24 @@ def test_entry_point_strategy_is_listed(with_plugin):
 
 
 def test_entry_point_strategy_trains_from_the_cli(plugin_path: Path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "train", "--strategy", "ternary", "--epochs", "2", "--json",
-         "--param", "threshold=0.5"],
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "train",
+            "--strategy",
+            "ternary",
+            "--epochs",
+            "2",
+            "--json",
+            "--param",
+            "threshold=0.5",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -103,7 +120,10 @@ def test_entry_point_strategy_is_in_the_cli_listing(plugin_path: Path):
     env = {**os.environ, "PYTHONPATH": str(plugin_path)}
     proc = subprocess.run(
         [sys.executable, "-m", "service.cli", "strategies", "--json"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     names = [s["name"] for s in json.loads(proc.stdout)]
     assert "ternary" in names and "full_precision" in names
