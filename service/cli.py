@@ -266,10 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         if line is not None:
             _fail(line)
             return 2
-        if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
+        exit_code = getattr(e, "exit_code", None)
+        if hasattr(e, "format_message") and isinstance(exit_code, int):
             # click's usage errors (unknown option, missing argument) and ClickExceptions
             _fail(e.format_message())
-            return int(e.exit_code)
+            return exit_code
         logging.getLogger("bitsweep").debug("failure", exc_info=True)
         _fail(f"{type(e).__name__}: {e}")
         return 1

@@ -6,7 +6,7 @@ from torch import nn
 
 from schemas.trial import OptimizerConfig, ScheduleConfig
 from strategies.base import ExportedLayer, Recipe, Search, Strategy, StrategyParams
-from strategies.layers import quantizable_layers
+from strategies.layers import quantizable_layers, weight_of
 from strategies.registry import register_strategy
 
 
@@ -37,6 +37,6 @@ class FullPrecision(Strategy):
 
     def export(self, model: nn.Module) -> dict[str, ExportedLayer]:
         return {
-            name: ExportedLayer(weight=layer.weight.detach().clone(), bits=32.0)
+            name: ExportedLayer(weight=weight_of(layer).detach().clone(), bits=32.0)
             for name, layer in quantizable_layers(model)
         }

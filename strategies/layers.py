@@ -82,8 +82,7 @@ def plain_copy(model: nn.Module, exported: dict[str, ExportedLayer]) -> nn.Modul
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
         if name in exported:
+            w = weight_of(layer)
             with torch.no_grad():
-                layer.weight.copy_(
-                    exported[name].weight.to(layer.weight.device, layer.weight.dtype)
-                )
+                w.copy_(exported[name].weight.to(w.device, w.dtype))
     return out

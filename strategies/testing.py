@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from strategies.base import ExportedLayer, Progress, Strategy
-from strategies.layers import latent_weight, quantizable_layers
+from strategies.layers import latent_weight, quantizable_layers, weight_of
 from strategies.metrics import value_histogram, weight_metrics
 from strategies.registry import get_strategy
 from strategies.space import check_search, default_search, searchable_fields
@@ -144,7 +144,7 @@ class StrategyContract:
     def test_export_covers_quantized_layers(self, trained: tuple[Strategy, nn.Module]) -> None:
         strategy, model = trained
         exported = strategy.export(model)
-        shapes = {n: tuple(m.weight.shape) for n, m in quantizable_layers(model)}
+        shapes = {n: tuple(weight_of(m).shape) for n, m in quantizable_layers(model)}
         assert exported and set(exported) <= set(shapes)
         for name, layer in exported.items():
             assert isinstance(layer, ExportedLayer)
@@ -167,7 +167,7 @@ class StrategyContract:
         deployed = strategy.deploy(model)
         layers = dict(quantizable_layers(deployed))
         for name, layer in exported.items():
-            assert torch.equal(layers[name].weight.detach(), layer.weight.detach())
+            assert torch.equal(weight_of(layers[name]).detach(), layer.weight.detach())
 
     def test_codes_match_weights_when_given(self, trained: tuple[Strategy, nn.Module]) -> None:
         strategy, model = trained
