@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from service.errors import input_error
+from service.errors import InputRefused, input_error
 
 app = typer.Typer(
     name="bitsweep",
@@ -23,19 +23,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 from service.cli_payload import app as payload_app  # noqa: E402
+from service.cli_sweep import leaderboard, sweep  # noqa: E402
 
 app.add_typer(payload_app, name="payload")
+app.command()(sweep)
+app.command()(leaderboard)
 out = Console()
 err = Console(stderr=True)
-
-
-class InputRefused(ValueError):
-    """Bad input refused by the command line itself: `field: reason`, exit code 2."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 def refuse(field: str, reason: str) -> InputRefused:

@@ -2,6 +2,69 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
 import typer
 
-app = typer.Typer(help="Payloads carried in the frozen bits of bit_learning weights.", no_args_is_help=True)
+app = typer.Typer(
+    help="Payloads carried in the frozen bits of bit_learning weights.", no_args_is_help=True
+)
+
+
+class PayloadRefused(click.ClickException):
+    """Bad input: one line `error: <field>: <reason>` on stderr, exit code 2.
+
+    (service.cli.InputRefused does the same; importing it here would be circular.)
+    """
+
+    exit_code = 2
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {' '.join(str(reason).split())}")
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+@app.command()
+def extract(
+    weights: Annotated[
+        Path, typer.Argument(help="a safetensors file written by `bitsweep train --export`")
+    ],
+    out: Annotated[Path, typer.Argument(help="where to write the payload bytes")],
+) -> None:
+    """Write the payload a bit_learning export carries to OUT, after checking its SHA-256."""
+    from runners.export import load_weights
+    from strategies.bit_learning import PayloadError, read_payload
+
+    if not weights.is_file():
+        raise PayloadRefused("weights", f"{weights} is not a file")
+    if out.is_dir():
+        raise PayloadRefused("out", f"{out} is a directory")
+    if not out.parent.resolve().is_dir():
+        raise PayloadRefused("out", f"directory {out.parent} does not exist")
+    try:
+        _, codes, info = load_weights(weights)
+    except ValueError as e:
+        raise PayloadRefused("weights", str(e)) from None
+    if info["strategy"] != "bit_learning":
+        raise PayloadRefused(
+            "weights", f"written by strategy {info['strategy']!r}, not bit_learning"
+        )
+    if not info["params"].get("payload"):
+        raise PayloadRefused("weights", "this bit_learning export carries no payload")
+    try:
+        layers = sorted(info["layers"].items(), key=lambda kv: int(kv[1]["layer_index"]))
+        streams = [(codes[name], [int(p) for p in meta["frozen_planes"]]) for name, meta in layers]
+    except (KeyError, TypeError, ValueError) as e:
+        raise PayloadRefused(
+            "weights", f"payload layout metadata is missing or broken ({e})"
+        ) from None
+    try:
+        data = read_payload(streams)
+    except PayloadError as e:
+        raise PayloadRefused("weights", e.reason) from None
+    out.write_bytes(data)
+    click.echo(f"wrote {len(data)} payload bytes to {out}")

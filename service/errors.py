@@ -5,6 +5,15 @@ from __future__ import annotations
 import pydantic
 
 
+class InputRefused(ValueError):
+    """Bad input refused by the command line or the API itself: `field: reason`."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 def input_error(e: BaseException) -> str | None:
     """`field: reason` for an exception caused by bad input, or None for any other error.
 

@@ -112,7 +112,9 @@ def check_search(name: str, search: Search, info: FieldInfo) -> None:
                 if kind == "int" and float(c) != int(c):
                     raise SpaceError(name, f"choice {c!r} is not an integer")
                 if not _in_bounds(float(c), info):
-                    raise SpaceError(name, f"choice {c!r} is outside the field's bounds")
+                    raise SpaceError(
+                        name, f"choice {c!r} is outside the bounds {bounds_text(info)}"
+                    )
         return
     if kind not in ("int", "float"):
         raise SpaceError(name, f"a {kind} field takes a list of choices, not a range")
@@ -121,9 +123,10 @@ def check_search(name: str, search: Search, info: FieldInfo) -> None:
         raise SpaceError(name, "an integer field takes an integer range")
     for v in (search.low, search.high):
         if not _in_bounds(v, info):
-            low, high, _, _ = field_bounds(info)
             raise SpaceError(
-                name, f"range [{search.low}, {search.high}] leaves bounds [{low}, {high}]"
+                name,
+                f"range [{_num(search.low)}, {_num(search.high)}] is outside the bounds "
+                f"{bounds_text(info)}",
             )
 
 
@@ -203,6 +206,14 @@ def describe_params(params_cls: type[BaseModel]) -> list[dict[str, Any]]:
             )
         out.append(entry)
     return out
+
+
+def bounds_text(info: FieldInfo) -> str:
+    """A field's bounds in interval notation, e.g. `(0, 10]`."""
+    low, high, lo_inc, hi_inc = field_bounds(info)
+    left = "(-inf" if low is None else ("[" if lo_inc else "(") + _num(low)
+    right = "inf)" if high is None else _num(high) + ("]" if hi_inc else ")")
+    return f"{left}, {right}"
 
 
 def _num(x: float) -> str:

@@ -1,0 +1,81 @@
+"""Where a sweep keeps its records, and the check that a store is reachable before anything runs.
+
+The embedded default needs no server: SQLite files under the data directory, one for MLflow and
+one for Optuna (both keep an `alembic_version` table, so they never share a database).
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from runners.search import SpecError
+
+
+def default_uris(home: Path) -> tuple[str, str]:
+    """(MLflow tracking URI, Optuna storage URL) of the embedded default under `home`."""
+    return f"sqlite:///{home / 'mlflow.db'}", f"sqlite:///{home / 'optuna.db'}"
+
+
+def check_store(field: str, uri: str, *, mlflow_store: bool) -> None:
+    """Refuse a store that cannot be reached, naming `field`. Creates and writes nothing."""
+    if uri.startswith(("http://", "https://")):
+        if not mlflow_store:
+            raise SpecError(
+                field, "Optuna storage must be a database URL (sqlite, postgresql, mysql)"
+            )
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                if r.status != 200:
+                    raise SpecError(field, f"MLflow server at {uri} answered {r.status}")
+        except (urllib.error.URLError, OSError) as e:
+            raise SpecError(
+                field, f"MLflow server at {uri} is unreachable ({_reason(e)})"
+            ) from None
+        return
+    if uri.startswith("file:") or "://" not in uri:
+        raise SpecError(field, "a file store is refused by MLflow 3; use sqlite:///PATH")
+    try:
+        url = make_url(uri)
+    except sqlalchemy.exc.ArgumentError:
+        raise SpecError(field, f"{uri!r} is not a database URL") from None
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise SpecError(field, "an in-memory SQLite store would be lost when the sweep ends")
+        folder = Path(url.database).expanduser().resolve().parent
+        existing = folder
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not _writable(existing):
+            raise SpecError(field, f"cannot create the SQLite file under {folder}")
+        return
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=_timeout_args(url.get_backend_name()))
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ModuleNotFoundError as e:
+        raise SpecError(field, f"no driver for {url.get_backend_name()} ({e.name})") from None
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        raise SpecError(
+            field, f"cannot connect to {url.render_as_string()} ({_reason(e)})"
+        ) from None
+
+
+def _timeout_args(backend: str) -> dict[str, int]:
+    return {"connect_timeout": 5} if backend in ("postgresql", "mysql") else {}
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or getattr(e, "reason", None) or e)
+    return " ".join(text.split())[:300]

@@ -1,0 +1,641 @@
+"""A sweep: each strategy of a spec swept as Ray Tune trials, Optuna choosing each trial's
+params, MLflow recording every trial as a child run of the sweep's parent run.
+
+`plan_sweep` validates a spec against everything it names (strategies, ranges, dataset, model,
+stores) and writes nothing; `run_sweep` runs a plan, or resumes a stopped sweep of the same
+spec, with the strategies one after another and each strategy's trials in parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from runners.data import Dataset, DatasetError, load_dataset
+from runners.models import build_model
+from runners.search import SpecError, optuna_space, strategy_space
+from runners.stores import check_store, default_uris
+from runners.tracking import (
+    TrialLogger,
+    bitsweep_version,
+    ensure_experiment,
+    leaderboard_runs,
+    log_leaderboard,
+    set_tracking,
+)
+from runners.trial import ConfigError, resolve
+from runners.worker import trainable
+from schemas.sweep import StrategySpec, SweepSpec
+from schemas.trial import TrialConfig
+from strategies.base import Search, Strategy
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "BITSWEEP_HOME"
+
+
+def data_home() -> Path:
+    """The data directory: `$BITSWEEP_HOME`, or `./bitsweep-data`."""
+    return Path(os.environ.get(HOME_ENV, "bitsweep-data")).expanduser().resolve()
+
+
+# -- planning --------------------------------------------------------------------------------
+
+
+@dataclass
+class StrategyPlan:
+    index: int
+    spec: StrategySpec
+    cls: type[Strategy]
+    space: dict[str, Search]
+    trials: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class Plan:
+    """A validated sweep: nothing has been written yet."""
+
+    spec: SweepSpec
+    home: Path
+    tracking_uri: str
+    optuna_url: str
+    artifact_root: str
+    dataset: Dataset
+    strategies: list[StrategyPlan]
+
+
+def base_trial(spec: SweepSpec, strategy: StrategySpec) -> TrialConfig:
+    """The trial config shared by every trial of one strategy (before Optuna's choices)."""
+    return TrialConfig(
+        strategy=strategy.name,
+        params=dict(strategy.params),
+        dataset=spec.dataset,
+        model=spec.model,
+        model_options=dict(spec.model_options),
+        schedule=spec.schedule,
+        augment=spec.augment,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        val_fraction=spec.val_fraction,
+    )
+
+
+def plan_sweep(spec: SweepSpec, *, home: Path | None = None, check_stores: bool = True) -> Plan:
+    """Validate `spec` against the registries, the dataset and the stores. Writes nothing.
+
+    Raises `SpecError` naming the field and the reason.
+    """
+    home = home or data_home()
+    plans = []
+    for i, s in enumerate(spec.strategies):
+        cls, space = strategy_space(s, i)
+        try:
+            resolve(base_trial(spec, s))
+        except ConfigError as e:
+            field = e.field if e.field in ("model", "dataset") else f"strategies.{i}.{e.field}"
+            if e.field.startswith("model_options"):
+                field = e.field
+            raise SpecError(field, e.reason) from None
+        plans.append(StrategyPlan(i, s, cls, space, s.trials or spec.trials_per_strategy))
+    try:
+        dataset = load_dataset(spec.dataset, val_fraction=spec.val_fraction)
+    except DatasetError as e:
+        raise SpecError("dataset", e.reason) from None
+    for p in plans:
+        try:
+            build_model(
+                spec.model,
+                dataset.input_shape,
+                dataset.num_classes,
+                spec.model_options,
+                defaults=p.cls.recipe.model_options,
+            )
+        except ValueError as e:
+            raise SpecError(getattr(e, "field", "model"), getattr(e, "reason", str(e))) from None
+    tracking, optuna_url = default_uris(home)
+    tracking = spec.tracking_uri or tracking
+    optuna_url = spec.optuna_storage or optuna_url
+    if check_stores:
+        check_store("tracking_uri", tracking, mlflow_store=True)
+        check_store("optuna_storage", optuna_url, mlflow_store=False)
+    return Plan(
+        spec=spec,
+        home=home,
+        tracking_uri=tracking,
+        optuna_url=optuna_url,
+        artifact_root=(home / "artifacts").as_uri(),
+        dataset=dataset,
+        strategies=plans,
+    )
+
+
+class _Search(OptunaSearch):
+    """OptunaSearch that ignores per-epoch results lacking the objective (reported at the end).
+
+    Optuna's pruner is off under Tune anyway; per-epoch early stopping is ASHA's job.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if all(m in result for m in metrics):
+            super().on_trial_result(trial_id, result)
+
+
+# -- state of a sweep ------------------------------------------------------------------------
+
+
+@dataclass
+class SweepState:
+    """What a sweep wrote so far, kept beside its Ray results so that it can resume."""
+
+    sweep_id: str
+    spec: dict[str, Any]
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    optuna_url: str
+    status: str = "running"
+    strategies: dict[str, str] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+    def save(self, home: Path) -> None:
+        path = home / "sweeps" / f"{self.sweep_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> SweepState:
+        return cls(**json.loads(path.read_text()))
+
+
+def find_resumable(home: Path, spec: SweepSpec, sweep_id: str | None) -> SweepState:
+    """The sweep to resume: `sweep_id`, or the newest unfinished sweep of the spec's name."""
+    folder = home / "sweeps"
+    if sweep_id is not None:
+        path = folder / f"{sweep_id}.json"
+        if not path.exists():
+            raise SpecError("sweep_id", f"no sweep {sweep_id!r} under {home}")
+        state = SweepState.load(path)
+    else:
+        states = [SweepState.load(p) for p in folder.glob("*.json")] if folder.is_dir() else []
+        states = [s for s in states if s.spec.get("name") == spec.name and s.status != "finished"]
+        if not states:
+            raise SpecError("--resume", f"no unfinished sweep named {spec.name!r} under {home}")
+        state = max(states, key=lambda s: s.created)
+    if state.spec != json.loads(spec.model_dump_json()):
+        raise SpecError("--resume", f"the spec changed since sweep {state.sweep_id} started")
+    return state
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+@dataclass
+class StrategyProgress:
+    trials: int
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    best: float | None = None
+
+
+class Progress:
+    """Counts of trials per strategy, and the best objective so far; `listener` sees each change."""
+
+    def __init__(
+        self, objective: str, mode: str, listener: Callable[[Progress], None] | None
+    ) -> None:
+        self.objective = objective
+        self.mode = mode
+        self.listener = listener
+        self.strategies: dict[str, StrategyProgress] = {}
+
+    def changed(self) -> None:
+        if self.listener is not None:
+            self.listener(self)
+
+    def start(self, strategy: str) -> None:
+        self.strategies[strategy].running += 1
+        self.changed()
+
+    def finish(
+        self, strategy: str, *, failed: bool, value: float | None, was_running: bool
+    ) -> None:
+        p = self.strategies[strategy]
+        if was_running:
+            p.running = max(0, p.running - 1)
+        if failed:
+            p.failed += 1
+        else:
+            p.done += 1
+        if value is not None and (
+            p.best is None or (value > p.best if self.mode == "max" else value < p.best)
+        ):
+            p.best = value
+        self.changed()
+
+
+_PROGRESS: dict[str, Progress] = {}
+
+
+class SweepLogger(TrialLogger):
+    """The trial logger of a sweep, also counting progress.
+
+    Tune pickles its callbacks into the experiment state and a resumed sweep runs the
+    unpickled copies: the MLflow client and the progress view are looked up again on use.
+    """
+
+    def __init__(self, *, tracking_uri: str, progress_key: str, objective: str, **kw: Any) -> None:
+        super().__init__(client=MlflowClient(tracking_uri), **kw)
+        self.tracking_uri = tracking_uri
+        self.progress_key = progress_key
+        self.objective = objective
+        self._running: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["client"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.client = MlflowClient(self.tracking_uri)
+
+    @property
+    def progress(self) -> Progress | None:
+        return _PROGRESS.get(self.progress_key)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        super().on_trial_start(iteration, trials, trial, **info)
+        if self.progress and trial.trial_id not in self._running:
+            self._running.add(trial.trial_id)
+            self.progress.start(self.strategy)
+
+    def _ended(self, trial: Any, failed: bool) -> None:
+        was_running = trial.trial_id in self._running
+        self._running.discard(trial.trial_id)
+        value = None
+        if not failed:
+            res = trial.last_result or {}
+            v = res.get(self.objective)
+            value = float(v) if isinstance(v, (int, float)) else None
+        if self.progress:
+            self.progress.finish(self.strategy, failed=failed, value=value, was_running=was_running)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        super().on_trial_complete(iteration, trials, trial, **info)
+        self._ended(trial, failed=False)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        super().on_trial_error(iteration, trials, trial, **info)
+        self._ended(trial, failed=True)
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepSummary:
+    sweep_id: str
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    completed: int
+    failed: int
+    best: dict[str, dict[str, Any]]
+    leaderboard: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sweep_id": self.sweep_id,
+            "experiment": self.experiment,
+            "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.parent_run_id,
+            "completed": self.completed,
+            "failed": self.failed,
+            "best": self.best,
+        }
+
+
+def _sampler(spec: SweepSpec, trials: int) -> optuna.samplers.BaseSampler:
+    several = len(spec.objectives) > 1
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    if spec.sampler == "nsga2" or (spec.sampler == "auto" and several):
+        return optuna.samplers.NSGAIISampler(
+            population_size=max(2, min(50, trials // 2)), seed=spec.seed
+        )
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def run_sweep(
+    plan: Plan,
+    *,
+    ray_address: str | None = None,
+    resume: bool = False,
+    sweep_id: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_start: Callable[[str, str], None] | None = None,
+) -> SweepSummary:
+    """Run (or resume) the sweep of `plan`; returns its summary once every strategy is done."""
+    import ray
+
+    spec = plan.spec
+    home = plan.home
+    objective = spec.objectives[0]
+    if resume:
+        state = find_resumable(home, spec, sweep_id)
+    else:
+        state = None
+    home.mkdir(parents=True, exist_ok=True)
+    client = set_tracking(plan.tracking_uri)
+    experiment_id = ensure_experiment(client, spec.benchmark, plan.artifact_root)
+    version = bitsweep_version()
+    if state is None:
+        sweep_id = (
+            sweep_id or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        )
+        parent = client.create_run(
+            experiment_id,
+            run_name=sweep_id,
+            tags={
+                "bitsweep.kind": "sweep",
+                "bitsweep.sweep_id": sweep_id,
+                "bitsweep.dataset": spec.dataset,
+                "bitsweep.model": spec.model,
+                "bitsweep.version": version,
+                "bitsweep.strategies": ",".join(s.name for s in spec.strategies),
+                "bitsweep.objectives": ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives),
+            },
+        )
+        for k, v in {
+            "name": spec.name,
+            "dataset": spec.dataset,
+            "model": spec.model,
+            "epochs": spec.epochs,
+            "trials_per_strategy": spec.trials_per_strategy,
+            "seed": spec.seed,
+        }.items():
+            client.log_param(parent.info.run_id, k, str(v))
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "spec.json"
+            p.write_text(spec.model_dump_json(indent=2))
+            client.log_artifact(parent.info.run_id, str(p))
+        state = SweepState(
+            sweep_id=sweep_id,
+            spec=json.loads(spec.model_dump_json()),
+            experiment_id=experiment_id,
+            parent_run_id=parent.info.run_id,
+            tracking_uri=plan.tracking_uri,
+            optuna_url=plan.optuna_url,
+            strategies={s.name: "pending" for s in plan.strategies},
+        )
+    else:
+        client.update_run(state.parent_run_id, status="RUNNING")
+    state.status = "running"
+    state.save(home)
+    if on_start is not None:
+        on_start(state.sweep_id, state.parent_run_id)
+
+    # Per-epoch reports carry validation metrics; the objectives arrive with the final report.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # A checkpoint per epoch forces an experiment snapshot, which makes resuming exact.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not ray.is_initialized():
+        address = ray_address or os.environ.get("RAY_ADDRESS") or None
+        ray.init(
+            address=address,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            include_dashboard=False,
+        )
+
+    progress = Progress(objective.metric, objective.mode, on_progress)
+    progress.strategies = {p.name: StrategyProgress(trials=p.trials) for p in plan.strategies}
+    progress_key = state.sweep_id
+    _PROGRESS[progress_key] = progress
+    storage = optuna.storages.RDBStorage(plan.optuna_url)
+    data_ref = plan.dataset
+    try:
+        for sp in plan.strategies:
+            if state.strategies.get(sp.name) == "finished":
+                _count_finished(client, state, sp.name, progress)
+                continue
+            state.strategies[sp.name] = "running"
+            state.save(home)
+            _run_strategy(plan, sp, state, storage, data_ref, progress_key, resume)
+            state.strategies[sp.name] = "finished"
+            state.save(home)
+    finally:
+        _PROGRESS.pop(progress_key, None)
+
+    board = log_leaderboard(
+        client,
+        experiment_id,
+        state.parent_run_id,
+        metric=objective.metric,
+        mode=objective.mode,
+        title=f"{spec.benchmark}: test accuracy against weight memory",
+    )
+    completed, failed = _counts(client, experiment_id, state.sweep_id)
+    best: dict[str, dict[str, Any]] = {}
+    for run in leaderboard_runs(
+        client,
+        experiment_id,
+        metric=objective.metric,
+        mode=objective.mode,
+        strategies=[s.name for s in plan.strategies],
+        sweep_id=state.sweep_id,
+    ):
+        best[run.data.tags["bitsweep.strategy"]] = {
+            "run_id": run.info.run_id,
+            "metrics": run.data.metrics,
+        }
+    client.log_metric(state.parent_run_id, "completed_trials", completed)
+    client.log_metric(state.parent_run_id, "failed_trials", failed)
+    client.set_terminated(state.parent_run_id, status="FINISHED")
+    state.status = "finished"
+    state.save(home)
+    return SweepSummary(
+        sweep_id=state.sweep_id,
+        experiment=spec.benchmark,
+        tracking_uri=plan.tracking_uri,
+        parent_run_id=state.parent_run_id,
+        completed=completed,
+        failed=failed,
+        best=best,
+        leaderboard=board["rows"],
+    )
+
+
+def _run_strategy(
+    plan: Plan,
+    sp: StrategyPlan,
+    state: SweepState,
+    storage: optuna.storages.BaseStorage,
+    data: Dataset,
+    progress_key: str,
+    resume: bool,
+) -> None:
+    spec = plan.spec
+    base = base_trial(spec, sp.spec).model_dump(mode="json")
+    base["_export_weights"] = spec.export_weights
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, data=data, base=base),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    name = f"{sp.index:02d}-{sp.name}"
+    root = plan.home / "ray" / state.sweep_id
+    path = root / name
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(
+            str(path), trainable=fn, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        if path.exists():
+            shutil.rmtree(path)
+        tuner = _new_tuner(plan, sp, state, storage, fn, root, name, progress_key)
+    # Tune prints its own tables on stdout; bitsweep's output is its own, so they go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        tuner.fit()
+
+
+def _new_tuner(
+    plan: Plan,
+    sp: StrategyPlan,
+    state: SweepState,
+    storage: optuna.storages.BaseStorage,
+    fn: Any,
+    root: Path,
+    name: str,
+    progress_key: str,
+) -> tune.Tuner:
+    spec = plan.spec
+    metrics = [o.metric for o in spec.objectives]
+    modes = [o.mode for o in spec.objectives]
+    space = optuna_space(sp.cls, sp.space)
+    param_space: dict[str, Any] = {}
+    search_alg = None
+    num_samples = sp.trials
+    if space:
+        search_alg = _Search(
+            space=space,
+            metric=metrics if len(metrics) > 1 else metrics[0],
+            mode=modes if len(modes) > 1 else modes[0],
+            sampler=_sampler(spec, sp.trials),
+            study_name=f"{state.sweep_id}/{sp.name}",
+            storage=storage,
+        )
+    else:
+        # Nothing to search: the trials are replicates over seeds.
+        param_space = {"seed": tune.grid_search([spec.seed + k for k in range(sp.trials)])}
+        num_samples = 1
+    scheduler = None
+    if spec.early_stopping.enabled:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric="val_accuracy",
+            mode="max",
+            max_t=spec.epochs + 1,
+            grace_period=spec.early_stopping.grace_period,
+            reduction_factor=spec.early_stopping.reduction_factor,
+        )
+    logger = SweepLogger(
+        tracking_uri=plan.tracking_uri,
+        progress_key=progress_key,
+        objective=metrics[0],
+        experiment_id=state.experiment_id,
+        parent_run_id=state.parent_run_id,
+        sweep_id=state.sweep_id,
+        strategy=sp.name,
+        tags={
+            "bitsweep.sweep_id": state.sweep_id,
+            "bitsweep.dataset": spec.dataset,
+            "bitsweep.model": spec.model,
+            "bitsweep.version": bitsweep_version(),
+        },
+        fixed_params=dict(sp.spec.params),
+        export_weights=spec.export_weights,
+    )
+    return tune.Tuner(
+        fn,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(root),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[logger],
+            verbose=0,
+        ),
+    )
+
+
+def _counts(client: MlflowClient, experiment_id: str, sweep_id: str) -> tuple[int, int]:
+    from runners.tracking import q
+
+    def count(status: str) -> int:
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`bitsweep.sweep_id` = {q(sweep_id)} and tags.`bitsweep.kind` = 'trial' "
+            f"and attributes.status = '{status}'",
+            max_results=10000,
+        )
+        return len(runs)
+
+    return count("FINISHED"), count("FAILED")
+
+
+def _count_finished(
+    client: MlflowClient, state: SweepState, strategy: str, progress: Progress
+) -> None:
+    from runners.tracking import q
+
+    runs = client.search_runs(
+        [state.experiment_id],
+        filter_string=f"tags.`bitsweep.sweep_id` = {q(state.sweep_id)} "
+        f"and tags.`bitsweep.strategy` = {q(strategy)}",
+        max_results=10000,
+    )
+    p = progress.strategies[strategy]
+    p.done = sum(1 for r in runs if r.info.status == "FINISHED")
+    p.failed = sum(1 for r in runs if r.info.status == "FAILED")
+    vals = [
+        r.data.metrics[progress.objective] for r in runs if progress.objective in r.data.metrics
+    ]
+    if vals:
+        p.best = max(vals) if progress.mode == "max" else min(vals)
+    progress.changed()
+
+
+__all__ = ["Plan", "SpecError", "SweepSummary", "plan_sweep", "run_sweep"]

@@ -1,0 +1,501 @@
+"""MLflow as the leaderboard: experiments, the sweep's parent run, one child run per trial.
+
+Only the Ray driver writes, through `TrialLogger` (a Tune callback), so a SQLite store has one
+writer. Ray's own `MLflowLoggerCallback` opens a second run for a trial resumed by
+`Tuner.restore` and has no parent runs; this logger finds a trial's run by its tags instead,
+continues it, and never logs a finished trial twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from runners.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE
+from schemas.trial import TrialResult
+
+log = logging.getLogger(__name__)
+
+VERSION_TAG = "bitsweep.version"
+# Per-epoch keys a trial reports to Tune and that are logged as step metrics.
+EPOCH_METRICS = (
+    "train_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "val_loss",
+    "learning_rate",
+    "epoch_seconds",
+)
+
+
+def bitsweep_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitsweep")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def q(value: str) -> str:
+    """A string literal for an MLflow filter."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
+    """The id of experiment `name`, created (with artifacts under `artifact_root`) if needed."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return str(exp.experiment_id)
+    location = None
+    if artifact_root is not None:
+        safe = name.replace("/", "_").replace(":", "_")
+        location = f"{artifact_root.rstrip('/')}/{safe}"
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> Run | None:
+    """The run carrying every tag in `tags`, or None."""
+    flt = " and ".join(f"tags.`{k}` = {q(v)}" for k, v in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=flt, max_results=2)
+    if len(runs) > 1:
+        log.warning("several runs carry %s; continuing the first", tags)
+    return runs[0] if runs else None
+
+
+def log_in_batches(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    metrics: Iterable[Metric] = (),
+    params: Iterable[Param] = (),
+    tags: Iterable[RunTag] = (),
+) -> None:
+    """`log_batch` within MLflow's limits (1,000 metrics, 100 params and tags per call)."""
+    ms, ps, ts = list(metrics), list(params), list(tags)
+    for i in range(0, len(ms), 1000):
+        client.log_batch(run_id, metrics=ms[i : i + 1000])
+    for i in range(0, len(ps), 100):
+        client.log_batch(run_id, params=ps[i : i + 100])
+    for i in range(0, len(ts), 100):
+        client.log_batch(run_id, tags=ts[i : i + 100])
+
+
+def finite(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def param_metric_key(name: str, result_keys: set[str]) -> str:
+    """The metric key under which a numeric param is logged (prefixed only on a clash)."""
+    return f"param.{name}" if name in result_keys else name
+
+
+class TrialLogger(tune.Callback):
+    """Logs every Tune trial of one strategy as a child run of the sweep's parent run."""
+
+    def __init__(
+        self,
+        *,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep_id: str,
+        strategy: str,
+        tags: dict[str, str],
+        fixed_params: dict[str, Any],
+        export_weights: bool,
+    ) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.sweep_id = sweep_id
+        self.strategy = strategy
+        self.tags = tags
+        self.fixed_params = fixed_params
+        self.export_weights = export_weights
+        self._runs: dict[str, str] = {}
+        self._done: set[str] = set()
+        self.completed: list[str] = []
+        self.failed: list[str] = []
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def _run_for(self, trial: Any) -> str:
+        """The run id of `trial`: found by its tags (a resumed trial), else created."""
+        tid = trial.trial_id
+        if tid in self._runs:
+            return self._runs[tid]
+        key = {"bitsweep.sweep_id": self.sweep_id, "bitsweep.trial_id": tid}
+        run = find_run(self.client, self.experiment_id, key)
+        if run is not None:
+            run_id = run.info.run_id
+            if run.info.status == "FINISHED":
+                self._done.add(tid)
+            elif run.info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            params = {**self.fixed_params, **trial.config}
+            number = len(self._runs) + 1
+            run_id = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{self.strategy}-{tid}",
+                tags={
+                    "mlflow.parentRunId": self.parent_run_id,
+                    "bitsweep.kind": "trial",
+                    "bitsweep.trial_id": tid,
+                    "bitsweep.trial_number": str(number),
+                    "bitsweep.strategy": self.strategy,
+                    **self.tags,
+                },
+            ).info.run_id
+            log_in_batches(
+                self.client,
+                run_id,
+                params=[Param("strategy", self.strategy)]
+                + [Param(k, _param_str(v)) for k, v in sorted(params.items())],
+            )
+        self._runs[tid] = run_id
+        return run_id
+
+    # -- Tune hooks ----------------------------------------------------------------------------
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._run_for(trial)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        run_id = self._run_for(trial)
+        if trial.trial_id in self._done or result.get(FINAL_KEY):
+            return
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        ts = int(result.get("timestamp", 0) * 1000)
+        metrics = [
+            Metric(k, float(result[k]), ts, step)
+            for k in EPOCH_METRICS
+            if k in result and finite(result[k])
+        ]
+        metrics += [
+            Metric(k, float(v), ts, step)
+            for k, v in result.items()
+            if k.startswith("strategy.") and finite(v)
+        ]
+        node = result.get("node")
+        tags = [RunTag("bitsweep.node", str(node))] if node else []
+        log_in_batches(self.client, run_id, metrics=metrics, tags=tags)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        tid = trial.trial_id
+        if tid in self._done:
+            self.completed.append(run_id)
+            return
+        final = _final_checkpoint_dir(trial)
+        if final is None:
+            # Stopped early by the scheduler: its epochs are logged, it has no test metrics.
+            self.client.set_tag(run_id, "bitsweep.stopped_early", "true")
+            self.client.set_terminated(run_id, status="KILLED")
+            self._done.add(tid)
+            return
+        result = TrialResult.model_validate_json((final / RESULT_FILE).read_text())
+        self._log_result(run_id, trial, result, final)
+        self.client.set_terminated(run_id, status="FINISHED")
+        self._done.add(tid)
+        self.completed.append(run_id)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        self.client.set_tag(run_id, "bitsweep.retried", str(trial.num_failures))
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        self.client.set_tag(run_id, "bitsweep.error", _error_line(trial))
+        self.client.set_terminated(run_id, status="FAILED")
+        self._done.add(trial.trial_id)
+        self.failed.append(run_id)
+
+    # -- final results -------------------------------------------------------------------------
+
+    def _log_result(self, run_id: str, trial: Any, result: TrialResult, folder: Path) -> None:
+        now = int(time.time() * 1000)
+        metrics = result.metrics()
+        entries = [Metric(k, float(v), now, 0) for k, v in metrics.items() if finite(v)]
+        keys = set(metrics)
+        sampled = {**self.fixed_params, **trial.config}
+        for k, v in sorted(sampled.items()):
+            if finite(v):
+                entries.append(Metric(param_metric_key(k, keys), float(v), now, 0))
+        entries.append(Metric("epochs_run", float(result.epochs_run), now, 0))
+        entries.append(Metric("best_epoch", float(result.best_epoch), now, 0))
+        for lm in result.weights.layers:
+            entries.append(Metric(f"layer.{lm.name}.bits", lm.bits, now, 0))
+        env = result.environment
+        tags = [
+            RunTag("bitsweep.device", env.device),
+            RunTag("bitsweep.seed", str(result.config.seed)),
+            RunTag("bitsweep.git_commit", env.git_commit or ""),
+            RunTag("bitsweep.torch", env.torch),
+        ]
+        resolved = result.config
+        params = [
+            Param("optimizer", resolved.optimizer.name if resolved.optimizer else ""),
+            Param("resolved.lr", str(resolved.optimizer.lr if resolved.optimizer else "")),
+            Param("batch_size_resolved", str(resolved.batch_size)),
+            Param("seed", str(resolved.seed)),
+            Param("epochs", str(resolved.epochs)),
+        ]
+        existing = self.client.get_run(run_id).data.params
+        params = [p for p in params if p.key not in existing]
+        log_in_batches(self.client, run_id, metrics=entries, tags=tags, params=params)
+        self.client.log_artifact(run_id, str(folder / RESULT_FILE))
+        if self.export_weights and (folder / WEIGHTS_FILE).exists():
+            self.client.log_artifact(run_id, str(folder / WEIGHTS_FILE))
+
+
+def _param_str(v: Any) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s[:6000]
+
+
+def _final_checkpoint_dir(trial: Any) -> Path | None:
+    """The local folder of the trial's final checkpoint (holding result.json), if any."""
+    ckpt = trial.checkpoint
+    if ckpt is None:
+        return None
+    path = Path(ckpt.path)
+    if (path / RESULT_FILE).exists():
+        return path
+    return None
+
+
+def _error_line(trial: Any) -> str:
+    """The last line of the trial's error (the exception message)."""
+    text = ""
+    path = getattr(trial, "error_file", None) or ""
+    if path and Path(path).exists():
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        text = lines[-1] if lines else ""
+    return text[:5000] or "trial failed"
+
+
+# -- leaderboard -----------------------------------------------------------------------------
+
+
+def leaderboard_runs(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    metric: str,
+    mode: str,
+    strategies: Iterable[str] | None,
+    every_trial: bool = False,
+    sweep_id: str | None = None,
+    limit: int = 1000,
+) -> list[Run]:
+    """Finished trial runs, best first: the best per strategy, or every trial.
+
+    Reads with filter queries (one per strategy for the best), never by loading every run.
+    """
+    order = [f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"]
+    base = "tags.`bitsweep.kind` = 'trial' and attributes.status = 'FINISHED'"
+    if sweep_id:
+        base += f" and tags.`bitsweep.sweep_id` = {q(sweep_id)}"
+    if every_trial:
+        return list(
+            client.search_runs(
+                [experiment_id], filter_string=base, order_by=order, max_results=limit
+            )
+        )
+    names = list(strategies) if strategies is not None else trial_strategies(client, experiment_id)
+    best: list[Run] = []
+    for name in names:
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=f"{base} and tags.`bitsweep.strategy` = {q(name)}",
+            order_by=order,
+            max_results=1,
+        )
+        if runs and metric in runs[0].data.metrics:
+            best.append(runs[0])
+    sign = -1 if mode == "max" else 1
+    return sorted(best, key=lambda r: sign * r.data.metrics[metric])
+
+
+def trial_strategies(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Every strategy swept in the experiment, from its sweeps' parent runs."""
+    names: set[str] = set()
+    for run in client.search_runs(
+        [experiment_id], filter_string="tags.`bitsweep.kind` = 'sweep'", max_results=1000
+    ):
+        names.update(s for s in run.data.tags.get("bitsweep.strategies", "").split(",") if s)
+    return sorted(names)
+
+
+LEADERBOARD_COLUMNS = (
+    "test_accuracy",
+    "weight_bytes",
+    "weight_bits",
+    "compression_ratio",
+    "unique_weights",
+    "unique_nonzero_weights",
+    "weight_entropy_bits",
+    "sparsity",
+    "train_seconds",
+)
+
+
+def leaderboard_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for rank, run in enumerate(runs, 1):
+        m = run.data.metrics
+        rows.append(
+            {
+                "rank": rank,
+                "strategy": run.data.tags.get("bitsweep.strategy", ""),
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
+                "sweep_id": run.data.tags.get("bitsweep.sweep_id", ""),
+                **{k: m.get(k) for k in LEADERBOARD_COLUMNS},
+            }
+        )
+    return rows
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def rows_to_markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no finished trials)\n"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated when memory (x) goes down and accuracy (y) up,
+    ordered by memory."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def pareto_plot(runs: list[Run], path: Path, title: str) -> None:
+    """Test accuracy against weight memory (log scale), one colour per strategy, front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [
+        (
+            r.data.metrics["weight_bytes"],
+            r.data.metrics["test_accuracy"],
+            r.data.tags.get("bitsweep.strategy", "?"),
+        )
+        for r in runs
+        if finite(r.data.metrics.get("weight_bytes"))
+        and finite(r.data.metrics.get("test_accuracy"))
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    names = sorted({p[2] for p in pts})
+    cmap = plt.get_cmap("tab10")
+    for i, name in enumerate(names):
+        xs = [p[0] for p in pts if p[2] == name]
+        ys = [p[1] for p in pts if p[2] == name]
+        ax.scatter(xs, ys, s=28, color=cmap(i % 10), label=name, alpha=0.85, edgecolors="none")
+    front = pareto_front([(p[0], p[1]) for p in pts])
+    if front:
+        ax.step(
+            [pts[i][0] for i in front],
+            [pts[i][1] for i in front],
+            where="post",
+            color="black",
+            linewidth=1,
+            label="Pareto front",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("weight memory (bytes, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if pts:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def log_leaderboard(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    *,
+    metric: str,
+    mode: str,
+    title: str,
+) -> dict[str, Any]:
+    """Write the benchmark's leaderboard (CSV, markdown) and Pareto plot to the parent run."""
+    best = leaderboard_runs(client, experiment_id, metric=metric, mode=mode, strategies=None)
+    every = leaderboard_runs(
+        client,
+        experiment_id,
+        metric=metric,
+        mode=mode,
+        strategies=None,
+        every_trial=True,
+        limit=5000,
+    )
+    rows = leaderboard_rows(best)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "leaderboard.csv").write_text(rows_to_csv(rows))
+        (folder / "leaderboard.md").write_text(rows_to_markdown(rows))
+        (folder / "trials.csv").write_text(rows_to_csv(leaderboard_rows(every)))
+        pareto_plot(every, folder / "pareto.png", title)
+        for name in ("leaderboard.csv", "leaderboard.md", "trials.csv", "pareto.png"):
+            client.log_artifact(parent_run_id, str(folder / name))
+    return {"rows": rows, "trials": len(every)}
+
+
+def set_tracking(uri: str) -> MlflowClient:
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)

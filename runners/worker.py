@@ -1,0 +1,90 @@
+"""The Tune trainable of a sweep, kept light: Ray workers import this module, not the driver's."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from runners.data import Dataset
+from runners.trial import train
+from schemas.trial import TrialConfig, TrialResult
+
+RESULT_FILE = "result.json"
+WEIGHTS_FILE = "weights.safetensors"
+FINAL_KEY = "bitsweep_final"
+
+
+def trainable(config: dict[str, Any], data: Dataset, base: dict[str, Any]) -> None:
+    """One Tune trial: train with the sampled params, report every epoch with a checkpoint,
+    then report the final result with the deployed weights."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    base = dict(base)
+    export_weights = base.pop("_export_weights", True)
+    sampled = dict(config)
+    seed = sampled.pop("seed", base["seed"])
+    cfg = TrialConfig.model_validate(
+        {**base, "seed": seed, "params": {**base["params"], **sampled}}
+    )
+    resume_dir: Path | None = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        local = Path(checkpoint.to_directory())
+        if (local / RESULT_FILE).exists():
+            # Finished before the sweep stopped: report the same final result again.
+            done = TrialResult.model_validate_json((local / RESULT_FILE).read_text())
+            tune.report(
+                final_metrics(done, node), checkpoint=tune.Checkpoint.from_directory(str(local))
+            )
+            return
+        resume_dir = local
+
+    def on_epoch(record: Any, save: Callable[[Path], None]) -> bool:
+        metrics = {
+            "epoch": record.epoch,
+            "train_loss": record.train_loss,
+            "train_accuracy": record.train_accuracy,
+            "val_accuracy": record.val_accuracy,
+            "val_loss": record.val_loss,
+            "learning_rate": record.lr,
+            "epoch_seconds": record.seconds,
+            "node": node,
+            **{f"strategy.{k}": v for k, v in record.extra.items()},
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            save(Path(tmp))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        return False
+
+    trained = train(cfg, dataset=data, on_epoch=on_epoch, resume_from=resume_dir)
+    result = trained.result
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / RESULT_FILE).write_text(result.model_dump_json())
+        if export_weights:
+            from runners.export import save_weights
+
+            save_weights(
+                folder / WEIGHTS_FILE,
+                trained.strategy.export(trained.model),
+                strategy=cfg.strategy,
+                params=result.config.params,
+                extra={"test_accuracy": result.test_accuracy},
+            )
+        tune.report(final_metrics(result, node), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def final_metrics(result: TrialResult, node: str) -> dict[str, Any]:
+    """The last report of a trial: every result metric, marked final."""
+    return {
+        **result.metrics(),
+        FINAL_KEY: 1,
+        "node": node,
+        "epoch": result.epochs_run,
+        "val_accuracy": result.best_val_accuracy,
+    }

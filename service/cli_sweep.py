@@ -1,0 +1,211 @@
+"""`bitsweep sweep` and `bitsweep leaderboard`: run a benchmark sweep, read its leaderboard."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from service.errors import InputRefused
+
+out = Console()
+err = Console(stderr=True)
+
+
+def load_spec(path: Path) -> Any:
+    """A sweep spec from a YAML or JSON file, validated. Raises InputRefused or ValidationError."""
+    from schemas.sweep import SweepSpec
+
+    if not path.is_file():
+        raise InputRefused("spec", f"{path} is not a file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputRefused("spec", f"cannot read {path}: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputRefused("spec", f"{path} is not valid YAML or JSON{where}") from None
+    if not isinstance(raw, dict):
+        raise InputRefused("spec", f"{path} must hold a mapping of spec fields")
+    return SweepSpec.model_validate(raw)
+
+
+def progress_table(progress: Any) -> Table:
+    table = Table(title=f"sweep progress (best {progress.objective}, {progress.mode})")
+    for col in ("strategy", "trials", "running", "done", "failed", "best"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for name, p in progress.strategies.items():
+        table.add_row(
+            name,
+            str(p.trials),
+            str(p.running),
+            str(p.done),
+            str(p.failed),
+            "" if p.best is None else f"{p.best:.4g}",
+        )
+    return table
+
+
+def sweep(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="sweep spec, YAML or JSON")],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the newest unfinished sweep of this spec")
+    ] = False,
+    sweep_id: Annotated[
+        str | None, typer.Option(help="the sweep to resume (with --resume)")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="join this Ray cluster")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one summary object at the end")
+    ] = False,
+) -> None:
+    """Sweep every strategy of SPEC: Ray Tune trials, Optuna search, MLflow leaderboard."""
+    from runners.sweep import plan_sweep, run_sweep
+
+    spec = load_spec(spec_path)
+    if sweep_id is not None and not resume:
+        raise InputRefused("--sweep-id", "only applies with --resume")
+    plan = plan_sweep(spec)
+    if resume:
+        from runners.sweep import find_resumable
+
+        find_resumable(plan.home, spec, sweep_id)
+    live = Live(console=err, auto_refresh=False, transient=False) if err.is_terminal else None
+
+    def on_progress(progress: Any) -> None:
+        if live is not None:
+            live.update(progress_table(progress), refresh=True)
+
+    def on_start(sid: str, parent: str) -> None:
+        err.print(
+            f"sweep [bold]{sid}[/] → MLflow experiment [bold]{spec.benchmark}[/] ({plan.tracking_uri})"
+        )
+
+    if live is not None:
+        live.start()
+    try:
+        summary = run_sweep(
+            plan,
+            ray_address=ray_address,
+            resume=resume,
+            sweep_id=sweep_id,
+            on_progress=on_progress,
+            on_start=on_start,
+        )
+    finally:
+        if live is not None:
+            live.stop()
+    if as_json:
+        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+        return
+    show_rows(summary.leaderboard, f"leaderboard of {summary.experiment} (best per strategy)")
+    out.print(
+        f"{summary.completed} trials completed, {summary.failed} failed; parent run {summary.parent_run_id}"
+    )
+    out.print(
+        f"Pareto plot and leaderboard: artifacts of run {summary.parent_run_id} (pareto.png, leaderboard.md)"
+    )
+    out.print(f"browse: mlflow ui --backend-store-uri {plan.tracking_uri}")
+
+
+def show_rows(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    cols = [
+        "rank",
+        "strategy",
+        "test_accuracy",
+        "weight_bytes",
+        "compression_ratio",
+        "unique_weights",
+        "weight_entropy_bits",
+        "sparsity",
+        "run_name",
+    ]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("strategy", "run_name") else "right")
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in cols])
+    out.print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def leaderboard(
+    dataset: Annotated[str | None, typer.Option(help="only this benchmark's dataset")] = None,
+    model: Annotated[str | None, typer.Option(help="only this benchmark's model")] = None,
+    metric: Annotated[str, typer.Option(help="rank by this metric")] = "test_accuracy",
+    mode: Annotated[str, typer.Option(help="max or min")] = "max",
+    every: Annotated[
+        bool, typer.Option("--all", help="every trial, not the best per strategy")
+    ] = False,
+    sweep_id: Annotated[str | None, typer.Option(help="only this sweep's trials")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow store (default: under BITSWEEP_HOME)")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="rows at most with --all")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+) -> None:
+    """The leaderboard of each benchmark: its best trial per strategy, or every trial."""
+    from schemas.sweep import OBJECTIVE_METRICS
+
+    from runners.stores import default_uris
+    from runners.sweep import data_home
+    from runners.tracking import leaderboard_rows, leaderboard_runs, q
+    from mlflow.tracking import MlflowClient
+
+    if metric not in OBJECTIVE_METRICS:
+        raise InputRefused("--metric", f"must be one of {', '.join(OBJECTIVE_METRICS)}")
+    if mode not in ("max", "min"):
+        raise InputRefused("--mode", "must be max or min")
+    if limit < 1:
+        raise InputRefused("--limit", "must be at least 1")
+    home = data_home()
+    uri = tracking_uri or default_uris(home)[0]
+    if tracking_uri is None and not (home / "mlflow.db").exists():
+        raise InputRefused(
+            "tracking_uri", f"no leaderboard yet: {home / 'mlflow.db'} does not exist"
+        )
+    from runners.stores import check_store
+
+    check_store("tracking_uri", uri, mlflow_store=True)
+    client = MlflowClient(uri)
+    name = f"bitsweep/{dataset or '%'}/{model or '%'}"
+    exps = client.search_experiments(filter_string=f"name LIKE {q(name)}", max_results=1000)
+    if not exps:
+        raise InputRefused("dataset", f"no benchmark matches {name.replace('%', '*')} in {uri}")
+    result: dict[str, list[dict[str, Any]]] = {}
+    for exp in sorted(exps, key=lambda e: e.name):
+        runs = leaderboard_runs(
+            client,
+            exp.experiment_id,
+            metric=metric,
+            mode=mode,
+            strategies=None,
+            every_trial=every,
+            sweep_id=sweep_id,
+            limit=limit,
+        )
+        result[exp.name] = leaderboard_rows(runs)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    for exp_name, rows in result.items():
+        show_rows(
+            rows, f"{exp_name} — {'every trial' if every else 'best per strategy'} by {metric}"
+        )

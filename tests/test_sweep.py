@@ -1,0 +1,160 @@
+"""Real small sweeps on a local Ray cluster, recorded in real MLflow and Optuna stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from runners.sweep import plan_sweep, run_sweep
+from schemas.sweep import SweepSpec
+from service.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+
+
+def children(client: MlflowClient, parent_run_id: str):
+    exp = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+
+@pytest.fixture(scope="module")
+def sqlite_sweep(tmp_path_factory):
+    """One sweep of three trials on the SQLite default."""
+    home = tmp_path_factory.mktemp("home") / "data"
+    spec = SweepSpec.model_validate(
+        {
+            "name": "small",
+            "epochs": 2,
+            "trials_per_strategy": 3,
+            "max_failures": 0,
+            "strategies": [{"name": "full_precision", "search": {"lr": [0.001, 0.01]}}],
+        }
+    )
+    plan = plan_sweep(spec, home=home)
+    summary = run_sweep(plan)
+    return home, plan, summary
+
+
+def test_every_trial_is_one_child_run_of_the_parent(sqlite_sweep):
+    _, plan, summary = sqlite_sweep
+    client = MlflowClient(plan.tracking_uri)
+    runs = children(client, summary.parent_run_id)
+    ids = [r.data.tags["bitsweep.trial_id"] for r in runs]
+    assert len(runs) == 3 and len(set(ids)) == 3 and summary.completed == 3
+
+
+def test_runs_live_in_the_benchmark_experiment(sqlite_sweep):
+    _, plan, summary = sqlite_sweep
+    client = MlflowClient(plan.tracking_uri)
+    exp = client.get_experiment(client.get_run(summary.parent_run_id).info.experiment_id)
+    assert exp.name == "bitsweep/digits/mlp" == summary.experiment
+
+
+def test_trial_runs_carry_design_tags_params_and_metrics(sqlite_sweep):
+    _, plan, summary = sqlite_sweep
+    run = children(MlflowClient(plan.tracking_uri), summary.parent_run_id)[0]
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert {
+        "bitsweep.sweep_id", "bitsweep.trial_id", "bitsweep.strategy", "bitsweep.dataset",
+        "bitsweep.model", "bitsweep.version", "bitsweep.node",
+    } <= set(tags)
+    assert params["strategy"] == "full_precision" and "lr" in params and "optimizer" in params
+    assert {"test_accuracy", "weight_bytes", "weight_entropy_bits", "unique_weights", "sparsity"} <= set(
+        metrics
+    )
+    assert metrics["lr"] == pytest.approx(float(params["lr"]))  # numeric params as metrics too
+
+
+def test_per_epoch_metrics_have_one_step_per_epoch(sqlite_sweep):
+    _, plan, summary = sqlite_sweep
+    client = MlflowClient(plan.tracking_uri)
+    run = children(client, summary.parent_run_id)[0]
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_finished_trials_hold_their_weights_and_result(sqlite_sweep):
+    _, plan, summary = sqlite_sweep
+    client = MlflowClient(plan.tracking_uri)
+    run = children(client, summary.parent_run_id)[0]
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"weights.safetensors", "result.json"} <= names
+
+
+def test_parent_run_holds_leaderboard_and_pareto_plot(sqlite_sweep):
+    _, plan, summary = sqlite_sweep
+    client = MlflowClient(plan.tracking_uri)
+    names = {a.path for a in client.list_artifacts(summary.parent_run_id)}
+    assert {"leaderboard.csv", "leaderboard.md", "pareto.png", "spec.json"} <= names
+
+
+def test_optuna_study_records_every_trial(sqlite_sweep):
+    _, plan, summary = sqlite_sweep
+    study = optuna.load_study(study_name=f"{summary.sweep_id}/full_precision", storage=plan.optuna_url)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+
+
+def test_summary_names_the_best_trial_per_strategy(sqlite_sweep):
+    _, plan, summary = sqlite_sweep
+    best = summary.best["full_precision"]
+    run = MlflowClient(plan.tracking_uri).get_run(best["run_id"])
+    accs = [r.data.metrics["test_accuracy"] for r in children(MlflowClient(plan.tracking_uri), summary.parent_run_id)]
+    assert run.data.metrics["test_accuracy"] == max(accs)
+
+
+def test_leaderboard_cli_reads_the_same_runs(sqlite_sweep, monkeypatch, capsys):
+    home, plan, summary = sqlite_sweep
+    monkeypatch.setenv("BITSWEEP_HOME", str(home))
+    assert main(["leaderboard", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["bitsweep/digits/mlp"]
+    assert rows[0]["run_id"] == summary.best["full_precision"]["run_id"]
+
+
+def test_leaderboard_cli_lists_every_trial_with_all(sqlite_sweep, monkeypatch, capsys):
+    home, _, _ = sqlite_sweep
+    monkeypatch.setenv("BITSWEEP_HOME", str(home))
+    assert main(["leaderboard", "--all", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["bitsweep/digits/mlp"]) == 3
+
+
+def test_failing_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path):
+    spec = SweepSpec.model_validate(
+        {
+            "name": "failing",
+            "epochs": 2,
+            "max_failures": 0,
+            "strategies": [
+                # SGD at lr 10 diverges: the loss becomes NaN and the trial fails.
+                {"name": "full_precision", "params": {"lr": 10, "optimizer": "sgd"}, "trials": 2},
+            ],
+        }
+    )
+    plan = plan_sweep(spec, home=tmp_path / "data")
+    summary = run_sweep(plan)
+    runs = children(MlflowClient(plan.tracking_uri), summary.parent_run_id)
+    assert summary.failed == 2 and {r.info.status for r in runs} == {"FAILED"}
+    assert all("diverged" in r.data.tags["bitsweep.error"].lower() or "loss" in r.data.tags["bitsweep.error"]
+               for r in runs)
+
+
+def test_postgres_stores_both_mlflow_and_optuna(tmp_path, pg_database):
+    tracking, study_db = pg_database("mlflow"), pg_database("optuna")
+    spec = SweepSpec.model_validate(
+        {
+            "name": "pg",
+            "epochs": 1,
+            "trials_per_strategy": 2,
+            "tracking_uri": tracking,
+            "optuna_storage": study_db,
+            "strategies": [{"name": "full_precision"}],
+        }
+    )
+    summary = run_sweep(plan_sweep(spec, home=tmp_path / "data"))
+    runs = children(MlflowClient(tracking), summary.parent_run_id)
+    study = optuna.load_study(study_name=f"{summary.sweep_id}/full_precision", storage=study_db)
+    assert len(runs) == 2 and len(study.trials) == 2

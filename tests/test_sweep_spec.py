@@ -1,0 +1,119 @@
+"""Sweep specs and search spaces: validated before any trial starts, nothing written on refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+from runners.search import SpecError, optuna_space, strategy_space
+from runners.sweep import plan_sweep
+from schemas.sweep import StrategySpec, SweepSpec
+from service.cli import main
+
+BASE = {"name": "t", "dataset": "digits", "model": "mlp", "strategies": [{"name": "full_precision"}]}
+
+
+def spec(**over) -> SweepSpec:
+    return SweepSpec.model_validate({**BASE, **over})
+
+
+def test_example_spec_validates():
+    raw = yaml.safe_load(Path("examples/quick.yaml").read_text())
+    assert SweepSpec.model_validate(raw).benchmark == "bitsweep/digits/mlp"
+
+
+def test_search_space_comes_from_the_strategy_params():
+    cls, space = strategy_space(StrategySpec(name="full_precision"), 0)
+    assert set(space) == set(cls.recipe.search)
+
+
+def test_spec_range_overrides_the_default():
+    _, space = strategy_space(StrategySpec(name="full_precision", search={"lr": [0.001, 0.01]}), 0)
+    assert (space["lr"].low, space["lr"].high) == (0.001, 0.01)
+
+
+def test_fixed_param_is_not_searched():
+    _, space = strategy_space(StrategySpec(name="full_precision", params={"lr": 0.01}), 0)
+    assert "lr" not in space
+
+
+def test_optuna_distributions_are_typed_by_field():
+    cls, space = strategy_space(StrategySpec(name="full_precision", search={"batch_size": [16, 64]}), 0)
+    dist = optuna_space(cls, space)
+    assert type(dist["batch_size"]).__name__ == "IntDistribution"
+    assert dist["lr"].log is True
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"strategies": [{"name": "nope"}]}, "strategies.0.name"),
+        ({"strategies": [{"name": "full_precision", "search": {"lr": [0, 100]}}]}, "strategies.0.search.lr"),
+        ({"strategies": [{"name": "full_precision", "search": {"bogus": [1, 2]}}]}, "strategies.0.search.bogus"),
+        ({"strategies": [{"name": "full_precision", "params": {"lr": -1}}]}, "strategies.0.params.lr"),
+        ({"model": "nope"}, "model"),
+        ({"model_options": {"hidden": [0]}}, "model_options.hidden"),
+        ({"dataset": "npz:/no/such.npz"}, "dataset"),
+        ({"tracking_uri": "postgresql://postgres@127.0.0.1:1/x"}, "tracking_uri"),
+        ({"optuna_storage": "postgresql://postgres@127.0.0.1:1/x"}, "optuna_storage"),
+        ({"tracking_uri": "./mlruns"}, "tracking_uri"),
+    ],
+)
+def test_plan_refuses_with_the_field(home: Path, over, field):
+    with pytest.raises(SpecError) as e:
+        plan_sweep(spec(**over))
+    assert e.value.field.startswith(field) and not home.exists()
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"trials_per_strategy": -1},
+        {"epochs": 0},
+        {"strategies": []},
+        {"name": "bad name!"},
+        {"objectives": [{"metric": "nope", "mode": "max"}]},
+        {"resources": {"cpu": 0}},
+        {"strategies": [{"name": "full_precision", "params": {"lr": 0.1}, "search": {"lr": [0.1, 1]}}]},
+        {"early_stopping": {"enabled": True}, "objectives": [
+            {"metric": "test_accuracy", "mode": "max"}, {"metric": "weight_bits", "mode": "min"}]},
+    ],
+)
+def test_schema_refuses_bad_specs(over):
+    with pytest.raises(pydantic.ValidationError):
+        spec(**over)
+
+
+def write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "prefix"),
+    [
+        ({**BASE, "trials_per_strategy": -2}, "error: trials_per_strategy"),
+        ({**BASE, "strategies": [{"name": "nope"}]}, "error: strategies.0.name"),
+        ({**BASE, "tracking_uri": "postgresql://postgres@127.0.0.1:1/x"}, "error: tracking_uri"),
+        ("name: [unclosed", "error: spec"),
+        ("- a list", "error: spec"),
+    ],
+)
+def test_cli_refuses_bad_spec_with_one_line_and_exit_2(tmp_path, home, capsys, data, prefix):
+    code = main(["sweep", str(write(tmp_path, data))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(prefix), err
+    assert not home.exists()
+
+
+def test_cli_refuses_missing_spec_file(tmp_path, home, capsys):
+    assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_resume_without_a_sweep_is_refused(tmp_path, home, capsys):
+    code = main(["sweep", str(write(tmp_path, BASE)), "--resume"])
+    assert code == 2 and "no unfinished sweep" in capsys.readouterr().err
