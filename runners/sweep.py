@@ -152,15 +152,16 @@ def plan_sweep(spec: SweepSpec, *, home: Path | None = None, check_stores: bool 
 
 
 class _Search(OptunaSearch):
-    """OptunaSearch that ignores per-epoch results lacking the objective (reported at the end).
+    """OptunaSearch told only of finished trials.
 
-    Optuna's pruner is off under Tune anyway; per-epoch early stopping is ASHA's job.
+    Per-epoch results would become Optuna intermediate values, which nothing reads here
+    (Tune turns Optuna's pruner off; early stopping is ASHA's job). Skipping them also keeps a
+    trial that finished before a sweep stopped, and reports again on resume, from writing to
+    an Optuna trial that is already complete.
     """
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        if all(m in result for m in metrics):
-            super().on_trial_result(trial_id, result)
+        return None
 
 
 # -- state of a sweep ------------------------------------------------------------------------

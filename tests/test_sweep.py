@@ -59,13 +59,22 @@ def test_trial_runs_carry_design_tags_params_and_metrics(sqlite_sweep):
     run = children(MlflowClient(plan.tracking_uri), summary.parent_run_id)[0]
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert {
-        "bitsweep.sweep_id", "bitsweep.trial_id", "bitsweep.strategy", "bitsweep.dataset",
-        "bitsweep.model", "bitsweep.version", "bitsweep.node",
+        "bitsweep.sweep_id",
+        "bitsweep.trial_id",
+        "bitsweep.strategy",
+        "bitsweep.dataset",
+        "bitsweep.model",
+        "bitsweep.version",
+        "bitsweep.node",
     } <= set(tags)
     assert params["strategy"] == "full_precision" and "lr" in params and "optimizer" in params
-    assert {"test_accuracy", "weight_bytes", "weight_entropy_bits", "unique_weights", "sparsity"} <= set(
-        metrics
-    )
+    assert {
+        "test_accuracy",
+        "weight_bytes",
+        "weight_entropy_bits",
+        "unique_weights",
+        "sparsity",
+    } <= set(metrics)
     assert metrics["lr"] == pytest.approx(float(params["lr"]))  # numeric params as metrics too
 
 
@@ -94,7 +103,9 @@ def test_parent_run_holds_leaderboard_and_pareto_plot(sqlite_sweep):
 
 def test_optuna_study_records_every_trial(sqlite_sweep):
     _, plan, summary = sqlite_sweep
-    study = optuna.load_study(study_name=f"{summary.sweep_id}/full_precision", storage=plan.optuna_url)
+    study = optuna.load_study(
+        study_name=f"{summary.sweep_id}/full_precision", storage=plan.optuna_url
+    )
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3
 
@@ -103,7 +114,10 @@ def test_summary_names_the_best_trial_per_strategy(sqlite_sweep):
     _, plan, summary = sqlite_sweep
     best = summary.best["full_precision"]
     run = MlflowClient(plan.tracking_uri).get_run(best["run_id"])
-    accs = [r.data.metrics["test_accuracy"] for r in children(MlflowClient(plan.tracking_uri), summary.parent_run_id)]
+    accs = [
+        r.data.metrics["test_accuracy"]
+        for r in children(MlflowClient(plan.tracking_uri), summary.parent_run_id)
+    ]
     assert run.data.metrics["test_accuracy"] == max(accs)
 
 
@@ -138,8 +152,11 @@ def test_failing_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path):
     summary = run_sweep(plan)
     runs = children(MlflowClient(plan.tracking_uri), summary.parent_run_id)
     assert summary.failed == 2 and {r.info.status for r in runs} == {"FAILED"}
-    assert all("diverged" in r.data.tags["bitsweep.error"].lower() or "loss" in r.data.tags["bitsweep.error"]
-               for r in runs)
+    assert all(
+        "diverged" in r.data.tags["bitsweep.error"].lower()
+        or "loss" in r.data.tags["bitsweep.error"]
+        for r in runs
+    )
 
 
 def test_postgres_stores_both_mlflow_and_optuna(tmp_path, pg_database):

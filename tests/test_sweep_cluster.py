@@ -1,0 +1,107 @@
+"""Sweeps on a Ray cluster of several nodes started on loopback: trials spread over the
+nodes, and a trial whose node is lost resumes elsewhere from its checkpoint."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from ray.cluster_utils import Cluster
+
+from runners.sweep import plan_sweep, run_sweep
+from schemas.sweep import SweepSpec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A head without CPUs (it only schedules) and two worker nodes of one CPU each."""
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def trial_runs(plan, summary):
+    client = MlflowClient(plan.tracking_uri)
+    exp = client.get_run(summary.parent_run_id).info.experiment_id
+    return client.search_runs(
+        [exp], filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
+    )
+
+
+def worker_ids(c: Cluster) -> set[str]:
+    return {n.node_id for n in c.worker_nodes}
+
+
+def test_trials_run_on_several_nodes(cluster: Cluster, tmp_path):
+    spec = SweepSpec.model_validate(
+        {
+            "name": "spread",
+            "epochs": 2,
+            "trials_per_strategy": 4,
+            "max_concurrent_trials": 2,
+            "strategies": [{"name": "full_precision"}],
+        }
+    )
+    plan = plan_sweep(spec, home=tmp_path / "data")
+    summary = run_sweep(plan, ray_address=cluster.address)
+    nodes = {r.data.tags["bitsweep.node"] for r in trial_runs(plan, summary)}
+    assert summary.completed == 4 and nodes == worker_ids(cluster)
+
+
+def test_trial_on_a_lost_node_resumes_elsewhere(cluster: Cluster, tmp_path):
+    spare = cluster.add_node(num_cpus=1)  # capacity left after a node is lost
+    cluster.wait_for_nodes()
+    spec = SweepSpec.model_validate(
+        {
+            "name": "lost-node",
+            "epochs": 6,
+            "trials_per_strategy": 2,
+            "max_concurrent_trials": 2,
+            "max_failures": 3,
+            "strategies": [{"name": "full_precision", "params": {"batch_size": 16}}],
+        }
+    )
+    plan = plan_sweep(spec, home=tmp_path / "data")
+    killed: list[str] = []
+
+    def kill_a_busy_node() -> None:
+        # Wait until some trial has reported an epoch from a node other than the spare, then
+        # remove that node as a crashed machine would disappear.
+        client = MlflowClient(plan.tracking_uri)
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            exp = client.get_experiment_by_name(spec.benchmark)
+            if exp is not None:
+                for run in client.search_runs(
+                    [exp.experiment_id], filter_string="attributes.status = 'RUNNING'"
+                ):
+                    node = run.data.tags.get("bitsweep.node")
+                    if node and node != spare.node_id:
+                        target = next(n for n in cluster.worker_nodes if n.node_id == node)
+                        cluster.remove_node(target, allow_graceful=False)
+                        killed.append(node)
+                        return
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=kill_a_busy_node, daemon=True)
+    thread.start()
+    summary = run_sweep(plan, ray_address=cluster.address)
+    thread.join(timeout=5)
+    runs = trial_runs(plan, summary)
+    assert killed, "no node was removed during the sweep"
+    assert summary.completed == 2 and len(runs) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert any(r.data.tags.get("bitsweep.retried") for r in runs)
