@@ -329,6 +329,13 @@ class SweepSummary:
     failed: int
     best: dict[str, dict[str, Any]]
     leaderboard: list[dict[str, Any]]
+    artifact_uri: str = ""
+
+    @property
+    def pareto_plot(self) -> str:
+        """Where the Pareto plot is: a local path for a local artifact store, else its URI."""
+        uri = f"{self.artifact_uri.rstrip('/')}/pareto.png"
+        return uri[len("file://") :] if uri.startswith("file://") else uri
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -339,6 +346,7 @@ class SweepSummary:
             "completed": self.completed,
             "failed": self.failed,
             "best": self.best,
+            "pareto_plot": self.pareto_plot,
         }
 
 
@@ -368,10 +376,7 @@ def run_sweep(
     spec = plan.spec
     home = plan.home
     objective = spec.objectives[0]
-    if resume:
-        state = find_resumable(home, spec, sweep_id)
-    else:
-        state = None
+    state = find_resumable(home, spec, sweep_id) if resume else None
     home.mkdir(parents=True, exist_ok=True)
     client = set_tracking(plan.tracking_uri)
     experiment_id = ensure_experiment(client, spec.benchmark, plan.artifact_root)
@@ -490,6 +495,7 @@ def run_sweep(
         failed=failed,
         best=best,
         leaderboard=board["rows"],
+        artifact_uri=board["artifact_uri"],
     )
 
 
@@ -537,7 +543,7 @@ def _new_tuner(
 ) -> tune.Tuner:
     spec = plan.spec
     metrics = [o.metric for o in spec.objectives]
-    modes = [o.mode for o in spec.objectives]
+    modes: list[str] = [o.mode for o in spec.objectives]
     space = optuna_space(sp.cls, sp.space)
     param_space: dict[str, Any] = {}
     search_alg = None
@@ -608,8 +614,8 @@ def _counts(client: MlflowClient, experiment_id: str, sweep_id: str) -> tuple[in
     def count(status: str) -> int:
         runs = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`bitsweep.sweep_id` = {q(sweep_id)} and tags.`bitsweep.kind` = 'trial' "
-            f"and attributes.status = '{status}'",
+            filter_string=f"tags.`bitsweep.sweep_id` = {q(sweep_id)} "
+            f"and tags.`bitsweep.kind` = 'trial' and attributes.status = '{status}'",
             max_results=10000,
         )
         return len(runs)

@@ -493,7 +493,11 @@ def log_leaderboard(
         pareto_plot(every, folder / "pareto.png", title)
         for name in ("leaderboard.csv", "leaderboard.md", "trials.csv", "pareto.png"):
             client.log_artifact(parent_run_id, str(folder / name))
-    return {"rows": rows, "trials": len(every)}
+    return {
+        "rows": rows,
+        "trials": len(every),
+        "artifact_uri": client.get_run(parent_run_id).info.artifact_uri,
+    }
 
 
 def set_tracking(uri: str) -> MlflowClient:

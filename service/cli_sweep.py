@@ -89,9 +89,8 @@ def sweep(
             live.update(progress_table(progress), refresh=True)
 
     def on_start(sid: str, parent: str) -> None:
-        err.print(
-            f"sweep [bold]{sid}[/] → MLflow experiment [bold]{spec.benchmark}[/] ({plan.tracking_uri})"
-        )
+        err.print(f"sweep [bold]{sid}[/] → MLflow experiment [bold]{spec.benchmark}[/]")
+        err.print(f"tracking: {plan.tracking_uri}")
 
     if live is not None:
         live.start()
@@ -111,12 +110,9 @@ def sweep(
         sys.stdout.write(json.dumps(summary.to_json()) + "\n")
         return
     show_rows(summary.leaderboard, f"leaderboard of {summary.experiment} (best per strategy)")
-    out.print(
-        f"{summary.completed} trials completed, {summary.failed} failed; parent run {summary.parent_run_id}"
-    )
-    out.print(
-        f"Pareto plot and leaderboard: artifacts of run {summary.parent_run_id} (pareto.png, leaderboard.md)"
-    )
+    out.print(f"{summary.completed} trials completed, {summary.failed} failed")
+    out.print(f"Pareto plot: {summary.pareto_plot}")
+    out.print(f"leaderboard.md and trials.csv beside it, in parent run {summary.parent_run_id}")
     out.print(f"browse: mlflow ui --backend-store-uri {plan.tracking_uri}")
 
 
@@ -162,12 +158,12 @@ def leaderboard(
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
 ) -> None:
     """The leaderboard of each benchmark: its best trial per strategy, or every trial."""
-    from schemas.sweep import OBJECTIVE_METRICS
+    from mlflow.tracking import MlflowClient
 
     from runners.stores import default_uris
     from runners.sweep import data_home
     from runners.tracking import leaderboard_rows, leaderboard_runs, q
-    from mlflow.tracking import MlflowClient
+    from schemas.sweep import OBJECTIVE_METRICS
 
     if metric not in OBJECTIVE_METRICS:
         raise InputRefused("--metric", f"must be one of {', '.join(OBJECTIVE_METRICS)}")
