@@ -76,13 +76,43 @@ def parametrizations(
 
 def plain_copy(model: nn.Module, exported: dict[str, ExportedLayer]) -> nn.Module:
     """A deep copy of `model` with every parametrization removed and each exported layer's
-    weight replaced by its deployed values: an ordinary float model, as deployed."""
+    weight replaced by its deployed values: an ordinary float model, as deployed.
+
+    `parametrize.remove_parametrizations` is not used on the copy: a deep copy shares the
+    generated `Parametrized*` class with the original, and removing deletes the `weight`
+    property from that shared class, which breaks the model still being trained. Each copied
+    layer gets its original class back instead, with plain Parameters.
+    """
     out = copy.deepcopy(model)
+    for name, layer in out.named_modules():
+        if not parametrize.is_parametrized(layer):
+            continue
+        values = {
+            tensor: (
+                exported[name].weight
+                if tensor == "weight" and name in exported
+                else getattr(layer, tensor)
+            ).detach()
+            for tensor in list(layer.parametrizations)  # type: ignore[union-attr]
+        }
+        originals = {t: layer.parametrizations[t].original for t in values}  # type: ignore[index]
+        plain_class = parametrize.type_before_parametrizations(layer)
+        del layer._modules["parametrizations"]
+        layer.__class__ = plain_class
+        for tensor, value in values.items():
+            original = originals[tensor]
+            setattr(
+                layer,
+                tensor,
+                nn.Parameter(
+                    value.to(original.device, original.dtype).clone(),
+                    requires_grad=original.requires_grad,
+                ),
+            )
     for name, layer in quantizable_layers(out):
-        if parametrize.is_parametrized(layer, "weight"):
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-        if name in exported:
+        if name in exported and not parametrize.is_parametrized(layer):
             w = weight_of(layer)
-            with torch.no_grad():
-                w.copy_(exported[name].weight.to(w.device, w.dtype))
+            if not torch.equal(w, exported[name].weight.to(w.device, w.dtype)):
+                with torch.no_grad():
+                    w.copy_(exported[name].weight.to(w.device, w.dtype))
     return out

@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from strategies.base import ExportedLayer, Progress, Strategy
 from strategies.layers import latent_weight, quantizable_layers, weight_of
@@ -79,7 +80,7 @@ def short_training(
             step += 1
             progress.step = step
             strategy.on_step(model, progress)
-        progress.loss = float(loss)
+        progress.loss = float(loss.detach())
         if strategy.on_epoch_end(model, progress):
             opt = torch.optim.SGD(strategy.param_groups(model), lr=0.05, momentum=0.9)
     return strategy, model
@@ -117,7 +118,18 @@ class StrategyContract:
     def test_prepare_keeps_layer_types(self, cls: type[Strategy]) -> None:
         before = [type(m) for _, m in quantizable_layers(TinyNet())]
         model = cls(cls.Params(**self.params)).prepare(TinyNet())
-        assert [type(m) for _, m in quantizable_layers(model)] == before
+        after = [type_before_parametrizations(m) for _, m in quantizable_layers(model)]
+        assert after == before
+
+    def test_deploying_leaves_the_trained_model_working(
+        self, trained: tuple[Strategy, nn.Module]
+    ) -> None:
+        strategy, model = trained
+        x, _ = tiny_data(2)
+        before = model(x).detach()
+        deployed = strategy.deploy(model)
+        assert all(type(m).__name__.find("Parametrized") < 0 for m in deployed.modules())
+        assert torch.equal(model(x).detach(), before)
 
     def test_backward_reaches_every_trainable_latent(self, cls: type[Strategy]) -> None:
         torch.manual_seed(0)

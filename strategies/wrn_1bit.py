@@ -3,16 +3,24 @@ weight is deployed as +-sqrt(2/fan_in), trained through an identity straight-thr
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import torch
 from pydantic import Field
 from torch import nn
+from torch.nn.utils import parametrize
 
 from schemas.trial import AugmentConfig, OptimizerConfig, ScheduleConfig
 from strategies.base import ExportedLayer, Recipe, Search, Strategy, StrategyParams
-from strategies.layers import attach, fan_in, latent_weight, parametrizations
+from strategies.layers import (
+    attach,
+    fan_in,
+    latent_weight,
+    parametrizations,
+    quantizable_layers,
+)
 from strategies.registry import register_strategy
 
 # Numerator of the scale over sqrt(fan_in): He's sqrt(2), or 2 for plain CNNs (PAPERS.md).
@@ -22,6 +30,29 @@ SCALE_NUMERATOR: dict[str, float] = {"he": math.sqrt(2.0), "plain": 2.0}
 def layer_scale(weight: torch.Tensor, kind: str = "he") -> float:
     """The constant deployed magnitude of a layer: sqrt(2/fan_in) ("he") or 2/sqrt(fan_in)."""
     return SCALE_NUMERATOR[kind] / math.sqrt(fan_in(weight))
+
+
+def deployed_copy(model: nn.Module, exported: dict[str, ExportedLayer]) -> nn.Module:
+    """`layers.plain_copy` without its side effect on `model`.
+
+    A deep copy of a parametrized layer shares torch's generated `Parametrized*` class with the
+    original, and `remove_parametrizations` deletes the `weight` property from that class, which
+    breaks the original layer. Each copied layer gets a class of its own before the removal.
+    """
+    out = copy.deepcopy(model)
+    for name, layer in quantizable_layers(out):
+        if parametrize.is_parametrized(layer):
+            cls = type(layer)
+            layer.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+            names = list(cast(nn.ModuleDict, layer.parametrizations).keys())
+            for tensor_name in names:
+                parametrize.remove_parametrizations(layer, tensor_name, leave_parametrized=True)
+        if name in exported:
+            w = layer.weight
+            assert isinstance(w, torch.Tensor)
+            with torch.no_grad():
+                w.copy_(exported[name].weight.to(w.device, w.dtype))
+    return out
 
 
 class _ScaledSign(torch.autograd.Function):
@@ -114,11 +145,17 @@ class WRN1Bit(Strategy):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         kind = self.params.scale  # type: ignore[attr-defined]
-        return attach(model, lambda _name, layer: _Binarize(layer_scale(layer.weight, kind)))
+        return attach(
+            model, lambda _name, layer: _Binarize(layer_scale(latent_weight(layer), kind))
+        )
+
+    def deploy(self, model: nn.Module) -> nn.Module:
+        return deployed_copy(model, self.export(model))
 
     def export(self, model: nn.Module) -> dict[str, ExportedLayer]:
         out: dict[str, ExportedLayer] = {}
         for name, layer, p in parametrizations(model, _Binarize):
+            assert isinstance(p, _Binarize)
             with torch.no_grad():
                 w = latent_weight(layer)
                 weight = p(w).detach().clone()

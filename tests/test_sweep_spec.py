@@ -13,16 +13,31 @@ from runners.sweep import plan_sweep
 from schemas.sweep import StrategySpec, SweepSpec
 from service.cli import main
 
-BASE = {"name": "t", "dataset": "digits", "model": "mlp", "strategies": [{"name": "full_precision"}]}
+BASE = {
+    "name": "t",
+    "dataset": "digits",
+    "model": "mlp",
+    "strategies": [{"name": "full_precision"}],
+}
 
 
 def spec(**over) -> SweepSpec:
     return SweepSpec.model_validate({**BASE, **over})
 
 
-def test_example_spec_validates():
-    raw = yaml.safe_load(Path("examples/quick.yaml").read_text())
-    assert SweepSpec.model_validate(raw).benchmark == "bitsweep/digits/mlp"
+EXAMPLES = sorted(Path(__file__).resolve().parent.parent.joinpath("examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_specs_validate(path: Path):
+    raw = yaml.safe_load(path.read_text())
+    assert SweepSpec.model_validate(raw).benchmark.startswith("bitsweep/")
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if "cluster" not in p.name], ids=lambda p: p.name)
+def test_local_example_specs_plan(path: Path, home: Path):
+    plan = plan_sweep(SweepSpec.model_validate(yaml.safe_load(path.read_text())))
+    assert plan.strategies and not home.exists()
 
 
 def test_search_space_comes_from_the_strategy_params():
@@ -41,7 +56,9 @@ def test_fixed_param_is_not_searched():
 
 
 def test_optuna_distributions_are_typed_by_field():
-    cls, space = strategy_space(StrategySpec(name="full_precision", search={"batch_size": [16, 64]}), 0)
+    cls, space = strategy_space(
+        StrategySpec(name="full_precision", search={"batch_size": [16, 64]}), 0
+    )
     dist = optuna_space(cls, space)
     assert type(dist["batch_size"]).__name__ == "IntDistribution"
     assert dist["lr"].log is True
@@ -51,9 +68,18 @@ def test_optuna_distributions_are_typed_by_field():
     ("over", "field"),
     [
         ({"strategies": [{"name": "nope"}]}, "strategies.0.name"),
-        ({"strategies": [{"name": "full_precision", "search": {"lr": [0, 100]}}]}, "strategies.0.search.lr"),
-        ({"strategies": [{"name": "full_precision", "search": {"bogus": [1, 2]}}]}, "strategies.0.search.bogus"),
-        ({"strategies": [{"name": "full_precision", "params": {"lr": -1}}]}, "strategies.0.params.lr"),
+        (
+            {"strategies": [{"name": "full_precision", "search": {"lr": [0, 100]}}]},
+            "strategies.0.search.lr",
+        ),
+        (
+            {"strategies": [{"name": "full_precision", "search": {"bogus": [1, 2]}}]},
+            "strategies.0.search.bogus",
+        ),
+        (
+            {"strategies": [{"name": "full_precision", "params": {"lr": -1}}]},
+            "strategies.0.params.lr",
+        ),
         ({"model": "nope"}, "model"),
         ({"model_options": {"hidden": [0]}}, "model_options.hidden"),
         ({"dataset": "npz:/no/such.npz"}, "dataset"),
@@ -77,9 +103,18 @@ def test_plan_refuses_with_the_field(home: Path, over, field):
         {"name": "bad name!"},
         {"objectives": [{"metric": "nope", "mode": "max"}]},
         {"resources": {"cpu": 0}},
-        {"strategies": [{"name": "full_precision", "params": {"lr": 0.1}, "search": {"lr": [0.1, 1]}}]},
-        {"early_stopping": {"enabled": True}, "objectives": [
-            {"metric": "test_accuracy", "mode": "max"}, {"metric": "weight_bits", "mode": "min"}]},
+        {
+            "strategies": [
+                {"name": "full_precision", "params": {"lr": 0.1}, "search": {"lr": [0.1, 1]}}
+            ]
+        },
+        {
+            "early_stopping": {"enabled": True},
+            "objectives": [
+                {"metric": "test_accuracy", "mode": "max"},
+                {"metric": "weight_bits", "mode": "min"},
+            ],
+        },
     ],
 )
 def test_schema_refuses_bad_specs(over):
