@@ -15,7 +15,6 @@ from schemas.trial import OptimizerConfig, ScheduleConfig
 from strategies.base import ExportedLayer, Progress, Recipe, Search, Strategy, StrategyParams
 from strategies.layers import attach, fan_in, latent_weight, parametrizations
 from strategies.registry import register_strategy
-from strategies.wrn_1bit import deployed_copy
 
 
 class _PowerMap(torch.autograd.Function):
@@ -238,9 +237,6 @@ class ExactBinary(Strategy):
                 info={"decode": "weight = scale * (2 * code - 1)", "p": t.p},
             )
         return out
-
-    def deploy(self, model: nn.Module) -> nn.Module:
-        return deployed_copy(model, self.export(model))
 
     def extra_metrics(self, model: nn.Module) -> dict[str, float]:
         gap = 0.0

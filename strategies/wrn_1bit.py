@@ -3,14 +3,12 @@ weight is deployed as +-sqrt(2/fan_in), trained through an identity straight-thr
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn.utils import parametrize
 
 from schemas.trial import AugmentConfig, OptimizerConfig, ScheduleConfig
 from strategies.base import ExportedLayer, Recipe, Search, Strategy, StrategyParams
@@ -19,7 +17,6 @@ from strategies.layers import (
     fan_in,
     latent_weight,
     parametrizations,
-    quantizable_layers,
 )
 from strategies.registry import register_strategy
 
@@ -30,29 +27,6 @@ SCALE_NUMERATOR: dict[str, float] = {"he": math.sqrt(2.0), "plain": 2.0}
 def layer_scale(weight: torch.Tensor, kind: str = "he") -> float:
     """The constant deployed magnitude of a layer: sqrt(2/fan_in) ("he") or 2/sqrt(fan_in)."""
     return SCALE_NUMERATOR[kind] / math.sqrt(fan_in(weight))
-
-
-def deployed_copy(model: nn.Module, exported: dict[str, ExportedLayer]) -> nn.Module:
-    """`layers.plain_copy` without its side effect on `model`.
-
-    A deep copy of a parametrized layer shares torch's generated `Parametrized*` class with the
-    original, and `remove_parametrizations` deletes the `weight` property from that class, which
-    breaks the original layer. Each copied layer gets a class of its own before the removal.
-    """
-    out = copy.deepcopy(model)
-    for name, layer in quantizable_layers(out):
-        if parametrize.is_parametrized(layer):
-            cls = type(layer)
-            layer.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-            names = list(cast(nn.ModuleDict, layer.parametrizations).keys())
-            for tensor_name in names:
-                parametrize.remove_parametrizations(layer, tensor_name, leave_parametrized=True)
-        if name in exported:
-            w = layer.weight
-            assert isinstance(w, torch.Tensor)
-            with torch.no_grad():
-                w.copy_(exported[name].weight.to(w.device, w.dtype))
-    return out
 
 
 class _ScaledSign(torch.autograd.Function):
@@ -148,9 +122,6 @@ class WRN1Bit(Strategy):
         return attach(
             model, lambda _name, layer: _Binarize(layer_scale(latent_weight(layer), kind))
         )
-
-    def deploy(self, model: nn.Module) -> nn.Module:
-        return deployed_copy(model, self.export(model))
 
     def export(self, model: nn.Module) -> dict[str, ExportedLayer]:
         out: dict[str, ExportedLayer] = {}
