@@ -15,6 +15,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from torch import nn
 from torch.nn import functional as F
 
+from schemas.errors import validation_field
+
 Builder = Callable[[tuple[int, ...], int, Any], nn.Module]
 B = TypeVar("B", bound=Callable[..., nn.Module])
 
@@ -119,16 +121,7 @@ def build_model(
 
 
 def _option_error(e: ValidationError) -> ModelError:
-    err = e.errors(include_url=False)[0]
-    loc = err["loc"]
-    msg = str(err["msg"])
-    if err["type"] == "value_error":
-        msg = str(err.get("ctx", {}).get("error", msg))  # drop pydantic's "Value error, " prefix
-    msg = " ".join(msg.split())  # the error contract is one line
-    if not loc:
-        return ModelError("model_options", msg)
-    rest = "".join(f"[{p}]" for p in loc[1:])
-    return ModelError(f"model_options.{loc[0]}", f"{msg} (at {loc[0]}{rest})" if rest else msg)
+    return ModelError(*validation_field(e, "model_options"))
 
 
 # --------------------------------------------------------------------------- shared pieces

@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 import pydantic
 
+from schemas.errors import validation_field
 from schemas.sweep import StrategySpec
 from strategies import get_strategy
 from strategies.base import Search, Strategy
@@ -65,9 +66,7 @@ def check_params(cls: type[Strategy], params: dict[str, Any], *, where: str) -> 
         try:
             model.model_validate(values)
         except pydantic.ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise SpecError(f"{where}.{loc}" if loc else where, err["msg"]) from None
+            raise SpecError(*validation_field(e, where)) from None
 
 
 def to_distribution(name: str, search: Search, kind: str) -> optuna.distributions.BaseDistribution:

@@ -29,6 +29,7 @@ from torch import nn
 import strategies
 from runners.data import Dataset, batches, load_dataset
 from runners.models import build_model, model_options
+from schemas.errors import validation_field
 from schemas.trial import (
     EnvironmentInfo,
     EpochRecord,
@@ -61,10 +62,7 @@ class TrialDiverged(RuntimeError):
 
 def pydantic_error(e: pydantic.ValidationError, prefix: str = "") -> ConfigError:
     """The first error of a validation failure as a `ConfigError` naming its field."""
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "config")
-    return ConfigError(field, err["msg"])
+    return ConfigError(*validation_field(e, prefix))
 
 
 # -- resolution ------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pydantic
 
+from schemas.errors import validation_field
+
 
 class InputRefused(ValueError):
     """Bad input refused by the command line or the API itself: `field: reason`."""
@@ -21,9 +23,8 @@ def input_error(e: BaseException) -> str | None:
     `field` (ConfigError, DatasetError, ModelError, SpaceError, SpecError).
     """
     if isinstance(e, pydantic.ValidationError):
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or e.title
-        return _one_line(f"{loc}: {err['msg']}")
+        field, reason = validation_field(e)
+        return f"{field}: {reason}"
     field = getattr(e, "field", None)
     if isinstance(e, ValueError) and isinstance(field, str):
         reason = getattr(e, "reason", None)
