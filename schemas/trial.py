@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 DATASET_PATTERN = re.compile(r"^(digits|mnist-5k|(npz|mnist|cifar10|cifar100):.+)$")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _dataset_ref(v: str) -> str:
+    if not DATASET_PATTERN.match(v):
+        raise ValueError(
+            "must be digits, mnist-5k, or one of npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR"
+        )
+    return v
+
+
+DatasetRef = Annotated[str, AfterValidator(_dataset_ref)]
+"""A dataset reference: a built-in name, or a format and a local path."""
 
 
 class Strict(BaseModel):
@@ -69,7 +81,7 @@ class TrialConfig(Strict):
     params: dict[str, Any] = Field(
         default_factory=dict, description="the strategy's own params, validated by its Params"
     )
-    dataset: str = Field(
+    dataset: DatasetRef = Field(
         "digits", description="digits, mnist-5k, npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR"
     )
     model: str = Field("mlp", min_length=1)
@@ -83,15 +95,6 @@ class TrialConfig(Strict):
     device: str = "auto"
     val_fraction: float = Field(0.1, ge=0, lt=0.9)
     eval_batch_size: int = Field(2048, ge=1)
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        if not DATASET_PATTERN.match(v):
-            raise ValueError(
-                "must be digits, mnist-5k, or one of npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR"
-            )
-        return v
 
     @field_validator("device")
     @classmethod
