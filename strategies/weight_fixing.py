@@ -1,0 +1,585 @@
+"""Weight Fixing Networks (Subia-Waud & Dasmahapatra, ECCV 2022): in ten steps, every conv and
+linear weight of the network is fixed to zero or a short signed sum of powers of two drawn from
+one whole-network set of centres, so the deployed net holds few distinct values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from schemas.trial import OptimizerConfig, ScheduleConfig
+from strategies.base import ExportedLayer, Progress, Recipe, Search, Strategy, StrategyParams
+from strategies.layers import attach, latent_weight, parametrizations
+from strategies.registry import register_strategy
+from strategies.space import SpaceError
+
+# Share of all weights fixed after each step (the authors' ImageNet schedule).
+FRACTIONS: tuple[float, ...] = (0.3, 0.6, 0.8, 0.9, 0.95, 0.975, 0.99, 0.9975, 0.999, 1.0)
+STEPS = len(FRACTIONS)
+# The geometric grid's ratio is 1 / (1 - tol); beyond this it would skip powers of two and
+# blow up at 1. Every power of two in range is a centre anyway, so coarser grids add nothing.
+_MAX_GRID_TOL = 0.5
+
+
+# -- centres and the greedy clustering ---------------------------------------------------------
+
+
+def exp2_exact(e: torch.Tensor) -> torch.Tensor:
+    """2^e for integer-valued e, built from the float32 exponent bits: exact on every device
+    (exp2 need not be), clamped to the normal range."""
+    bits = (e.to(torch.int32) + 127).clamp(1, 254) << 23
+    return bits.view(torch.float32)
+
+
+def pow2_round(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) * 2^round(log2|x|), and 0 for 0: the nearest power of two in the log domain."""
+    mag = x.abs()
+    e = torch.round(torch.log2(mag.clamp_min(torch.finfo(x.dtype).tiny)))
+    return torch.where(mag > 0, torch.copysign(exp2_exact(e), x), torch.zeros_like(x))
+
+
+def additive_pow2(v: torch.Tensor, terms: int, tol: float) -> torch.Tensor:
+    """`v` as a sum of at most `terms` signed powers of two: a term is added to the running sum
+    only while the residual is at least `tol * |v|` (the authors' `convert_to_add_pows_of_2`)."""
+    out = pow2_round(v)
+    for _ in range(terms - 1):
+        r = v - out
+        out = out + torch.where(r.abs() >= tol * v.abs(), pow2_round(r), torch.zeros_like(r))
+    return out
+
+
+def centre_magnitudes(
+    max_abs: float, tol: float, terms: int, gamma0: float, device: torch.device
+) -> torch.Tensor:
+    """Sorted positive centres covering [gamma0, max_abs]: every power of two in range, and a
+    geometric grid g_i = gamma0 / (1 - tol)^i (each magnitude lies within relative distance tol
+    of a grid point) rounded to sums of at most `terms` signed powers of two."""
+    lo = round(math.log2(gamma0))
+    hi = max(lo, math.ceil(math.log2(max(max_abs, gamma0))))
+    exps = torch.arange(lo, hi + 1, device=device, dtype=torch.float32)
+    pows = exp2_exact(exps)
+    if terms == 1:
+        return pows
+    tol = min(tol, _MAX_GRID_TOL)
+    n = math.ceil(math.log(2.0**hi / gamma0) / -math.log1p(-tol)) + 1
+    grid = gamma0 * torch.exp(
+        -math.log1p(-tol) * torch.arange(n, device=device, dtype=torch.float64)
+    )
+    mags = additive_pow2(grid.to(torch.float32), terms, tol)
+    return torch.unique(torch.cat([pows, mags[mags >= gamma0]]))
+
+
+def _select(
+    w: torch.Tensor, mags: torch.Tensor, allowed: float, gamma0: float, needed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level of the greedy clustering over the free weights `w`.
+
+    Each weight's candidate centre is its nearest one (zero below gamma0). Centres are taken
+    in order of how many free weights they are nearest to; each fixes its candidates, closest
+    first (relative distance |w - c| / |w|), while their mean distance stays <= `allowed`.
+    Returns (positions in `w`, their centre values), at most `needed` of them. Vectorized:
+    one grouped sort, segment cumulative sums, no loop over centres or weights.
+    """
+    n, k = w.numel(), mags.numel()
+    a = w.abs()
+    small = a < gamma0
+    j = torch.searchsorted(mags, a)
+    lo = (j - 1).clamp(0, k - 1)
+    hi = j.clamp(0, k - 1)
+    near = torch.where((a - mags[lo]).abs() <= (mags[hi] - a).abs(), lo, hi)
+    value = torch.where(small, torch.zeros_like(w), torch.copysign(mags[near], w))
+    dist = torch.where(small, torch.zeros_like(w), (a - mags[near]).abs() / a.clamp_min(gamma0))
+    # Signed centre id: k - 1 - i for -mags[i], k for zero, k + 1 + i for +mags[i].
+    group = torch.where(
+        small, torch.full_like(near, k), torch.where(w > 0, k + 1 + near, k - 1 - near)
+    )
+
+    # Rank centres by how many free weights they are nearest to (ties: lower id first), then
+    # sort the weights by (rank of their centre, distance) with one sort of a float64 key:
+    # the integer part is the rank, the fraction the distance scaled into [0, 1).
+    counts = torch.bincount(group, minlength=2 * k + 1)
+    rank = torch.empty_like(counts)
+    rank[torch.argsort(counts, descending=True, stable=True)] = torch.arange(
+        counts.numel(), device=w.device
+    )
+    scale = float(dist.max()) + 1.0
+    key, order = torch.sort(
+        rank[group].to(torch.float64) + dist.to(torch.float64) / scale, stable=True
+    )
+    # Read rank and distance back from the sorted key instead of gathering them by `order`.
+    r = key.floor()
+    d = (key - r) * scale
+    r = r.long()
+    sizes = counts[torch.argsort(rank)]  # group sizes in rank order
+    starts = torch.cumsum(sizes, 0) - sizes
+    csum = torch.cumsum(d, 0)
+    base = (csum - d)[starts.clamp(max=n - 1)]  # sum of all groups before each group
+    pos = torch.arange(1, n + 1, device=w.device) - starts[r]
+    # Distances ascend within a group, so the running mean only grows: `ok` is a prefix of
+    # each group, and the groups come in rank order, so the first `needed` are the greedy pick.
+    ok = (csum - base[r]) / pos <= allowed
+    picked = order[torch.nonzero(ok).squeeze(1)[:needed]]
+    return picked, value[picked]
+
+
+@dataclass
+class FixReport:
+    """What one fixing step did."""
+
+    fixed: int  # weights fixed after the step
+    newly_fixed: int
+    delta_t: float  # the step's allowed mean relative distance
+    terms: int  # most power-of-two terms the step had to allow
+    allowed: float  # final allowed distance (> delta_t only if max_terms could not reach it)
+
+
+def fix_weights(
+    w: torch.Tensor,
+    fixed: torch.Tensor,
+    value: torch.Tensor,
+    target: int,
+    delta_t: float,
+    *,
+    max_terms: int,
+    gamma0: float,
+) -> FixReport:
+    """Fix free weights of the flat network vector `w` until `target` are fixed, in place on
+    the flat `fixed` mask and `value` vector. Starts from powers of two; when every centre's
+    acceptable weights are used up, allows one more power-of-two term, and past `max_terms`
+    doubles the allowed distance (the authors double it after too many term increases), so
+    the target is always reached."""
+    before = int(fixed.sum())
+    needed = target - before
+    terms, allowed = 1, delta_t
+    while needed > 0:
+        free = torch.nonzero(~fixed).squeeze(1)
+        wf = w[free]
+        mags = centre_magnitudes(float(wf.abs().max()), delta_t, terms, gamma0, w.device)
+        picked, vals = _select(wf, mags, allowed, gamma0, needed)
+        fixed[free[picked]] = True
+        value[free[picked]] = vals
+        needed -= picked.numel()
+        if needed > 0:
+            if terms < max_terms:
+                terms += 1
+            else:
+                allowed *= 2.0
+    after = int(fixed.sum())
+    return FixReport(
+        fixed=after, newly_fixed=after - before, delta_t=delta_t, terms=terms, allowed=allowed
+    )
+
+
+def bracket(w: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centres just below and just above each weight in the sorted `centres` (the end
+    centre twice outside their range)."""
+    k = centres.numel()
+    j = torch.searchsorted(centres, w)
+    return centres[(j - 1).clamp(0, k - 1)], centres[j.clamp(0, k - 1)]
+
+
+def soft_relative_distance(
+    w: torch.Tensor, c_lo: torch.Tensor, c_hi: torch.Tensor, tau: float, gamma0: float
+) -> torch.Tensor:
+    """Per weight: sum_c softmin_c(d_c / tau) * d_c, d_c = |w - c| / max(|w|, gamma0), over the
+    pair of centres (c_lo, c_hi) bracketing w. The other centres carry weight below
+    exp(-gap / tau), negligible at tau = 0.05, and would cost a factor K in time and memory."""
+    denom = w.abs().clamp_min(gamma0)
+    d_lo = (w - c_lo).abs() / denom
+    d_hi = (w - c_hi).abs() / denom
+    p_lo = torch.sigmoid((d_hi - d_lo) / tau)  # softmin over the pair
+    return p_lo * d_lo + (1.0 - p_lo) * d_hi
+
+
+# -- the parametrization ------------------------------------------------------------------------
+
+
+class _Fixable(nn.Module):
+    """w -> where(fixed, value, w): a fixed weight is exactly its centre and gets no gradient.
+
+    `fixed` and `value` are buffers, so they live in the model's state_dict and checkpoints.
+    """
+
+    fixed: torch.Tensor
+    value: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("fixed", torch.zeros_like(weight, dtype=torch.bool))
+        self.register_buffer("value", torch.zeros_like(weight))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.fixed, self.value, w)
+
+
+def _fixables(model: nn.Module) -> list[tuple[str, torch.Tensor, _Fixable]]:
+    """(name, latent weight, transform) of every layer this strategy fixes."""
+    return [
+        (name, latent_weight(layer), cast(_Fixable, p))
+        for name, layer, p in parametrizations(model, _Fixable)
+    ]
+
+
+# -- the strategy -------------------------------------------------------------------------------
+
+
+@register_strategy("weight_fixing")
+class WeightFixing(Strategy):
+    """Subia-Waud & Dasmahapatra, "Weight Fixing Networks" (ECCV 2022, arXiv 2210.13554).
+
+    All Linear and Conv weights form one whole-network vector (biases and BatchNorm stay
+    float and are not exported). The trial first trains the float model for `pretrain_epochs`
+    (default: a third of the trial's epochs), or loads `init_checkpoint` (then 0 by default),
+    and then runs the fixing schedule: after step t = 0..9, the fractions 0.3, 0.6, 0.8, 0.9,
+    0.95, 0.975, 0.99, 0.9975, 0.999, 1.0 of all weights are fixed. Step 0 ends pre-training;
+    steps 1..9 are spread evenly over the remaining epochs, several at one epoch end when there
+    are fewer epochs than steps, the last always at the end of the last epoch: a trial always
+    ends 100% fixed. Each step asks the runner for a fresh optimizer. `selectable` is False
+    until every weight is fixed, so the runner only picks a fully fixed network as best.
+
+    Forward: W = where(fixed, centre, W_latent); fixed weights get zero gradient and stay
+    exactly at their centre. Centres: zero for |w| < gamma0 = 2^-7; above it, powers of two,
+    or sums of up to `max_terms` signed powers of two made by rounding a geometric grid
+    (ratio 1/(1 - delta_t), so every magnitude is within relative distance delta_t of a grid
+    point) term by term, as in the authors' code. Step t allows delta_t = max(delta,
+    delta * (T - t)), from 10*delta down to delta. Greedy clustering: take the centre that is
+    nearest for the most free weights; among the free weights whose nearest centre it is, fix
+    the closest (relative distance |w - c| / |w|) while their mean distance stays <= delta_t;
+    next centre; until the step's fraction is fixed. A level starts with powers of two only;
+    when all centres are used up, one more term is allowed, and beyond `max_terms` the allowed
+    distance doubles (the authors' fallback), so every target is met.
+
+    Regularizer (fixing phase only, on free weights): d = mean over free weights of
+    sum_c softmin_c(d_c / tau) * d_c, d_c = |w - c| / max(|w|, gamma0), c over the centres in
+    use; loss term = lambda * CE.detach() * d / d.detach(), i.e. its value is lambda * CE
+    every step and its gradient lambda * CE / d * grad(d).
+    Recipe: Adam, gradient-norm clipping 0.5, constant lr (the authors use no schedule).
+
+    Faithful: the fraction schedule, whole-network centres, power-of-two and additive
+    power-of-two centres on a relative-distance grid, gamma0, delta_t, the greedy mean-distance
+    clustering, zero gradient for fixed weights, fresh optimizer per step, lambda and tau,
+    Adam with clipping 0.5. Reconstructed / changed: a centre's candidates are only the weights
+    whose nearest centre it is (without this a large delta_t collapses accuracy); fixed weights
+    are never re-clustered (the authors' code re-clusters from scratch each step); the softmin
+    runs over the two bracketing centres; the authors' code overwrote its relative-distance
+    regularizer by a bug, here it is the paper's; epochs per step follow the trial length
+    instead of 3; lr 1e-3 (the authors' 2e-5 fine-tunes ImageNet nets, this trains from scratch);
+    BatchNorm parameters and biases are never fixed.
+    Deployment: per layer a codebook of its distinct values; bits = ceil(log2 K) per weight,
+    n_floats = K, codes = codebook indices. A layer that still has free weights (a trial
+    stopped early) deploys as float32, bits = 32.
+    """
+
+    paper = "Weight Fixing Networks (Subia-Waud & Dasmahapatra, ECCV 2022, arXiv 2210.13554)"
+    summary = (
+        "fix all weights in 10 steps to whole-network power-of-two centres: few unique weights, "
+        "low entropy"
+    )
+    fidelity = (
+        "faithful: fixing schedule, whole-network power-of-two / additive power-of-two centres, "
+        "delta_t, greedy mean-distance clustering, zero gradient on fixed weights, softmin "
+        "regularizer scaled to lambda*CE, Adam + clip 0.5; reconstructed: candidates restricted "
+        "to each centre's nearest weights, no re-clustering of fixed weights, float pre-training "
+        "inside the trial, epochs per step from the trial length, lr for training from scratch, "
+        "BatchNorm and biases left float"
+    )
+
+    class Params(StrategyParams):
+        delta: Annotated[
+            float,
+            Field(
+                ge=0.001,
+                le=0.1,
+                description="delta: allowed mean relative distance of the last fixing step; step t "
+                "allows max(delta, delta*(10-t)) (paper: 0.0075-0.015 on ImageNet)",
+            ),
+            Search(0.005, 0.1, log=True),
+        ] = 0.015
+        max_terms: Annotated[
+            int,
+            Field(
+                ge=1,
+                le=3,
+                description="most signed powers of two in one centre; each step starts with single "
+                "powers of two and adds a term only when no centre can take more weights",
+            ),
+            Search(1, 3),
+        ] = 3
+        reg_lambda: Annotated[
+            float,
+            Field(ge=0, le=10, description="regularizer weight: its value is reg_lambda * CE"),
+            Search(0.0, 1.0),
+        ] = 0.4
+        temperature: Annotated[
+            float,
+            Field(gt=0, le=10, description="softmin temperature over relative distances"),
+        ] = 0.05
+        gamma0: Annotated[
+            float,
+            Field(gt=0, le=1, description="gamma0: magnitudes below it are fixed to zero (2^-7)"),
+            Search(2.0**-9, 2.0**-5, log=True),
+        ] = 2.0**-7
+        pretrain_epochs: Annotated[
+            int | None,
+            Field(
+                ge=0,
+                le=10_000,
+                description="float training epochs before the first fixing step; default a third "
+                "of the trial's epochs (at least 1), or 0 with init_checkpoint",
+            ),
+        ] = None
+        init_checkpoint: Annotated[
+            str | None,
+            Field(
+                description="path of a torch state_dict of the same float model to start from "
+                "instead of training it"
+            ),
+        ] = None
+
+        @field_validator("init_checkpoint")
+        @classmethod
+        def _checkpoint_exists(cls, v: str | None) -> str | None:
+            if v is not None and not Path(v).is_file():
+                raise ValueError(f"no such file: {v}")
+            return v
+
+    recipe = Recipe(
+        optimizer=OptimizerConfig(name="adam", lr=1e-3, grad_clip=0.5),
+        schedule=ScheduleConfig(name="constant"),
+        batch_size=64,
+        model_options={"batch_norm": True, "bias": False},
+        search={
+            "lr": Search(1e-5, 1e-2, log=True),
+            "batch_size": Search(choices=(32, 64, 128)),
+        },
+    )
+
+    @property
+    def cfg(self) -> WeightFixing.Params:
+        return cast(WeightFixing.Params, self.params)
+
+    def __init__(self, params: StrategyParams | None = None) -> None:
+        super().__init__(params)
+        self.steps_done = 0
+        self.last_report: FixReport | None = None
+        # Derived from the model, rebuilt on demand: the centres in use (sorted), and per
+        # layer the free weights' flat indices with the centres bracketing each of them.
+        self._centres: torch.Tensor | None = None
+        self._brackets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    # -- schedule ------------------------------------------------------------------------------
+
+    def pretrain_epochs(self, epochs: int) -> int:
+        """Float epochs before fixing starts in a trial of `epochs` epochs."""
+        p = self.cfg
+        if p.pretrain_epochs is not None:
+            return min(p.pretrain_epochs, epochs)
+        if p.init_checkpoint is not None:
+            return 0
+        return min(epochs, max(1, (epochs + 1) // 3))
+
+    def step_epoch(self, step: int, epochs: int) -> int:
+        """The 0-based epoch at whose end fixing step `step` runs (-1: in `prepare`)."""
+        pre = self.pretrain_epochs(epochs)
+        if step == 0:
+            return pre - 1
+        return pre - 1 + -(-step * (epochs - pre) // (STEPS - 1))
+
+    def delta_t(self, step: int) -> float:
+        d = float(self.cfg.delta)
+        return max(d, d * (STEPS - step))
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        path = self.cfg.init_checkpoint
+        if path is not None:
+            _load_float_checkpoint(model, path)
+        attach(model, lambda _name, layer: _Fixable(latent_weight(layer)))
+        if self._starts_fixed():
+            self._fix(model)
+        return model
+
+    def _starts_fixed(self) -> bool:
+        p = self.cfg
+        if p.pretrain_epochs is not None:
+            return p.pretrain_epochs == 0
+        return p.init_checkpoint is not None
+
+    def regularizer(self, model: nn.Module, loss: torch.Tensor) -> torch.Tensor | None:
+        lam = float(self.cfg.reg_lambda)
+        if lam == 0 or not 0 < self.steps_done < STEPS:
+            return None
+        terms = self._free_brackets(model)
+        if not terms:
+            return None
+        tau = float(self.cfg.temperature)
+        gamma0 = float(self.cfg.gamma0)
+        total: torch.Tensor | None = None
+        free = 0
+        for (_, w, _), (idx, c_lo, c_hi) in zip(_fixables(model), terms, strict=True):
+            if idx.numel() == 0:
+                continue
+            s = soft_relative_distance(w.reshape(-1)[idx], c_lo, c_hi, tau, gamma0).sum()
+            total = s if total is None else total + s.to(total.device)
+            free += idx.numel()
+        if total is None:
+            return None
+        d = total / free
+        if float(d.detach()) <= 0:
+            return None
+        return lam * loss.detach() * d / d.detach()
+
+    def on_epoch_end(self, model: nn.Module, progress: Progress) -> bool:
+        self._brackets = None  # weights moved: find their bracketing centres again
+        fixed_any = False
+        while (
+            self.steps_done < STEPS
+            and self.step_epoch(self.steps_done, progress.epochs) <= progress.epoch
+        ):
+            self._fix(model)
+            fixed_any = True
+        return fixed_any
+
+    def selectable(self, progress: Progress) -> bool:
+        return self.steps_done >= STEPS
+
+    def export(self, model: nn.Module) -> dict[str, ExportedLayer]:
+        out: dict[str, ExportedLayer] = {}
+        for name, latent, p in _fixables(model):
+            with torch.no_grad():
+                weight = torch.where(p.fixed, p.value, latent).detach().clone()
+            if not bool(p.fixed.all()):
+                out[name] = ExportedLayer(
+                    weight=weight,
+                    bits=32.0,
+                    info={"fixed_fraction": float(p.fixed.float().mean())},
+                )
+                continue
+            book, codes = torch.unique(weight, sorted=True, return_inverse=True)
+            k = book.numel()
+            dtype = torch.uint8 if k <= 256 else torch.int16 if k <= 32768 else torch.int32
+            out[name] = ExportedLayer(
+                weight=weight,
+                bits=float(max(1, math.ceil(math.log2(k)))),
+                n_floats=k,
+                codes=codes.to(dtype),
+                info={"codebook": book.tolist(), "decode": "weight = codebook[code]"},
+            )
+        return out
+
+    def extra_metrics(self, model: nn.Module) -> dict[str, float]:
+        n = fixed = 0
+        for _, _, p in _fixables(model):
+            n += p.fixed.numel()
+            fixed += int(p.fixed.sum())
+        centres = self._centres_in_use(model)
+        out = {
+            "fixed_fraction": fixed / n if n else 0.0,
+            "centres_in_use": float(0 if centres is None else centres.numel()),
+            "fixing_steps": float(self.steps_done),
+        }
+        if self.last_report is not None:
+            out["delta_t"] = self.last_report.delta_t
+            out["max_terms_used"] = float(self.last_report.terms)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        # The fixed masks and centre values are buffers of the model's state_dict.
+        report = None if self.last_report is None else asdict(self.last_report)
+        return {"steps_done": self.steps_done, "last_report": report}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state.get("steps_done", 0))
+        report = state.get("last_report")
+        self.last_report = None if report is None else FixReport(**report)
+        self._centres = None
+        self._brackets = None
+
+    # -- fixing --------------------------------------------------------------------------------
+
+    def _fix(self, model: nn.Module) -> FixReport:
+        """Run fixing step `self.steps_done` on the whole network."""
+        layers = [(latent, p) for _, latent, p in _fixables(model)]
+        if not layers:
+            raise ValueError("weight_fixing found no Linear or Conv layer to fix")
+        device = layers[0][1].fixed.device
+        with torch.no_grad():
+            w = torch.cat([lw.detach().reshape(-1).to(device) for lw, _ in layers])
+            fixed = torch.cat([p.fixed.reshape(-1).to(device) for _, p in layers])
+            value = torch.cat([p.value.reshape(-1).to(device) for _, p in layers])
+            step = self.steps_done
+            target = math.floor(FRACTIONS[step] * w.numel() + 0.5)
+            report = fix_weights(
+                w,
+                fixed,
+                value,
+                target,
+                self.delta_t(step),
+                max_terms=self.cfg.max_terms,
+                gamma0=self.cfg.gamma0,
+            )
+            start = 0
+            for lw, p in layers:
+                n = p.fixed.numel()
+                p.fixed.copy_(fixed[start : start + n].view_as(p.fixed))
+                p.value.copy_(value[start : start + n].view_as(p.value))
+                # Keep the latent equal to the deployed value, so a plain copy of it agrees.
+                lw.copy_(torch.where(p.fixed, p.value, lw))
+                start += n
+        self.steps_done += 1
+        self.last_report = report
+        self._centres = None
+        self._brackets = None
+        return report
+
+    def _centres_in_use(self, model: nn.Module) -> torch.Tensor | None:
+        if self._centres is None:
+            vals = [p.value[p.fixed] for _, _, p in _fixables(model)]
+            if sum(v.numel() for v in vals) == 0:
+                return None
+            self._centres = torch.unique(torch.cat([v.to(vals[0].device) for v in vals]))
+        return self._centres
+
+    def _free_brackets(
+        self, model: nn.Module
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        # One search per epoch instead of per step: a weight rarely crosses a centre within an
+        # epoch, and if it does, the bracket it left still pulls it to the nearer old centre.
+        if self._brackets is None:
+            centres = self._centres_in_use(model)
+            if centres is None:
+                return []
+            self._brackets = []
+            for _, latent, p in _fixables(model):
+                idx = torch.nonzero(~p.fixed.reshape(-1)).squeeze(1)
+                w = latent.detach().reshape(-1)[idx]
+                c_lo, c_hi = bracket(w, centres.to(w.device))
+                self._brackets.append((idx, c_lo, c_hi))
+        return self._brackets
+
+
+def _load_float_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a torch state_dict of the same float model; any failure names the param."""
+    field = "params.init_checkpoint"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SpaceError(
+            field, f"cannot read {path} as a state_dict saved by torch.save ({type(e).__name__})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SpaceError(field, f"{path} does not hold a state_dict (a dict of tensors)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())
+        raise SpaceError(
+            field, f"{path} is not a state_dict of this float model: {reason}"
+        ) from None

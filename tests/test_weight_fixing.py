@@ -1,0 +1,348 @@
+"""weight_fixing against its paper (Weight Fixing Networks, arXiv 2210.13554): the ten-step
+fixing schedule, power-of-two and additive power-of-two centres, the greedy relative-distance
+clustering, frozen fixed weights, the regularizer, the deployed codebook, float checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runners.trial import ConfigError, resolve, train
+from schemas.trial import TrialConfig
+from strategies.base import Progress
+from strategies.layers import parametrizations
+from strategies.metrics import weight_metrics
+from strategies.space import SpaceError
+from strategies.testing import TinyNet, short_training, tiny_data
+from strategies.weight_fixing import FRACTIONS, STEPS, WeightFixing, _Fixable, fix_weights
+
+GAMMA0 = 2.0**-7
+
+
+def signed_pow2_terms(v: float) -> int:
+    """Fewest signed powers of two summing to v: the weight of the non-adjacent form of its
+    mantissa, computed exactly on integers (0 for 0)."""
+    if v == 0:
+        return 0
+    m, _ = math.frexp(abs(v))
+    n = int(m * 2**53)  # exact: a float32 mantissa has 24 bits
+    count = 0
+    while n:
+        if n & 1:
+            n -= 2 - (n & 3)
+            count += 1
+        n >>= 1
+    return count
+
+
+def exported_values(strategy: WeightFixing, model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([layer.weight.reshape(-1) for layer in strategy.export(model).values()])
+
+
+def fixed_masks(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.fixed.clone() for _, _, p in parametrizations(model, _Fixable)]
+
+
+def run_epochs(strategy: WeightFixing, model: torch.nn.Module, epochs: int) -> list[bool]:
+    """Call on_epoch_end for each epoch without training; what each call returned."""
+    out = []
+    for e in range(epochs):
+        out.append(
+            strategy.on_epoch_end(
+                model, Progress(epoch=e, epochs=epochs, step=e, steps_per_epoch=1)
+            )
+        )
+    return out
+
+
+def gaussian(n: int = 20_000, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 0.1
+
+
+# -- the schedule -------------------------------------------------------------------------------
+
+
+def test_short_trial_ends_with_every_weight_fixed() -> None:
+    strategy, model = short_training(WeightFixing, {}, seed=0, epochs=3)
+    assert strategy.extra_metrics(model)["fixed_fraction"] == 1.0
+
+
+def test_each_step_fixes_its_fraction_of_all_weights() -> None:
+    strategy = WeightFixing(WeightFixing.Params(pretrain_epochs=1))
+    model = strategy.prepare(TinyNet())
+    n = sum(m.numel() for m in fixed_masks(model))
+    counts = []
+    for e in range(STEPS):
+        strategy.on_epoch_end(model, Progress(epoch=e, epochs=STEPS, step=e, steps_per_epoch=1))
+        counts.append(sum(int(m.sum()) for m in fixed_masks(model)))
+    assert counts == [math.floor(f * n + 0.5) for f in FRACTIONS]
+
+
+@pytest.mark.parametrize("epochs", range(1, 31))
+def test_last_step_falls_on_the_last_epoch(epochs: int) -> None:
+    strategy = WeightFixing()
+    at = [strategy.step_epoch(s, epochs) for s in range(STEPS)]
+    assert (
+        at[-1] == epochs - 1 and at == sorted(at) and at[0] == strategy.pretrain_epochs(epochs) - 1
+    )
+
+
+def test_fewer_epochs_than_steps_run_several_steps_at_one_epoch_end() -> None:
+    strategy = WeightFixing()  # 3 epochs: 1 float epoch, then 9 steps over 2 epochs
+    assert [strategy.step_epoch(s, 3) for s in range(STEPS)] == [0, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+
+
+def test_a_fixing_step_asks_for_a_fresh_optimizer() -> None:
+    strategy = WeightFixing()  # 12 epochs: 4 float epochs, then one step per epoch end
+    model = strategy.prepare(TinyNet())
+    assert run_epochs(strategy, model, 12) == [e >= 3 for e in range(12)]
+
+
+def test_selectable_only_once_every_weight_is_fixed() -> None:
+    strategy = WeightFixing()
+    model = strategy.prepare(TinyNet())
+    selectable = []
+    for e in range(4):
+        progress = Progress(epoch=e, epochs=4, step=e, steps_per_epoch=1)
+        strategy.on_epoch_end(model, progress)
+        selectable.append(strategy.selectable(progress))
+    assert selectable == [False, False, False, True]
+
+
+def test_delta_t_shrinks_from_ten_delta_to_delta() -> None:
+    strategy = WeightFixing(WeightFixing.Params(delta=0.01))
+    assert [strategy.delta_t(t) for t in range(STEPS)] == pytest.approx(
+        [0.1, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03, 0.02, 0.01]
+    )
+
+
+# -- centres and clustering ---------------------------------------------------------------------
+
+
+def test_exported_values_are_zero_or_powers_of_two_with_one_term() -> None:
+    strategy, model = short_training(WeightFixing, {"max_terms": 1}, seed=0, epochs=3)
+    mantissa, _ = torch.frexp(exported_values(strategy, model))
+    assert bool(((mantissa == 0) | (mantissa.abs() == 0.5)).all())
+
+
+@pytest.mark.parametrize("max_terms", [1, 2, 3])
+def test_centres_are_sums_of_at_most_max_terms_signed_powers_of_two(max_terms: int) -> None:
+    w = gaussian()
+    fixed, value = torch.zeros_like(w, dtype=torch.bool), torch.zeros_like(w)
+    for t in range(STEPS):  # delta this small needs every term allowed
+        delta_t = max(0.002, 0.002 * (STEPS - t))
+        target = math.floor(FRACTIONS[t] * w.numel() + 0.5)
+        fix_weights(w, fixed, value, target, delta_t, max_terms=max_terms, gamma0=GAMMA0)
+    assert max(signed_pow2_terms(float(v)) for v in torch.unique(value)) == max_terms
+
+
+def test_each_centre_keeps_mean_relative_distance_within_delta_t() -> None:
+    w = gaussian()
+    fixed, value = torch.zeros_like(w, dtype=torch.bool), torch.zeros_like(w)
+    report = fix_weights(w, fixed, value, 6_000, 0.02, max_terms=3, gamma0=GAMMA0)
+    big = fixed & (w.abs() >= GAMMA0)
+    centres, inverse = torch.unique(value[big], return_inverse=True)
+    rel = (w[big] - value[big]).abs() / w[big].abs()
+    means = torch.zeros(centres.numel()).index_add_(0, inverse, rel) / torch.bincount(inverse)
+    assert report.allowed == 0.02 and float(means.max()) <= 0.02 + 1e-6
+
+
+def test_each_weight_is_fixed_to_its_nearest_centre() -> None:
+    # A large delta_t (0.5) is where letting any centre take any weight collapsed accuracy.
+    w = gaussian()
+    fixed, value = torch.zeros_like(w, dtype=torch.bool), torch.zeros_like(w)
+    fix_weights(w, fixed, value, 6_000, 0.5, max_terms=1, gamma0=GAMMA0)
+    pows = torch.exp2(torch.arange(-7.0, 3.0))
+    centres = torch.cat([-pows, pows])
+    nearest = centres[(w[:, None] - centres).abs().argmin(1)]
+    nearest = torch.where(w.abs() < GAMMA0, torch.zeros_like(w), nearest)
+    assert torch.equal(value[fixed], nearest[fixed])
+
+
+def test_magnitudes_below_gamma0_are_fixed_to_zero() -> None:
+    w = gaussian()
+    fixed, value = torch.zeros_like(w, dtype=torch.bool), torch.zeros_like(w)
+    fix_weights(w, fixed, value, w.numel(), 0.015, max_terms=3, gamma0=GAMMA0)
+    assert torch.equal(value == 0, w.abs() < GAMMA0)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def test_fixed_weights_stay_exactly_at_their_centre_under_training() -> None:
+    torch.manual_seed(0)
+    strategy = WeightFixing(WeightFixing.Params(pretrain_epochs=0))  # fixes 30% in prepare
+    model = strategy.prepare(TinyNet())
+    before = [(p.fixed.clone(), p.value.clone()) for _, _, p in parametrizations(model, _Fixable)]
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    x, y = tiny_data()
+    for _ in range(5):
+        loss = F.cross_entropy(model(x), y)
+        reg = strategy.regularizer(model, loss)
+        opt.zero_grad()
+        (loss + reg).backward()
+        opt.step()
+    after = [layer.weight.detach() for _, layer, _ in parametrizations(model, _Fixable)]
+    assert all(torch.equal(w[m], v[m]) for (m, v), w in zip(before, after, strict=True))
+
+
+def test_fixed_weights_get_zero_gradient() -> None:
+    strategy = WeightFixing(WeightFixing.Params(pretrain_epochs=0))
+    model = strategy.prepare(TinyNet())
+    x, y = tiny_data()
+    F.cross_entropy(model(x), y).backward()
+    grads = [
+        (layer.parametrizations.weight.original.grad, p.fixed)
+        for _, layer, p in parametrizations(model, _Fixable)
+    ]
+    assert all(bool((g[m] == 0).all()) for g, m in grads)
+
+
+def test_regularizer_equals_lambda_times_task_loss_while_fixing() -> None:
+    strategy = WeightFixing(WeightFixing.Params(pretrain_epochs=0, reg_lambda=0.4))
+    model = strategy.prepare(TinyNet())
+    x, y = tiny_data()
+    loss = F.cross_entropy(model(x), y)
+    reg = strategy.regularizer(model, loss)
+    assert reg is not None and float(reg) == pytest.approx(0.4 * float(loss))
+
+
+def test_no_regularizer_during_float_pretraining() -> None:
+    strategy = WeightFixing()
+    model = strategy.prepare(TinyNet())
+    x, y = tiny_data()
+    assert strategy.regularizer(model, F.cross_entropy(model(x), y)) is None
+
+
+def test_regularizer_pulls_free_weights_towards_centres() -> None:
+    torch.manual_seed(0)
+    strategy = WeightFixing(WeightFixing.Params(pretrain_epochs=0, reg_lambda=1.0))
+    model = strategy.prepare(TinyNet())
+    x, y = tiny_data()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def reg_only() -> torch.Tensor:
+        loss = F.cross_entropy(model(x), y)
+        reg = strategy.regularizer(model, loss)
+        assert reg is not None
+        return reg / loss.detach()  # the mean soft relative distance d, times lambda
+
+    first = float(reg_only())
+    for _ in range(20):
+        opt.zero_grad()
+        reg_only().backward()
+        opt.step()
+    assert float(reg_only()) < first
+
+
+def test_resumed_strategy_continues_the_schedule_identically() -> None:
+    torch.manual_seed(0)
+    a = WeightFixing()
+    model_a = a.prepare(TinyNet())
+    run_epochs(a, model_a, 2)  # epochs 0-1 of 6: step 0 done
+    b = WeightFixing()
+    model_b = b.prepare(TinyNet())
+    model_b.load_state_dict(copy.deepcopy(model_a.state_dict()))
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    for e in range(2, 6):
+        p = Progress(epoch=e, epochs=6, step=e, steps_per_epoch=1)
+        a.on_epoch_end(model_a, p)
+        b.on_epoch_end(model_b, p)
+    assert torch.equal(exported_values(a, model_a), exported_values(b, model_b))
+
+
+# -- deployment ---------------------------------------------------------------------------------
+
+
+def test_codes_index_each_layers_codebook() -> None:
+    strategy, model = short_training(WeightFixing, {}, seed=0, epochs=3)
+    layers = strategy.export(model).values()
+    assert all(
+        torch.equal(torch.tensor(layer.info["codebook"])[layer.codes.long()], layer.weight)
+        for layer in layers
+        if layer.codes is not None
+    ) and all(layer.codes is not None for layer in layers)
+
+
+def test_bits_are_the_width_of_a_codebook_index() -> None:
+    strategy, model = short_training(WeightFixing, {}, seed=0, epochs=3)
+    for layer in strategy.export(model).values():
+        k = torch.unique(layer.weight).numel()
+        assert (layer.bits, layer.n_floats) == (max(1, math.ceil(math.log2(k))), k)
+
+
+def test_reported_centres_match_the_exported_unique_values() -> None:
+    strategy, model = short_training(WeightFixing, {}, seed=0, epochs=3)
+    m = weight_metrics(strategy.export(model))
+    assert strategy.extra_metrics(model)["centres_in_use"] == m.unique_weights
+
+
+def test_partially_fixed_layers_deploy_as_float32() -> None:
+    strategy = WeightFixing(WeightFixing.Params(pretrain_epochs=0))
+    model = strategy.prepare(TinyNet())
+    assert all(
+        layer.bits == 32 and layer.codes is None for layer in strategy.export(model).values()
+    )
+
+
+# -- init_checkpoint ----------------------------------------------------------------------------
+
+
+def test_init_checkpoint_starts_from_its_float_weights(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = TinyNet()
+    torch.save(source.state_dict(), tmp_path / "float.pt")
+    torch.manual_seed(2)
+    strategy = WeightFixing(
+        WeightFixing.Params(init_checkpoint=str(tmp_path / "float.pt"), pretrain_epochs=1)
+    )
+    model = strategy.prepare(TinyNet())
+    assert all(
+        torch.equal(layer.parametrizations.weight.original, getattr(source, name).weight)
+        for name, layer, _ in parametrizations(model, _Fixable)
+    )
+
+
+def test_init_checkpoint_without_pretraining_fixes_the_first_step_at_once(tmp_path: Path) -> None:
+    torch.save(TinyNet().state_dict(), tmp_path / "float.pt")
+    strategy = WeightFixing(WeightFixing.Params(init_checkpoint=str(tmp_path / "float.pt")))
+    model = strategy.prepare(TinyNet())
+    assert strategy.extra_metrics(model)["fixed_fraction"] == pytest.approx(FRACTIONS[0], abs=1e-3)
+
+
+def test_missing_init_checkpoint_is_refused_naming_the_param() -> None:
+    config = TrialConfig(strategy="weight_fixing", params={"init_checkpoint": "/no/such/file.pt"})
+    with pytest.raises(ConfigError) as e:
+        resolve(config)
+    assert e.value.field == "params.init_checkpoint"
+
+
+@pytest.mark.parametrize("content", ["garbage", "other_model"])
+def test_unloadable_init_checkpoint_names_the_param(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "bad.pt"
+    if content == "garbage":
+        path.write_bytes(b"not a torch file")
+    else:
+        torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    strategy = WeightFixing(WeightFixing.Params(init_checkpoint=str(path)))
+    with pytest.raises(SpaceError) as e:
+        strategy.prepare(TinyNet())
+    assert e.value.field == "params.init_checkpoint"
+
+
+# -- a real trial -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_digits_mlp_reaches_90_percent_with_every_weight_a_short_power_of_two_sum() -> None:
+    trained = train(TrialConfig(strategy="weight_fixing", dataset="digits", model="mlp", epochs=10))
+    strategy = trained.strategy
+    assert isinstance(strategy, WeightFixing)
+    values = torch.unique(exported_values(strategy, trained.model))
+    assert trained.result.test_accuracy >= 0.90
+    assert max(signed_pow2_terms(float(v)) for v in values) <= strategy.cfg.max_terms
