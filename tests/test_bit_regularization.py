@@ -1,0 +1,203 @@
+"""BitNet (bit_regularization) against its paper: the min-max integer grid, the straight-through
+forward with W~, the regularizer, the sign_eps bit-depth update and its limits, and the export."""
+
+from __future__ import annotations
+
+import copy
+
+import pydantic
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from strategies.base import Progress
+from strategies.bit_regularization import BitRegularization, _quantize
+from strategies.layers import latent_weight, quantizable_layers
+from strategies.metrics import weight_metrics
+from strategies.testing import TinyNet, short_training, tiny_data
+
+
+def _bits(strategy: BitRegularization, model: nn.Module) -> dict[str, int]:
+    return {name: int(q.bits) for name, _, q in strategy._layers(model)}
+
+
+def _prepared(**params: object) -> tuple[BitRegularization, nn.Module]:
+    torch.manual_seed(0)
+    strategy = BitRegularization(BitRegularization.Params(**params))
+    return strategy, strategy.prepare(TinyNet())
+
+
+def _progress(step: int = 1, lr: float = 0.05) -> Progress:
+    return Progress(epoch=0, epochs=1, step=step, steps_per_epoch=10, lr=lr)
+
+
+def test_large_bit_penalty_drives_every_layer_to_min_bits() -> None:
+    strategy, model = short_training(BitRegularization, {"lambda2": 1.0}, seed=0)
+    assert set(_bits(strategy, model).values()) == {1}
+
+
+def test_no_penalty_keeps_init_bits_exactly() -> None:
+    params = {"lambda1": 0.0, "lambda2": 0.0, "eps": 0.0, "init_bits": 5}
+    strategy, model = short_training(BitRegularization, params, seed=0)
+    assert set(_bits(strategy, model).values()) == {5}
+
+
+def test_quantization_error_alone_raises_coarse_bit_depths() -> None:
+    # Without the bit cost, dQ/dB for fixed codes is negative on a bell-shaped layer quantized
+    # coarsely (weights round away from the centre), so the sign step adds bits.
+    strategy, model = _prepared(lambda1=1.0, lambda2=0.0, mu=1.0, eps=0.0, init_bits=2)
+    strategy.on_step(model, _progress())
+    assert set(_bits(strategy, model).values()) == {3}
+
+
+def test_bit_update_is_the_papers_sign_eps_step() -> None:
+    strategy, model = _prepared(lambda1=1e-3, lambda2=1e-6, mu=1e-3, eps=1e-7, mu_from_lr=False)
+    expected = {}
+    for name, w, quant in strategy._layers(model):
+        q, z, _, delta = _quantize(w, quant.bits)
+        dq_db = float((q - w).mul(-delta).mul(z).sum())
+        update = 1e-3 * (1e-3 * dq_db + 1e-6 * 2 ** int(quant.bits))
+        move = 0 if abs(update) < 1e-7 else (1 if update > 0 else -1)
+        expected[name] = int(quant.bits) - move
+    strategy.on_step(model, _progress())
+    assert _bits(strategy, model) == expected
+
+
+def test_bit_step_takes_dq_db_at_the_steps_forward() -> None:
+    # W and B move simultaneously: the optimizer's change to W after the forward is not seen.
+    strategy, model = _prepared(lambda1=1.0, lambda2=0.0, mu=1.0, eps=0.0, init_bits=2)
+    x, y = tiny_data()
+    strategy.regularizer(model, F.cross_entropy(model(x[:8]), y[:8]))
+    expected = {}
+    with torch.no_grad():
+        for name, w, quant in strategy._layers(model):
+            q, z, _, delta = _quantize(w, quant.bits)
+            dq_db = float((q - w).mul(-delta).mul(z).sum())
+            expected[name] = int(quant.bits) - (dq_db > 0) + (dq_db < 0)
+            # An update after which dQ/dB changes sign: on the grid {0, 1, 2, 3} every weight
+            # but the ends sits at 2.4 and rounds down.
+            w.fill_(2.4).view(-1)[:2] = torch.tensor([0.0, 3.0])
+    strategy.on_step(model, _progress())
+    assert _bits(strategy, model) == expected
+
+
+def test_eps_above_every_update_freezes_bits() -> None:
+    strategy, model = _prepared(eps=1.0)
+    for step in range(1, 20):
+        strategy.on_step(model, _progress(step))
+    assert set(_bits(strategy, model).values()) == {8}
+
+
+def test_mu_follows_learning_rate_decay() -> None:
+    # mu * lambda2 * 2^B is 2.6e-4 at lr_0 and 1.3e-9 < eps once the lr has fallen 1e8-fold.
+    strategy, model = _prepared(lambda1=0.0, lambda2=1e-3, mu=1.0, eps=1e-7)
+    strategy.on_step(model, _progress(1, lr=0.1))
+    strategy.on_step(model, _progress(2, lr=1e-9))
+    assert set(_bits(strategy, model).values()) == {7}
+
+
+def test_exported_weights_are_alpha_plus_delta_times_codes() -> None:
+    strategy, model = short_training(BitRegularization, {}, seed=1)
+    for layer in strategy.export(model).values():
+        alpha, delta = layer.info["alpha"], layer.info["delta"]
+        codes = layer.codes
+        assert codes is not None
+        steps = (layer.weight.double() - alpha) / delta
+        assert (
+            int(codes.min()) >= 0
+            and int(codes.max()) <= 2 ** int(layer.bits) - 1
+            and torch.equal(layer.weight, alpha + delta * codes.to(layer.weight.dtype))
+            and torch.allclose(steps, steps.round(), atol=1e-3)
+        )
+
+
+def test_one_bit_layer_deploys_its_min_and_max() -> None:
+    strategy, model = _prepared(init_bits=1)
+    for name, layer in strategy.export(model).items():
+        w = latent_weight(dict(quantizable_layers(model))[name])
+        # alpha + delta * 1 is beta up to one rounding of (beta - alpha) / 1 + alpha
+        assert torch.allclose(layer.weight.unique(), torch.stack([w.min(), w.max()]).detach())
+
+
+def test_forward_computes_with_the_exported_weights() -> None:
+    strategy, model = short_training(BitRegularization, {}, seed=2)
+    exported = strategy.export(model)
+    layers = dict(quantizable_layers(model))
+    assert all(torch.equal(layers[n].weight.detach(), e.weight) for n, e in exported.items())
+
+
+def test_gradient_reaches_latent_straight_through() -> None:
+    _, model = _prepared()
+    layer = model.fc1
+    c = torch.randn_like(layer.weight)
+    (layer.weight * c).sum().backward()
+    assert torch.equal(latent_weight(layer).grad, c)
+
+
+def test_regularizer_gradient_pulls_weights_to_their_grid() -> None:
+    strategy, model = _prepared(lambda1=0.5, init_bits=3)
+    x, y = tiny_data()
+    reg = strategy.regularizer(model, F.cross_entropy(model(x[:8]), y[:8]))
+    assert reg is not None
+    reg.backward()
+    w = latent_weight(model.fc1)
+    q = _quantize(w, torch.tensor(3))[0]
+    assert torch.allclose(w.grad, 0.5 * (w - q).detach(), atol=1e-7)
+
+
+def test_learned_bits_are_reported_and_priced_per_layer() -> None:
+    strategy, model = short_training(BitRegularization, {"lambda2": 1e-3}, seed=0)
+    info = strategy.extra_metrics(model)
+    exported = strategy.export(model)
+    expected_bits = sum(e.weight.numel() * info[f"bits.{n}"] + 64 for n, e in exported.items())
+    assert weight_metrics(exported).weight_bits == expected_bits and info["mean_bits_learned"] == (
+        sum(info[f"bits.{n}"] for n in exported) / len(exported)
+    )
+
+
+def test_resume_continues_bits_and_weights_exactly() -> None:
+    def run(model: nn.Module, strategy: BitRegularization, steps: range) -> None:
+        opt = torch.optim.SGD(strategy.param_groups(model), lr=0.1)
+        x, y = tiny_data(4)
+        for step in steps:
+            xb, yb = x[step % 8 * 8 : step % 8 * 8 + 8], y[step % 8 * 8 : step % 8 * 8 + 8]
+            loss = F.cross_entropy(model(xb), yb)
+            reg = strategy.regularizer(model, loss)
+            opt.zero_grad()
+            (loss if reg is None else loss + reg).backward()
+            opt.step()
+            strategy.on_step(model, _progress(step + 1, lr=0.1 * 0.5 ** (step // 3)))
+
+    params = {"lambda2": 1e-4, "eps": 1e-8}
+    strategy, model = _prepared(**params)
+    run(model, strategy, range(6))
+    fresh, fresh_model = _prepared(**params)
+    fresh_model.load_state_dict(copy.deepcopy(model.state_dict()))
+    fresh.load_state_dict(copy.deepcopy(strategy.state_dict()))
+    run(model, strategy, range(6, 12))
+    run(fresh_model, fresh, range(6, 12))
+    a, b = strategy.export(model), fresh.export(fresh_model)
+    assert all(a[k].bits == b[k].bits and torch.equal(a[k].weight, b[k].weight) for k in a)
+
+
+def test_init_bits_outside_bounds_is_refused() -> None:
+    with pytest.raises(pydantic.ValidationError, match="init_bits"):
+        BitRegularization.Params(init_bits=12, max_bits=10)
+
+
+@pytest.mark.slow
+def test_digits_mlp_reaches_90_percent_with_learned_bits_in_band() -> None:
+    from runners.trial import run_trial
+    from schemas.trial import TrialConfig
+
+    result = run_trial(
+        TrialConfig(strategy="bit_regularization", dataset="digits", model="mlp", epochs=20)
+    )
+    layer_bits = [lm.bits for lm in result.weights.layers]
+    assert (
+        result.test_accuracy >= 0.90
+        and all(3 <= b <= 8 for b in layer_bits)
+        and layer_bits == [result.strategy_info[f"bits.{lm.name}"] for lm in result.weights.layers]
+        and result.weights.unique_weights <= sum(2 ** int(b) for b in layer_bits)
+    )
