@@ -81,7 +81,8 @@ def bitsweep_sweep(strategy: str, trials: int, epochs: int, seed: int, home: Pat
     client = MlflowClient(summary.tracking_uri)
     runs = client.search_runs(
         [client.get_experiment_by_name(summary.experiment).experiment_id],
-        filter_string=f"tags.`bitsweep.sweep_id` = '{summary.sweep_id}' and tags.`bitsweep.kind` = 'trial'",
+        filter_string=f"tags.`bitsweep.sweep_id` = '{summary.sweep_id}' "
+        "and tags.`bitsweep.kind` = 'trial'",
     )
     return {
         "ray_start_seconds": t1 - t0,

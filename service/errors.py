@@ -25,11 +25,11 @@ def input_error(e: BaseException) -> str | None:
     if isinstance(e, pydantic.ValidationError):
         field, reason = validation_field(e)
         return f"{field}: {reason}"
-    field = getattr(e, "field", None)
-    if isinstance(e, ValueError) and isinstance(field, str):
-        reason = getattr(e, "reason", None)
-        text = f"{field}: {reason}" if reason else str(e)
-        return _one_line(text if text.startswith(field) else f"{field}: {text}")
+    name = getattr(e, "field", None)
+    if isinstance(e, ValueError) and isinstance(name, str):
+        why = getattr(e, "reason", None)
+        text = f"{name}: {why}" if why else str(e)
+        return _one_line(text if text.startswith(name) else f"{name}: {text}")
     return None
 
 

@@ -14,12 +14,12 @@ from strategies.registry import (
 )
 
 # Built-in strategies register themselves on import (one line each).
-from strategies import full_precision  # noqa: E402, F401  isort: skip
-from strategies import bit_learning  # noqa: E402, F401  isort: skip
-from strategies import weight_fixing  # noqa: E402, F401  isort: skip
-from strategies import bit_regularization  # noqa: E402, F401  isort: skip
-from strategies import wrn_1bit  # noqa: E402, F401  isort: skip
-from strategies import exact_binary  # noqa: E402, F401  isort: skip
+from strategies import full_precision  # noqa: F401  isort: skip
+from strategies import bit_learning  # noqa: F401  isort: skip
+from strategies import weight_fixing  # noqa: F401  isort: skip
+from strategies import bit_regularization  # noqa: F401  isort: skip
+from strategies import wrn_1bit  # noqa: F401  isort: skip
+from strategies import exact_binary  # noqa: F401  isort: skip
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -16,7 +16,9 @@ class Sign(nn.Module):
 
 def model() -> nn.Module:
     torch.manual_seed(0)
-    return attach(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), lambda name, layer: Sign())
+    return attach(
+        nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), lambda name, layer: Sign()
+    )
 
 
 def test_plain_copy_leaves_the_original_parametrized_and_working():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pytest
@@ -122,7 +121,7 @@ def test_summary_names_the_best_trial_per_strategy(sqlite_sweep):
 
 
 def test_leaderboard_cli_reads_the_same_runs(sqlite_sweep, monkeypatch, capsys):
-    home, plan, summary = sqlite_sweep
+    home, _plan, summary = sqlite_sweep
     monkeypatch.setenv("BITSWEEP_HOME", str(home))
     assert main(["leaderboard", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["bitsweep/digits/mlp"]

@@ -65,7 +65,7 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path):
     assert 0 < len(before) < 4
 
     resumed = subprocess.run(
-        cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=900
+        [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout)

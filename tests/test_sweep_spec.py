@@ -34,7 +34,9 @@ def test_example_specs_validate(path: Path):
     assert SweepSpec.model_validate(raw).benchmark.startswith("bitsweep/")
 
 
-@pytest.mark.parametrize("path", [p for p in EXAMPLES if "cluster" not in p.name], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in EXAMPLES if "cluster" not in p.name], ids=lambda p: p.name
+)
 def test_local_example_specs_plan(path: Path, home: Path):
     plan = plan_sweep(SweepSpec.model_validate(yaml.safe_load(path.read_text())))
     assert plan.strategies and not home.exists()
