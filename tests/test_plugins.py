@@ -32,11 +32,13 @@ class _Ternary(nn.Module):
         super().__init__()
         self.threshold = threshold
 
-    def forward(self, w):
+    def quantize(self, w):
         scale = w.abs().mean()
         keep = w.abs() > self.threshold * scale
-        q = torch.where(keep, torch.sign(w), torch.zeros_like(w)) * scale
-        return w + (q - w).detach()
+        return torch.where(keep, torch.sign(w), torch.zeros_like(w)) * scale
+
+    def forward(self, w):
+        return w + (self.quantize(w) - w).detach()
 
 
 class Ternary(Strategy):
@@ -54,8 +56,9 @@ class Ternary(Strategy):
 
     def export(self, model):
         out = {}
-        for name, layer, _ in parametrizations(model, _Ternary):
-            out[name] = ExportedLayer(weight=layer.weight.detach().clone(), bits=2, n_floats=1)
+        for name, layer, t in parametrizations(model, _Ternary):
+            w = layer.parametrizations.weight.original.detach()
+            out[name] = ExportedLayer(weight=t.quantize(w), bits=2, n_floats=1)
         return out
 '''
 
