@@ -429,6 +429,10 @@ def run_sweep(
 
     # Per-epoch reports carry validation metrics; the objectives arrive with the final report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # bitsweep shows its own progress: Tune's legacy reporter at verbosity 0 prints nothing,
+    # where the newer one still prints a header per experiment.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A checkpoint per epoch forces an experiment snapshot, which makes resuming exact.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -247,6 +248,8 @@ def schema(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input exits 2 with one line; other failures exit 1 with one line."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # MLflow configures its own logger at import; this keeps its INFO lines off the console.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="bitsweep", standalone_mode=False)

@@ -111,9 +111,12 @@ def sweep(
         return
     show_rows(summary.leaderboard, f"leaderboard of {summary.experiment} (best per strategy)")
     out.print(f"{summary.completed} trials completed, {summary.failed} failed")
-    out.print(f"Pareto plot: {summary.pareto_plot}")
-    out.print(f"leaderboard.md and trials.csv beside it, in parent run {summary.parent_run_id}")
-    out.print(f"browse: mlflow ui --backend-store-uri {plan.tracking_uri}")
+    out.print(f"Pareto plot: {summary.pareto_plot}", soft_wrap=True)
+    out.print(
+        f"leaderboard.md and trials.csv beside it, in parent run {summary.parent_run_id}",
+        soft_wrap=True,
+    )
+    out.print(f"browse: mlflow ui --backend-store-uri {plan.tracking_uri}", soft_wrap=True)
 
 
 def show_rows(rows: list[dict[str, Any]], title: str) -> None:
@@ -133,10 +136,15 @@ def show_rows(rows: list[dict[str, Any]], title: str) -> None:
         table.add_column(c, justify="left" if c in ("strategy", "run_name") else "right")
     for r in rows:
         table.add_row(*[_fmt(r.get(c)) for c in cols])
+    if not out.is_terminal:
+        # Tables keep their columns when the output is a file or a pipe (rich assumes 80).
+        out.width = max(out.width, 160)
     out.print(table)
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
