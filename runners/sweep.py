@@ -600,6 +600,7 @@ def _new_tuner(
             scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=spec.max_concurrent_trials,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -180,12 +181,16 @@ def show_result(result: Any, export: Path | None) -> None:
 
 @app.command("strategies")
 def strategies_cmd(
+    name: Annotated[str | None, typer.Argument(help="only this strategy")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print every strategy as JSON")] = False,
 ) -> None:
-    """List every registered strategy with its paper, params, bounds and search ranges."""
+    """List every registered strategy: its paper, docstring, params, bounds and search ranges."""
     import strategies
 
-    described = [cls.describe() for cls in strategies.list_strategies().values()]
+    registered = strategies.list_strategies()
+    if name is not None and name not in registered:
+        raise refuse("name", f"unknown strategy {name!r} (known: {', '.join(registered)})")
+    described = [cls.describe() for key, cls in registered.items() if name is None or key == name]
     if as_json:
         sys.stdout.write(json.dumps(described, indent=2) + "\n")
         return
@@ -193,6 +198,8 @@ def strategies_cmd(
         out.print(f"[bold cyan]{d['name']}[/] — {d['summary']}")
         out.print(f"  paper: {d['paper']}")
         out.print(f"  fidelity: {d['fidelity']}")
+        if d["doc"]:
+            out.print(textwrap.indent(d["doc"], "    "), style="dim", highlight=False)
         table = Table(show_edge=False, pad_edge=False, box=None)
         for col in ("param", "type", "default", "bounds", "search", "description"):
             table.add_column(col)

@@ -20,6 +20,7 @@ This module imports torch and pydantic only, so a strategy can be used in any to
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -221,7 +222,7 @@ class Strategy:
             "paper": cls.paper,
             "summary": cls.summary,
             "fidelity": cls.fidelity,
-            "doc": (cls.__doc__ or "").strip(),
+            "doc": inspect.cleandoc(cls.__doc__ or ""),
             "params": describe_params(cls.Params),
             "recipe": {
                 "optimizer": r.optimizer.model_dump(),
