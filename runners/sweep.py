@@ -533,6 +533,31 @@ def _run_strategy(
     # Tune prints its own tables on stdout; bitsweep's output is its own, so they go to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         tuner.fit()
+    _drop_lost_runs(plan, state, sp.name)
+
+
+def _drop_lost_runs(plan: Plan, state: SweepState, strategy: str) -> None:
+    """Delete the runs of trials that Tune lost when the sweep was killed.
+
+    A trial started less than one experiment snapshot before a kill is unknown to the restored
+    experiment: Tune runs a new trial in its place, and the old run would stay RUNNING forever.
+    Once the strategy's experiment has ended, every run still RUNNING is such a run; it is
+    deleted (MLflow keeps deleted runs restorable) with a tag saying why.
+    """
+    from runners.tracking import q
+
+    client = MlflowClient(plan.tracking_uri)
+    lost = client.search_runs(
+        [state.experiment_id],
+        filter_string=f"tags.`bitsweep.sweep_id` = {q(state.sweep_id)} "
+        f"and tags.`bitsweep.strategy` = {q(strategy)} and attributes.status = 'RUNNING'",
+        max_results=10000,
+    )
+    for run in lost:
+        log.warning("trial %s was lost when the sweep stopped; its run is deleted", run.info.run_id)
+        client.set_tag(run.info.run_id, "bitsweep.lost", "started before the sweep was killed")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        client.delete_run(run.info.run_id)
 
 
 def _new_tuner(

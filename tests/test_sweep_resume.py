@@ -19,22 +19,24 @@ pytestmark = pytest.mark.slow
 
 SPEC = {
     "name": "resumable",
-    "epochs": 4,
+    "epochs": 12,
     "trials_per_strategy": 4,
     "max_concurrent_trials": 1,
-    "strategies": [{"name": "full_precision"}],
+    # small batches make each trial take a few seconds, so the kill lands inside one
+    "strategies": [{"name": "full_precision", "params": {"batch_size": 8}}],
 }
 
 
-def finished_trials(db: Path) -> set[str]:
-    """Run ids of finished trials, read straight from MLflow's SQLite file."""
+def trials(db: Path, status: str) -> set[str]:
+    """Run ids of trials in `status`, read straight from MLflow's SQLite file."""
     if not db.exists():
         return set()
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
             rows = conn.execute(
                 "select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid "
-                "where t.key = 'bitsweep.kind' and t.value = 'trial' and r.status = 'FINISHED'"
+                "where t.key = 'bitsweep.kind' and t.value = 'trial' and r.status = ?",
+                (status,),
             ).fetchall()
         return {row[0] for row in rows}
     except sqlite3.Error:
@@ -52,16 +54,17 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path):
     )
     try:
         deadline = time.time() + 400
-        while not finished_trials(home / "mlflow.db"):
+        # kill once a trial has finished and the next one is under way
+        db = home / "mlflow.db"
+        while not (trials(db, "FINISHED") and trials(db, "RUNNING")):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.5)
-        time.sleep(2)  # the next trial is under way
+            time.sleep(0.2)
     finally:
         # Kill the driver and the Ray processes it started, as a lost machine would.
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    before = finished_trials(home / "mlflow.db")
+    before = trials(home / "mlflow.db", "FINISHED")
     assert 0 < len(before) < 4
 
     resumed = subprocess.run(
@@ -80,6 +83,6 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path):
     # trials finished before the kill were not trained again: one value per epoch
     for run_id in before:
         steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
-        assert sorted(steps) == [1, 2, 3, 4]
+        assert sorted(steps) == list(range(1, 13))
     parents = client.search_runs([exp], filter_string="tags.`bitsweep.kind` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.run_id == summary["parent_run_id"]
