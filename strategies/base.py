@@ -117,6 +117,20 @@ class ExportedLayer:
     scale: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def binary(
+        cls, weight: torch.Tensor, latent: torch.Tensor, scale: float, **info: Any
+    ) -> ExportedLayer:
+        """A 1-bit layer deploying `weight` = +-scale, with code 1 where `latent` is >= +0."""
+        return cls(
+            weight=weight,
+            bits=1.0,
+            n_floats=0,
+            codes=(~torch.signbit(latent)).to(torch.uint8),
+            scale=float(scale),
+            info={"decode": "weight = scale * (2 * code - 1)", **info},
+        )
+
 
 class Strategy:
     """Base class of every strategy. Subclasses set the class attributes and override hooks.

@@ -226,16 +226,7 @@ class ExactBinary(Strategy):
             assert isinstance(t, _GroupPowerMap)
             with torch.no_grad():
                 v = latent_weight(layer)
-                weight = t.deployed(v)
-                codes = (~torch.signbit(v)).to(torch.uint8)
-            out[name] = ExportedLayer(
-                weight=weight,
-                bits=1.0,
-                n_floats=0,
-                codes=codes,
-                scale=float(t.scale),
-                info={"decode": "weight = scale * (2 * code - 1)", "p": t.p},
-            )
+                out[name] = ExportedLayer.binary(t.deployed(v), v, t.scale, p=t.p)
         return out
 
     def extra_metrics(self, model: nn.Module) -> dict[str, float]:

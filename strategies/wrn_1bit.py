@@ -129,14 +129,5 @@ class WRN1Bit(Strategy):
             assert isinstance(p, _Binarize)
             with torch.no_grad():
                 w = latent_weight(layer)
-                weight = p(w).detach().clone()
-                codes = (~torch.signbit(w)).to(torch.uint8)
-            out[name] = ExportedLayer(
-                weight=weight,
-                bits=1.0,
-                n_floats=0,
-                codes=codes,
-                scale=float(p.scale),
-                info={"decode": "weight = scale * (2 * code - 1)"},
-            )
+                out[name] = ExportedLayer.binary(p(w).detach().clone(), w, p.scale)
         return out
