@@ -534,6 +534,20 @@ def _run_strategy(
     with contextlib.redirect_stdout(sys.stderr):
         tuner.fit()
     _drop_lost_runs(plan, state, sp.name)
+    _fail_lost_study_trials(storage, f"{state.sweep_id}/{sp.name}")
+
+
+def _fail_lost_study_trials(storage: optuna.storages.BaseStorage, study_name: str) -> None:
+    """Mark FAIL the Optuna trials of a lost Tune trial, which would stay RUNNING forever.
+
+    Called once the strategy's experiment has ended, when every trial Tune knows has been told.
+    """
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return  # nothing was searched: the trials were seed replicates
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _drop_lost_runs(plan: Plan, state: SweepState, strategy: str) -> None:

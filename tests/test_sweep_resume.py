@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -84,5 +85,10 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path):
     for run_id in before:
         steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
         assert sorted(steps) == list(range(1, 13))
+    study = optuna.load_study(
+        study_name=f"{summary['sweep_id']}/full_precision",
+        storage=f"sqlite:///{home / 'optuna.db'}",
+    )
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     parents = client.search_runs([exp], filter_string="tags.`bitsweep.kind` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.run_id == summary["parent_run_id"]
