@@ -132,8 +132,6 @@ class TrialLogger(tune.Callback):
         self.export_weights = export_weights
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()
-        self.completed: list[str] = []
-        self.failed: list[str] = []
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -205,7 +203,6 @@ class TrialLogger(tune.Callback):
         run_id = self._run_for(trial)
         tid = trial.trial_id
         if tid in self._done:
-            self.completed.append(run_id)
             return
         final = _final_checkpoint_dir(trial)
         if final is None:
@@ -218,7 +215,6 @@ class TrialLogger(tune.Callback):
         self._log_result(run_id, trial, result, final)
         self.client.set_terminated(run_id, status="FINISHED")
         self._done.add(tid)
-        self.completed.append(run_id)
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
@@ -229,7 +225,6 @@ class TrialLogger(tune.Callback):
         self.client.set_tag(run_id, "bitsweep.error", _error_line(trial))
         self.client.set_terminated(run_id, status="FAILED")
         self._done.add(trial.trial_id)
-        self.failed.append(run_id)
 
     # -- final results -------------------------------------------------------------------------
 

@@ -174,3 +174,33 @@ def test_postgres_stores_both_mlflow_and_optuna(tmp_path, pg_database):
     runs = children(MlflowClient(tracking), summary.parent_run_id)
     study = optuna.load_study(study_name=f"{summary.sweep_id}/full_precision", storage=study_db)
     assert len(runs) == 2 and len(study.trials) == 2
+
+
+def test_early_stopping_stops_weak_trials_and_records_them(tmp_path):
+    spec = SweepSpec.model_validate(
+        {
+            "name": "asha",
+            "epochs": 4,
+            "seed": 1,
+            "early_stopping": {"enabled": True, "grace_period": 1, "reduction_factor": 2},
+            # a wide lr range: some trials learn slowly and are stopped at a rung
+            "strategies": [
+                {
+                    "name": "full_precision",
+                    "search": {"lr": [1e-5, 3e-2]},
+                    "params": {"optimizer": "sgd"},
+                    "trials": 6,
+                }
+            ],
+        }
+    )
+    plan = plan_sweep(spec, home=tmp_path / "data")
+    summary = run_sweep(plan)
+    runs = children(MlflowClient(plan.tracking_uri), summary.parent_run_id)
+    stopped = [r for r in runs if r.data.tags.get("bitsweep.stopped_early")]
+    study = optuna.load_study(
+        study_name=f"{summary.sweep_id}/full_precision", storage=plan.optuna_url
+    )
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(runs) == 6 and stopped and all(r.info.status == "KILLED" for r in stopped)
+    assert len(pruned) == len(stopped) and summary.completed == 6 - len(stopped)
