@@ -66,6 +66,28 @@ def check_store(field: str, uri: str, *, mlflow_store: bool) -> None:
         ) from None
 
 
+def check_storage_path(raw: str | None, home: Path) -> str:
+    """The Ray Tune storage root: an absolute local folder that can be created, or a URI that
+    pyarrow can open. Default `home/ray`. Creates nothing."""
+    if raw is None:
+        return str(home / "ray")
+    if "://" in raw:
+        import pyarrow.fs
+
+        try:
+            pyarrow.fs.FileSystem.from_uri(raw)
+        except (pyarrow.lib.ArrowException, ValueError, OSError) as e:
+            raise SpecError("storage_path", f"cannot open {raw} ({_reason(e)})") from None
+        return raw.rstrip("/")
+    path = Path(raw).expanduser().resolve()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not _writable(existing):
+        raise SpecError("storage_path", f"cannot create a folder under {existing}")
+    return str(path)
+
+
 def _timeout_args(backend: str) -> dict[str, int]:
     return {"connect_timeout": 5} if backend in ("postgresql", "mysql") else {}
 

@@ -31,7 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 from runners.data import Dataset, DatasetError, load_dataset
 from runners.models import build_model
 from runners.search import SpecError, optuna_space, strategy_space
-from runners.stores import check_store, default_uris
+from runners.stores import check_storage_path, check_store, default_uris
 from runners.tracking import (
     TrialLogger,
     bitsweep_version,
@@ -81,6 +81,7 @@ class Plan:
     tracking_uri: str
     optuna_url: str
     artifact_root: str
+    storage_root: str
     dataset: Dataset
     strategies: list[StrategyPlan]
 
@@ -140,12 +141,14 @@ def plan_sweep(spec: SweepSpec, *, home: Path | None = None, check_stores: bool 
     if check_stores:
         check_store("tracking_uri", tracking, mlflow_store=True)
         check_store("optuna_storage", optuna_url, mlflow_store=False)
+    storage_root = check_storage_path(spec.storage_path, home)
     return Plan(
         spec=spec,
         home=home,
         tracking_uri=tracking,
         optuna_url=optuna_url,
         artifact_root=(home / "artifacts").as_uri(),
+        storage_root=storage_root,
         dataset=dataset,
         strategies=plans,
     )
@@ -520,15 +523,13 @@ def _run_strategy(
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     name = f"{sp.index:02d}-{sp.name}"
-    root = plan.home / "ray" / state.sweep_id
-    path = root / name
-    if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(
-            str(path), trainable=fn, resume_unfinished=True, resume_errored=False
-        )
+    root = f"{plan.storage_root}/{state.sweep_id}"
+    path = f"{root}/{name}"
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False)
     else:
-        if path.exists():
-            shutil.rmtree(path)
+        if "://" not in path and Path(path).exists():
+            shutil.rmtree(path)  # a start that never got as far as a restorable state
         tuner = _new_tuner(plan, sp, state, storage, fn, root, name, progress_key)
     # Tune prints its own tables on stdout; bitsweep's output is its own, so they go to stderr.
     with contextlib.redirect_stdout(sys.stderr):
@@ -580,7 +581,7 @@ def _new_tuner(
     state: SweepState,
     storage: optuna.storages.BaseStorage,
     fn: Any,
-    root: Path,
+    root: str,
     name: str,
     progress_key: str,
 ) -> tune.Tuner:
@@ -643,7 +644,7 @@ def _new_tuner(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(root),
+            storage_path=root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[logger],

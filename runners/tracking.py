@@ -8,6 +8,7 @@ continues it, and never logs a finished trial twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -204,15 +205,18 @@ class TrialLogger(tune.Callback):
         tid = trial.trial_id
         if tid in self._done:
             return
-        final = _final_checkpoint_dir(trial)
-        if final is None:
-            # Stopped early by the scheduler: its epochs are logged, it has no test metrics.
-            self.client.set_tag(run_id, "bitsweep.stopped_early", "true")
-            self.client.set_terminated(run_id, status="KILLED")
-            self._done.add(tid)
-            return
-        result = TrialResult.model_validate_json((final / RESULT_FILE).read_text())
-        self._log_result(run_id, trial, result, final)
+        ckpt = trial.checkpoint
+        # The checkpoint may live on shared or cloud storage: read it through a local copy.
+        with contextlib.ExitStack() as stack:
+            final = Path(stack.enter_context(ckpt.as_directory())) if ckpt is not None else None
+            if final is None or not (final / RESULT_FILE).exists():
+                # Stopped early by the scheduler: its epochs are logged, no test metrics.
+                self.client.set_tag(run_id, "bitsweep.stopped_early", "true")
+                self.client.set_terminated(run_id, status="KILLED")
+                self._done.add(tid)
+                return
+            result = TrialResult.model_validate_json((final / RESULT_FILE).read_text())
+            self._log_result(run_id, trial, result, final)
         self.client.set_terminated(run_id, status="FINISHED")
         self._done.add(tid)
 
@@ -267,17 +271,6 @@ class TrialLogger(tune.Callback):
 def _param_str(v: Any) -> str:
     s = json.dumps(v) if not isinstance(v, str) else v
     return s[:6000]
-
-
-def _final_checkpoint_dir(trial: Any) -> Path | None:
-    """The local folder of the trial's final checkpoint (holding result.json), if any."""
-    ckpt = trial.checkpoint
-    if ckpt is None:
-        return None
-    path = Path(ckpt.path)
-    if (path / RESULT_FILE).exists():
-        return path
-    return None
 
 
 def _error_line(trial: Any) -> str:

@@ -107,6 +107,11 @@ class SweepSpec(Strict):
     optuna_storage: str | None = Field(
         None, description="Optuna RDB URL; default SQLite under BITSWEEP_HOME"
     )
+    storage_path: str | None = Field(
+        None,
+        description="Ray Tune storage (checkpoints, experiment state): a folder every node "
+        "sees, or a cloud URI such as s3://bucket/path; default BITSWEEP_HOME/ray",
+    )
     export_weights: bool = Field(True, description="log each finished trial's deployed weights")
 
     @field_validator("name")

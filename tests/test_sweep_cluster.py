@@ -45,13 +45,15 @@ def worker_ids(c: Cluster) -> set[str]:
     return {n.node_id for n in c.worker_nodes}
 
 
-def test_trials_run_on_several_nodes(cluster: Cluster, tmp_path):
+def test_trials_run_on_several_nodes_with_shared_storage(cluster: Cluster, tmp_path):
+    shared = tmp_path / "shared"  # the folder every node mounts, on a real cluster
     spec = SweepSpec.model_validate(
         {
             "name": "spread",
             "epochs": 2,
             "trials_per_strategy": 4,
             "max_concurrent_trials": 2,
+            "storage_path": str(shared),
             "strategies": [{"name": "full_precision"}],
         }
     )
@@ -59,6 +61,8 @@ def test_trials_run_on_several_nodes(cluster: Cluster, tmp_path):
     summary = run_sweep(plan, ray_address=cluster.address)
     nodes = {r.data.tags["bitsweep.node"] for r in trial_runs(plan, summary)}
     assert summary.completed == 4 and nodes == worker_ids(cluster)
+    assert (shared / summary.sweep_id / "00-full_precision").is_dir()
+    assert not (tmp_path / "data" / "ray").exists()
 
 
 def test_trial_on_a_lost_node_resumes_elsewhere(cluster: Cluster, tmp_path):

@@ -88,6 +88,8 @@ def test_optuna_distributions_are_typed_by_field():
         ({"tracking_uri": "postgresql://postgres@127.0.0.1:1/x"}, "tracking_uri"),
         ({"optuna_storage": "postgresql://postgres@127.0.0.1:1/x"}, "optuna_storage"),
         ({"tracking_uri": "./mlruns"}, "tracking_uri"),
+        ({"storage_path": "/dev/null/ray"}, "storage_path"),
+        ({"storage_path": "nosuchscheme://bucket/x"}, "storage_path"),
     ],
 )
 def test_plan_refuses_with_the_field(home: Path, over, field):
