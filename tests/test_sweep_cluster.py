@@ -71,11 +71,11 @@ def test_trial_on_a_lost_node_resumes_elsewhere(cluster: Cluster, tmp_path):
     spec = SweepSpec.model_validate(
         {
             "name": "lost-node",
-            "epochs": 6,
+            "epochs": 20,
             "trials_per_strategy": 2,
             "max_concurrent_trials": 2,
             "max_failures": 3,
-            "strategies": [{"name": "full_precision", "params": {"batch_size": 16}}],
+            "strategies": [{"name": "full_precision", "params": {"batch_size": 8}}],
         }
     )
     plan = plan_sweep(spec, home=tmp_path / "data")
