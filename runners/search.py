@@ -58,10 +58,9 @@ def strategy_space(spec: StrategySpec, index: int) -> tuple[type[Strategy], dict
 
 def check_params(cls: type[Strategy], params: dict[str, Any], *, where: str) -> None:
     """Validate fixed params (strategy params and training knobs) without building anything."""
-    from strategies.space import TrainingKnobs
+    from strategies.space import TrainingKnobs, split_params
 
-    own = {k: v for k, v in params.items() if k not in TrainingKnobs.model_fields}
-    knobs = {k: v for k, v in params.items() if k in TrainingKnobs.model_fields}
+    own, knobs = split_params(params)
     for model, values in ((cls.Params, own), (TrainingKnobs, knobs)):
         try:
             model.model_validate(values)

@@ -559,14 +559,9 @@ def _drop_lost_runs(plan: Plan, state: SweepState, strategy: str) -> None:
     Once the strategy's experiment has ended, every run still RUNNING is such a run; it is
     deleted (MLflow keeps deleted runs restorable) with a tag saying why.
     """
-    from runners.tracking import q
-
     client = MlflowClient(plan.tracking_uri)
-    lost = client.search_runs(
-        [state.experiment_id],
-        filter_string=f"tags.`bitsweep.sweep_id` = {q(state.sweep_id)} "
-        f"and tags.`bitsweep.strategy` = {q(strategy)} and attributes.status = 'RUNNING'",
-        max_results=10000,
+    lost = _trial_runs(
+        client, state.experiment_id, state.sweep_id, strategy=strategy, status="RUNNING"
     )
     for run in lost:
         log.warning("trial %s was lost when the sweep stopped; its run is deleted", run.info.run_id)
@@ -653,32 +648,37 @@ def _new_tuner(
     )
 
 
-def _counts(client: MlflowClient, experiment_id: str, sweep_id: str) -> tuple[int, int]:
+def _trial_runs(
+    client: MlflowClient,
+    experiment_id: str,
+    sweep_id: str,
+    *,
+    strategy: str | None = None,
+    status: str | None = None,
+) -> list[Any]:
+    """The trial runs of a sweep, optionally of one strategy and in one status."""
     from runners.tracking import q
 
-    def count(status: str) -> int:
-        runs = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`bitsweep.sweep_id` = {q(sweep_id)} "
-            f"and tags.`bitsweep.kind` = 'trial' and attributes.status = '{status}'",
-            max_results=10000,
-        )
-        return len(runs)
+    flt = f"tags.`bitsweep.sweep_id` = {q(sweep_id)} and tags.`bitsweep.kind` = 'trial'"
+    if strategy is not None:
+        flt += f" and tags.`bitsweep.strategy` = {q(strategy)}"
+    if status is not None:
+        flt += f" and attributes.status = {q(status)}"
+    return list(client.search_runs([experiment_id], filter_string=flt, max_results=10000))
 
-    return count("FINISHED"), count("FAILED")
+
+def _counts(client: MlflowClient, experiment_id: str, sweep_id: str) -> tuple[int, int]:
+    runs = _trial_runs(client, experiment_id, sweep_id)
+    return (
+        sum(r.info.status == "FINISHED" for r in runs),
+        sum(r.info.status == "FAILED" for r in runs),
+    )
 
 
 def _count_finished(
     client: MlflowClient, state: SweepState, strategy: str, progress: Progress
 ) -> None:
-    from runners.tracking import q
-
-    runs = client.search_runs(
-        [state.experiment_id],
-        filter_string=f"tags.`bitsweep.sweep_id` = {q(state.sweep_id)} "
-        f"and tags.`bitsweep.strategy` = {q(strategy)}",
-        max_results=10000,
-    )
+    runs = _trial_runs(client, state.experiment_id, state.sweep_id, strategy=strategy)
     p = progress.strategies[strategy]
     p.done = sum(1 for r in runs if r.info.status == "FINISHED")
     p.failed = sum(1 for r in runs if r.info.status == "FAILED")

@@ -40,7 +40,7 @@ from schemas.trial import (
 )
 from strategies.base import Progress, Strategy
 from strategies.metrics import weight_metrics
-from strategies.space import TRAINING_KNOBS
+from strategies.space import split_params
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,6 @@ def pydantic_error(e: pydantic.ValidationError, prefix: str = "") -> ConfigError
 
 
 # -- resolution ------------------------------------------------------------------------------
-
-
-def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(strategy params, training knobs) of a flat params dict."""
-    own = {k: v for k, v in params.items() if k not in TRAINING_KNOBS}
-    knobs = {k: v for k, v in params.items() if k in TRAINING_KNOBS}
-    return own, knobs
 
 
 def resolve(config: TrialConfig) -> tuple[TrialConfig, type[Strategy], strategies.StrategyParams]:

@@ -33,6 +33,13 @@ class TrainingKnobs(BaseModel):
 TRAINING_KNOBS: frozenset[str] = frozenset(TrainingKnobs.model_fields)
 
 
+def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(strategy params, training knobs) of a flat params dict."""
+    own = {k: v for k, v in params.items() if k not in TRAINING_KNOBS}
+    knobs = {k: v for k, v in params.items() if k in TRAINING_KNOBS}
+    return own, knobs
+
+
 class SpaceError(ValueError):
     """A params dict or a search range that a strategy refuses. `field` names the culprit."""
 
