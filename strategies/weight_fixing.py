@@ -416,9 +416,15 @@ class WeightFixing(Strategy):
         lam = float(self.cfg.reg_lambda)
         if lam == 0 or not 0 < self.steps_done < STEPS:
             return None
-        terms = self._free_brackets(model)
-        if not terms:
+        d = self.soft_distance(model)
+        if d is None or float(d.detach()) <= 0:
             return None
+        return lam * loss.detach() * d / d.detach()
+
+    def soft_distance(self, model: nn.Module) -> torch.Tensor | None:
+        """The mean soft relative distance of the free weights to their bracketing centres
+        (differentiable), or None before any weight is fixed or once all are."""
+        terms = self._free_brackets(model)
         tau = float(self.cfg.temperature)
         gamma0 = float(self.cfg.gamma0)
         total: torch.Tensor | None = None
@@ -429,12 +435,7 @@ class WeightFixing(Strategy):
             s = soft_relative_distance(w.reshape(-1)[idx], c_lo, c_hi, tau, gamma0).sum()
             total = s if total is None else total + s.to(total.device)
             free += idx.numel()
-        if total is None:
-            return None
-        d = total / free
-        if float(d.detach()) <= 0:
-            return None
-        return lam * loss.detach() * d / d.detach()
+        return None if total is None else total / free
 
     def on_epoch_end(self, model: nn.Module, progress: Progress) -> bool:
         self._brackets = None  # weights moved: find their bracketing centres again
