@@ -23,6 +23,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from schemas.errors import FieldError
 from schemas.trial import AugmentConfig
 
 __all__ = [
@@ -67,22 +68,17 @@ _READ_ERRORS = (
 Array = npt.NDArray[Any]
 
 
-class DatasetError(ValueError):
-    """A dataset reference that cannot be loaded. str(e) is one line: 'dataset: <reason>'."""
+class DatasetError(FieldError):
+    """A dataset reference that cannot be loaded: field `dataset` and the reason."""
 
-    field: str
-    reason: str
-
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, field: str = "dataset") -> None:
         reason = " ".join(str(reason).split())
         if reason.startswith("dataset: "):
             reason = reason[len("dataset: ") :]
-        self.field = "dataset"
-        self.reason = reason
-        super().__init__(f"dataset: {reason}")
+        super().__init__(field, reason)
 
-    def __str__(self) -> str:
-        return f"dataset: {self.reason}"
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, self.field))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from torch import nn
 from torch.nn import functional as F
 
-from schemas.errors import validation_field
+from schemas.errors import FieldError, validation_field
 
 Builder = Callable[[tuple[int, ...], int, Any], nn.Module]
 B = TypeVar("B", bound=Callable[..., nn.Module])
@@ -23,21 +23,8 @@ B = TypeVar("B", bound=Callable[..., nn.Module])
 _REGISTRY: dict[str, tuple[type[BaseModel], Builder]] = {}
 
 
-class ModelError(ValueError):
-    """A bad model name or option; str(e) is one line: '<field>: <reason>'.
-
-    `field` is 'model' or 'model_options.<key>', so an API layer can point at the culprit.
-    """
-
-    def __init__(self, field: str, reason: str) -> None:
-        # Both parts go to args so the exception survives pickling (Ray ships errors across
-        # processes and rebuilds them as cls(*args)).
-        super().__init__(field, reason)
-        self.field = field
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.reason}"
+class ModelError(FieldError):
+    """A bad model name or option: field `model` or `model_options.<key>`, and the reason."""
 
 
 def register_model(name: str, options: type[BaseModel]) -> Callable[[B], B]:

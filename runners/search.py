@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 import pydantic
 
-from schemas.errors import validation_field
+from schemas.errors import FieldError, validation_field
 from schemas.sweep import StrategySpec
 from strategies import get_strategy
 from strategies.base import Search, Strategy
@@ -20,13 +20,8 @@ from strategies.registry import UnknownStrategyError
 from strategies.space import SpaceError, default_search, parse_search, searchable_fields
 
 
-class SpecError(ValueError):
+class SpecError(FieldError):
     """A sweep spec that cannot run. `field` names the culprit, `reason` says why."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 def strategy_space(spec: StrategySpec, index: int) -> tuple[type[Strategy], dict[str, Search]]:

@@ -29,7 +29,7 @@ from torch import nn
 import strategies
 from runners.data import Dataset, batches, load_dataset
 from runners.models import build_model, model_options
-from schemas.errors import validation_field
+from schemas.errors import FieldError, validation_field
 from schemas.trial import (
     EnvironmentInfo,
     EpochRecord,
@@ -47,13 +47,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "trial.pt"
 
 
-class ConfigError(ValueError):
+class ConfigError(FieldError):
     """A trial config that cannot run. `field` names the culprit, `reason` says why."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 class TrialDiverged(RuntimeError):

@@ -1,8 +1,32 @@
-"""How a refused input is described: the field that is wrong and why, on one line."""
+"""The one error of a refused input, and how a pydantic failure becomes one.
+
+Every refusal in bitsweep (a spec, a trial config, a dataset path, a strategy's params, an
+API request) is a `FieldError`: the field that is wrong and why. It survives pickling, so an
+error raised inside a Ray worker reaches the driver, MLflow and the terminal intact.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import ValidationError
+
+
+class FieldError(ValueError):
+    """A refused input: `field` names the culprit (dotted, as the user wrote it), `reason` why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle their `args` (here the joined message); rebuild from the two parts.
+        return (type(self), (self.field, self.reason))
+
+    def at(self, prefix: str) -> FieldError:
+        """The same error with its field under `prefix` (e.g. `strategies.0`)."""
+        return type(self)(f"{prefix}.{self.field}" if prefix else self.field, self.reason)
 
 
 def validation_field(e: ValidationError, prefix: str = "") -> tuple[str, str]:
@@ -19,3 +43,8 @@ def validation_field(e: ValidationError, prefix: str = "") -> tuple[str, str]:
         if reason.startswith(noise):
             reason = reason[len(noise) :]
     return field, " ".join(reason.split())
+
+
+def field_error(e: ValidationError, prefix: str = "") -> FieldError:
+    """The first error of a pydantic validation failure as a `FieldError`."""
+    return FieldError(*validation_field(e, prefix))

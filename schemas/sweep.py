@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from schemas.trial import AugmentConfig, DatasetRef, ScheduleConfig, Strict
+from schemas.trial import Strict, TrainingSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -80,21 +80,17 @@ class EarlyStopping(Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
-class SweepSpec(Strict):
-    """A benchmark sweep: every strategy swept on one dataset and model."""
+class SweepSpec(TrainingSettings):
+    """A benchmark sweep: every strategy swept on one dataset and model.
+
+    The training settings (dataset, model, epochs, seed, ...) are those of `TrainingSettings`,
+    shared with every trial of the sweep; `epochs` defaults to 5 here.
+    """
 
     name: str = Field(..., description="letters, digits, '_', '-', '.'; up to 64")
-    dataset: DatasetRef = "digits"
-    model: str = "mlp"
-    model_options: dict[str, Any] = Field(default_factory=dict)
     strategies: list[StrategySpec] = Field(..., min_length=1)
     trials_per_strategy: int = Field(4, ge=1, le=10_000)
     epochs: int = Field(5, ge=1, le=10_000)
-    seed: int = Field(0, ge=0, lt=2**32)
-    batch_size: int | None = Field(None, ge=1, le=65_536)
-    schedule: ScheduleConfig | None = None
-    augment: AugmentConfig | None = None
-    val_fraction: float = Field(0.1, ge=0, lt=0.9)
     resources: Resources = Field(default_factory=Resources)
     max_concurrent_trials: int | None = Field(None, ge=1, le=1024)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)

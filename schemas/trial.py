@@ -74,26 +74,49 @@ class AugmentConfig(Strict):
     cutout: int = Field(0, ge=0, le=32, description="side of a random square set to zero")
 
 
-class TrialConfig(Strict):
-    """Everything needed to train one trial. Unset training fields take the strategy's recipe."""
+class TrainingKnobs(Strict):
+    """Training settings a sweep may search or fix beside a strategy's own params, by name
+    in `params`: they override the recipe's optimizer and batch size."""
 
-    strategy: str = Field(..., min_length=1, description="registered strategy name")
-    params: dict[str, Any] = Field(
-        default_factory=dict, description="the strategy's own params, validated by its Params"
-    )
+    lr: float = Field(1e-3, gt=0, le=10)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(128, ge=1, le=65_536)
+
+
+class TrainingSettings(Strict):
+    """What a trial is trained on and how long: shared by a sweep spec and a trial config, so a
+    sweep's trials take these fields from the spec as they are."""
+
     dataset: DatasetRef = Field(
         "digits", description="digits, mnist-5k, npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR"
     )
     model: str = Field("mlp", min_length=1)
     model_options: dict[str, Any] = Field(default_factory=dict)
-    optimizer: OptimizerConfig | None = None
     schedule: ScheduleConfig | None = None
     augment: AugmentConfig | None = None
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int | None = Field(None, ge=1, le=65_536)
     seed: int = Field(0, ge=0, lt=2**32)
-    device: str = "auto"
     val_fraction: float = Field(0.1, ge=0, lt=0.9)
+
+    def training_settings(self) -> dict[str, Any]:
+        """The `TrainingSettings` fields of this model, as a dict of their values."""
+        return {k: getattr(self, k) for k in TrainingSettings.model_fields}
+
+
+class TrialConfig(TrainingSettings):
+    """Everything needed to train one trial. Unset training fields take the strategy's recipe."""
+
+    strategy: str = Field(..., min_length=1, description="registered strategy name")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the strategy's own params (validated by its Params) and training knobs "
+        "(lr, optimizer, weight_decay, momentum, batch_size)",
+    )
+    optimizer: OptimizerConfig | None = None
+    device: str = "auto"
     eval_batch_size: int = Field(2048, ge=1)
 
     @field_validator("device")

@@ -7,11 +7,13 @@ import logging
 import os
 import sys
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -189,14 +191,22 @@ def strategies_cmd(
 
     registered = strategies.list_strategies()
     if name is not None and name not in registered:
-        raise refuse("name", f"unknown strategy {name!r} (known: {', '.join(registered)})")
-    described = [cls.describe() for key, cls in registered.items() if name is None or key == name]
+        raise refuse("name", str(strategies.UnknownStrategyError(name)))
+    described = [
+        {**cls.describe(), "origin": asdict(strategies.strategy_origin(key))}
+        for key, cls in registered.items()
+        if name is None or key == name
+    ]
+    for e in strategies.plugin_errors():  # the others stay usable; say what is missing
+        err.print(f"warning: {escape(str(e))}", highlight=False)
     if as_json:
         sys.stdout.write(json.dumps(described, indent=2) + "\n")
         return
     for d in described:
         out.print(f"[bold cyan]{d['name']}[/] — {d['summary']}")
+        o = d["origin"]
         out.print(f"  paper: {d['paper']}")
+        out.print(f"  from: {o['distribution']} {o['version']} ({o['via']})".rstrip())
         out.print(f"  fidelity: {d['fidelity']}")
         if d["doc"]:
             out.print(textwrap.indent(d["doc"], "    "), style="dim", highlight=False)

@@ -21,45 +21,22 @@ This module imports torch and pydantic only, so a strategy can be used in any to
 from __future__ import annotations
 
 import inspect
+import typing
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from schemas.trial import AugmentConfig, OptimizerConfig, ScheduleConfig
+from strategies.exported import ExportedLayer
+from strategies.layers import plain_copy
+from strategies.params import Relation, Search, StrategyParams
+from strategies.space import describe_params
 
-
-@dataclass(frozen=True)
-class Search:
-    """How a sweep may search a field: a numeric range (`low`, `high`, `log`, `step`) or `choices`.
-
-    Attach it to a field of a strategy's `Params` with `Annotated[int, Field(ge=1), Search(2, 8)]`.
-    The range must lie inside the field's bounds; a sweep spec may narrow or move it, never
-    beyond the bounds.
-    """
-
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.choices is None and (self.low is None or self.high is None):
-            raise ValueError("Search needs low and high, or choices")
-        if self.choices is None and self.low is not None and self.high is not None:
-            if self.low > self.high:
-                raise ValueError("Search low must not exceed high")
-            if self.log and self.low <= 0:
-                raise ValueError("a log-scale Search needs low > 0")
-
-
-class StrategyParams(BaseModel):
-    """Base of every strategy's `Params`: immutable, unknown fields refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+DEFAULT_LR_SEARCH = Search(1e-4, 1e-1, log=True)
+"""The learning-rate range every recipe searches unless it names its own `lr` range."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +45,8 @@ class Recipe:
 
     `model_options` are applied to a model only where the model accepts the option (an MLP
     takes `batch_norm`, a WRN has it always). `search` gives the ranges a sweep searches for
-    the training knobs `lr`, `optimizer`, `weight_decay`, `momentum` and `batch_size`.
+    the training knobs `lr`, `optimizer`, `weight_decay`, `momentum` and `batch_size`; the
+    learning rate is searched over `DEFAULT_LR_SEARCH` unless `search` names `lr`.
     """
 
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -76,7 +54,10 @@ class Recipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 128
     model_options: dict[str, Any] = field(default_factory=dict)
-    search: dict[str, Search] = field(default_factory=lambda: {"lr": Search(1e-4, 1e-1, log=True)})
+    search: dict[str, Search] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "search", {"lr": DEFAULT_LR_SEARCH, **self.search})
 
 
 @dataclass
@@ -100,40 +81,15 @@ class Progress:
         return min(1.0, self.step / max(1, self.total_steps))
 
 
-@dataclass
-class ExportedLayer:
-    """The deployed weights of one quantized layer.
-
-    `weight` holds the exact values a deployment computes with (same shape as the layer's
-    weight). `bits` is the storage bit-depth of each weight, and `n_floats` the number of
-    per-layer 32-bit floats stored beside them (scale, offset, codebook entries).
-    `codes` are the integer codes when the strategy has them (`weight == decode(codes)`).
-    """
-
-    weight: torch.Tensor
-    bits: float
-    n_floats: int = 0
-    codes: torch.Tensor | None = None
-    scale: float | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def binary(
-        cls, weight: torch.Tensor, latent: torch.Tensor, scale: float, **info: Any
-    ) -> ExportedLayer:
-        """A 1-bit layer deploying `weight` = +-scale, with code 1 where `latent` is >= +0."""
-        return cls(
-            weight=weight,
-            bits=1.0,
-            n_floats=0,
-            codes=(~torch.signbit(latent)).to(torch.uint8),
-            scale=float(scale),
-            info={"decode": "weight = scale * (2 * code - 1)", **info},
-        )
+P = TypeVar("P", bound=StrategyParams)
 
 
-class Strategy:
+class Strategy(ABC, Generic[P]):
     """Base class of every strategy. Subclasses set the class attributes and override hooks.
+
+    Write `class MyStrategy(Strategy[MyParams])` to have `self.params` typed as `MyParams`;
+    `Params` is then set from the type argument. A nested `class Params(StrategyParams)` works
+    as well. `export` is abstract: every strategy says what it deploys.
 
     Class attributes:
         name: the registry name (set by `register_strategy`).
@@ -151,8 +107,20 @@ class Strategy:
     Params: ClassVar[type[StrategyParams]] = StrategyParams
     recipe: ClassVar[Recipe] = Recipe()
 
-    def __init__(self, params: StrategyParams | None = None) -> None:
-        self.params = params if params is not None else self.Params()
+    params: P
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Params" in cls.__dict__:
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            if typing.get_origin(base) is Strategy:
+                (arg,) = typing.get_args(base)
+                if isinstance(arg, type) and issubclass(arg, StrategyParams):
+                    cls.Params = arg
+
+    def __init__(self, params: P | None = None) -> None:
+        self.params = params if params is not None else self.Params()  # type: ignore[assignment]
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -194,13 +162,15 @@ class Strategy:
         """
         return True
 
+    @abstractmethod
     def export(self, model: nn.Module) -> dict[str, ExportedLayer]:
-        """The deployed weights of each quantized layer, keyed by module name.
+        """The deployed weights of every Linear and Conv layer, keyed by module name.
 
         Called for evaluation and metrics at the end of a trial (and of epochs where the
-        deployed and the training forward differ). Must not change the model.
+        deployed and the training forward differ). A layer the strategy leaves in float is
+        exported too, as `ExportedLayer.float32(weight)`, so its cost is counted. Must not
+        change the model; the model in eval mode must compute with exactly these weights.
         """
-        raise NotImplementedError
 
     def deploy(self, model: nn.Module) -> nn.Module:
         """Return a plain float model computing with exactly the exported weights.
@@ -208,8 +178,6 @@ class Strategy:
         The runner evaluates this model for test accuracy. Default: a copy with every
         parametrization removed and each quantized layer's weight set to its export.
         """
-        from strategies.layers import plain_copy
-
         return plain_copy(model, self.export(model))
 
     def extra_metrics(self, model: nn.Module) -> dict[str, float]:
@@ -228,8 +196,6 @@ class Strategy:
     @classmethod
     def describe(cls) -> dict[str, Any]:
         """A JSON-ready description: paper, fidelity, params with bounds and search ranges."""
-        from strategies.space import describe_params
-
         r = cls.recipe
         return {
             "name": cls.name,
@@ -238,18 +204,25 @@ class Strategy:
             "fidelity": cls.fidelity,
             "doc": inspect.cleandoc(cls.__doc__ or ""),
             "params": describe_params(cls.Params),
+            "relations": [str(rel) for rel in cls.Params.relations],
             "recipe": {
                 "optimizer": r.optimizer.model_dump(),
                 "schedule": r.schedule.model_dump(),
                 "augment": r.augment.model_dump(),
                 "batch_size": r.batch_size,
                 "model_options": dict(r.model_options),
-                "search": {k: _search_dict(s) for k, s in r.search.items()},
+                "search": {k: s.as_dict() for k, s in r.search.items()},
             },
         }
 
 
-def _search_dict(s: Search) -> dict[str, Any]:
-    if s.choices is not None:
-        return {"choices": list(s.choices)}
-    return {"low": s.low, "high": s.high, "log": s.log, "step": s.step}
+__all__ = [
+    "DEFAULT_LR_SEARCH",
+    "ExportedLayer",
+    "Progress",
+    "Recipe",
+    "Relation",
+    "Search",
+    "Strategy",
+    "StrategyParams",
+]

@@ -14,8 +14,9 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
+from schemas.errors import FieldError
 from schemas.trial import OptimizerConfig, ScheduleConfig
-from strategies.base import ExportedLayer, Recipe, Search, Strategy, StrategyParams
+from strategies.base import ExportedLayer, Recipe, Relation, Search, Strategy, StrategyParams
 from strategies.layers import attach, he_std, latent_weight, parametrizations, quantizable_layers
 from strategies.registry import register_strategy
 
@@ -23,13 +24,8 @@ from strategies.registry import register_strategy
 HEADER_BYTES = 8 + 32
 
 
-class PayloadError(ValueError):
+class PayloadError(FieldError):
     """A payload that cannot be written or read. `field` names the culprit, `reason` says why."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 # -- bits, codes and payload streams (no model needed) ---------------------------------------
@@ -355,17 +351,6 @@ class BitLearning(Strategy):
                     return {**data, "trainable_msbs": min(2, bits - 1)}
             return data
 
-        @field_validator("trainable_msbs")
-        @classmethod
-        def _msbs_fit(cls, v: int, info: ValidationInfo) -> int:
-            bits = info.data.get("bits")
-            if bits is not None and v > bits - 1:
-                raise ValueError(
-                    f"{v} exceeds the {bits - 1} magnitude bits of a {bits}-bit weight "
-                    "(at most bits - 1)"
-                )
-            return v
-
         @field_validator("train_sign")
         @classmethod
         def _something_trains(cls, v: bool, info: ValidationInfo) -> bool:
@@ -398,6 +383,8 @@ class BitLearning(Strategy):
             return v
 
         _payload_file = field_validator("payload")(_check_payload)
+
+        relations = (Relation("trainable_msbs", "<=", "bits", -1),)
 
     recipe = Recipe(
         optimizer=OptimizerConfig(name="adam", lr=9e-4, weight_decay=0.0),
@@ -491,6 +478,7 @@ class BitLearning(Strategy):
                 n_floats=1,
                 codes=codes,
                 scale=float(p.alpha),
+                encoding="sign_magnitude",
                 info={
                     "bits": p.bits,
                     "trainable_bits": p.mask(),

@@ -7,11 +7,19 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from schemas.trial import AugmentConfig, OptimizerConfig, ScheduleConfig
-from strategies.base import ExportedLayer, Progress, Recipe, Search, Strategy, StrategyParams
+from strategies.base import (
+    ExportedLayer,
+    Progress,
+    Recipe,
+    Relation,
+    Search,
+    Strategy,
+    StrategyParams,
+)
 from strategies.layers import attach, latent_weight, parametrizations
 from strategies.registry import register_strategy
 
@@ -214,14 +222,10 @@ class BitRegularization(Strategy):
             Field(ge=1, le=32, description="Highest bit-depth B may take (float32 resolves ~24)."),
         ] = 16
 
-        @model_validator(mode="after")
-        def _bits_in_range(self) -> BitRegularization.Params:
-            if not self.min_bits <= self.init_bits <= self.max_bits:
-                raise ValueError(
-                    f"init_bits ({self.init_bits}) must lie in [min_bits, max_bits] "
-                    f"= [{self.min_bits}, {self.max_bits}]"
-                )
-            return self
+        relations = (
+            Relation("init_bits", ">=", "min_bits"),
+            Relation("init_bits", "<=", "max_bits"),
+        )
 
     recipe = Recipe(
         optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.0),
@@ -298,6 +302,7 @@ class BitRegularization(Strategy):
                 n_floats=2,
                 codes=codes,
                 scale=float(delta),
+                offset=float(alpha),
                 info={"alpha": float(alpha), "delta": float(delta), "bit_depth": bits},
             )
         return out

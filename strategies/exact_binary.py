@@ -83,6 +83,8 @@ class _GroupPowerMap(nn.Module):
         self.p = p
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # evaluation computes with the deployed weights
+            return self.deployed(v)
         return group_power_map(v, self.p, group=self.group, eps=self.eps, scale=self.scale)
 
     def deployed(self, v: torch.Tensor) -> torch.Tensor:
@@ -236,7 +238,8 @@ class ExactBinary(Strategy):
             for _, layer, t in parametrizations(model, _GroupPowerMap):
                 assert isinstance(t, _GroupPowerMap)
                 v = latent_weight(layer)
-                gap += float((t(v) - t.deployed(v)).abs().sum()) / t.scale
+                trained = group_power_map(v, t.p, group=t.group, eps=t.eps, scale=t.scale)
+                gap += float((trained - t.deployed(v)).abs().sum()) / t.scale
                 n += v.numel()
         return {"p": self.p, "deploy_gap": gap / max(1, n)}
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-if TYPE_CHECKING:
-    from strategies.base import ExportedLayer
+from strategies.exported import ExportedLayer
 
 QUANTIZED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

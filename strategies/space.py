@@ -9,26 +9,16 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import annotated_types as at
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from strategies.base import Search, StrategyParams
-
-
-class TrainingKnobs(BaseModel):
-    """Training settings a sweep may search beside a strategy's own params."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(1e-3, gt=0, le=10)
-    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    batch_size: int = Field(128, ge=1, le=65_536)
-
+from schemas.errors import FieldError
+from schemas.trial import TrainingKnobs
+from strategies.params import Relation, Search, StrategyParams
 
 TRAINING_KNOBS: frozenset[str] = frozenset(TrainingKnobs.model_fields)
 
@@ -40,13 +30,8 @@ def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return own, knobs
 
 
-class SpaceError(ValueError):
+class SpaceError(FieldError):
     """A params dict or a search range that a strategy refuses. `field` names the culprit."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 def field_bounds(info: FieldInfo) -> tuple[float | None, float | None, bool, bool]:
@@ -205,12 +190,7 @@ def describe_params(params_cls: type[BaseModel]) -> list[dict[str, Any]]:
         if ch is not None:
             entry["choices"] = list(ch)
         if name in searches:
-            s = searches[name]
-            entry["search"] = (
-                {"choices": list(s.choices)}
-                if s.choices is not None
-                else {"low": s.low, "high": s.high, "log": s.log, "step": s.step}
-            )
+            entry["search"] = searches[name].as_dict()
         out.append(entry)
     return out
 
@@ -235,3 +215,135 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     return str(v)
+
+
+# -- checks at registration -----------------------------------------------------------------
+
+
+def check_params_class(
+    params_cls: type[StrategyParams], recipe_search: Mapping[str, Search]
+) -> None:
+    """Raise `SpaceError` unless every `Search` lies inside its field's bounds and every
+    `Relation` names numeric fields (the registry calls this for each strategy)."""
+    fields = searchable_fields(params_cls)
+    for name in recipe_search:
+        if name not in TRAINING_KNOBS:
+            raise SpaceError(
+                f"recipe.search.{name}",
+                f"not a training knob ({', '.join(sorted(TRAINING_KNOBS))})",
+            )
+    for name, search in {**recipe_search, **default_search(params_cls)}.items():
+        check_search(name, search, fields[name])
+    for r in params_cls.relations:
+        for side in (r.left, r.right):
+            if side not in params_cls.model_fields:
+                raise SpaceError(f"relations.{side}", f"{r} names no field {side!r}")
+            if field_kind(params_cls.model_fields[side]) not in ("int", "float"):
+                raise SpaceError(f"relations.{side}", f"{r} needs numeric fields")
+
+
+# -- sampling that honours the relations ---------------------------------------------------
+
+Suggest = Callable[[str, Search, str], Any]
+"""Draws a value of field `name` from `search` (`kind` is 'int', 'float' or 'categorical');
+a sweep passes Optuna's trial, the contract suite a seeded generator."""
+
+
+def narrowed(
+    params_cls: type[StrategyParams], name: str, search: Search, known: Mapping[str, Any]
+) -> Search:
+    """`search` narrowed by every relation between `name` and a field of `known`.
+
+    Raises `SpaceError` naming `name` when no value of the range satisfies them.
+    """
+    relations = [
+        r for r in params_cls.relations if name in (r.left, r.right) and _other(r, name) in known
+    ]
+    if not relations:
+        return search
+    info = searchable_fields(params_cls)[name]
+    integer = field_kind(info) == "int"
+
+    def ok(v: float) -> bool:
+        return all(
+            r.holds(v, known[r.right]) if r.left == name else r.holds(known[r.left], v)
+            for r in relations
+        )
+
+    if search.choices is not None:
+        kept = tuple(c for c in search.choices if ok(c))
+        if not kept:
+            raise SpaceError(name, _no_value(name, search, relations, known))
+        return Search(choices=kept)
+    assert search.low is not None and search.high is not None
+    low, high = search.low, search.high
+    for r in relations:
+        op, bound = r.bound_for(name, known[_other(r, name)])
+        if integer and op in ("<", ">"):
+            bound, op = (bound - 1, "<=") if op == "<" else (bound + 1, ">=")
+        if op in ("<=", "<"):
+            high = min(high, math.floor(bound) if integer else bound)
+        else:
+            low = max(low, math.ceil(bound) if integer else bound)
+    if low > high or (search.log and low <= 0):
+        raise SpaceError(name, _no_value(name, search, relations, known))
+    if search.step and not search.log:  # keep the grid of the original range
+        low = search.low + math.ceil((low - search.low) / search.step) * search.step
+        if low > high:
+            raise SpaceError(name, _no_value(name, search, relations, known))
+    return Search(low, high, log=search.log, step=search.step)
+
+
+def sample_point(
+    params_cls: type[StrategyParams],
+    space: Mapping[str, Search],
+    fixed: Mapping[str, Any],
+    suggest: Suggest,
+) -> dict[str, Any]:
+    """One point of `space`: the searched fields drawn in field order, each range narrowed by
+    the relations with the fields fixed or drawn before it. Raises `SpaceError` when a range
+    leaves no value."""
+    fields = searchable_fields(params_cls)
+    known: dict[str, Any] = dict(fixed)
+    out: dict[str, Any] = {}
+    for name in [n for n in fields if n in space]:
+        search = narrowed(params_cls, name, space[name], known)
+        kind = "categorical" if search.choices is not None else field_kind(fields[name])
+        out[name] = known[name] = suggest(name, search, kind)
+    return out
+
+
+def _other(r: Relation, name: str) -> str:
+    return r.right if r.left == name else r.left
+
+
+def _no_value(
+    name: str, search: Search, relations: list[Relation], known: Mapping[str, Any]
+) -> str:
+    where = ", ".join(sorted({f"{_other(r, name)} = {known[_other(r, name)]}" for r in relations}))
+    rng = (
+        f"choices {list(search.choices)}"
+        if search.choices is not None
+        else f"range [{_num(search.low or 0)}, {_num(search.high or 0)}]"
+    )
+    rel = "; ".join(str(r) for r in relations)
+    return f"no value of the {rng} satisfies {rel} (with {where})"
+
+
+def trial_suggest(trial: Any) -> Suggest:
+    """A `Suggest` drawing from an Optuna trial (anything with `suggest_int`, `suggest_float`
+    and `suggest_categorical`), so a sweep's define-by-run space is `sample_point`."""
+
+    def suggest(name: str, search: Search, kind: str) -> Any:
+        if search.choices is not None:
+            return trial.suggest_categorical(name, list(search.choices))
+        assert search.low is not None and search.high is not None
+        if kind == "int":
+            step = int(search.step) if search.step and not search.log else 1
+            return trial.suggest_int(
+                name, int(search.low), int(search.high), step=step, log=search.log
+            )
+        step = None if search.log else search.step
+        return trial.suggest_float(name, search.low, search.high, step=step, log=search.log)
+
+    return suggest

@@ -1,20 +1,32 @@
 """The strategy contract suite: the checks every strategy must pass, built-in or a plugin's.
 
-Use it from a plugin's own tests::
+A leaderboard ranks strategies by the cost of their exported weights, so the suite checks what
+that cost relies on: every layer is exported; the declared bits hold the codes; the codes with
+the declared scale, offset or codebook decode to the exported weights exactly; every stored
+float is counted; the model in eval mode computes with the exported weights; the strategy's own
+parameters train; exports are deterministic, leave the model alone, and hold finite float32.
+
+Use it from a plugin's own tests (it needs pytest: `pip install bitsweep[test]`)::
 
     from strategies.testing import StrategyContract
 
     class TestMyStrategy(StrategyContract):
         strategy_name = "my_strategy"      # a registered name
-        params = {"bits": 3}               # optional: params to check besides the defaults
+        params = {"bits": 3}               # optional: fixed params of every point checked
 
-pytest collects every `test_*` method for that strategy. Needs pytest; imports no runner.
+Every check runs at several points of the strategy's search space: its defaults, each searched
+field at the low and the high end of its range, and points drawn by Optuna's random sampler
+through the same relation-aware sampling a sweep uses. `run_contract(cls)` runs the same checks
+without pytest and returns the failures. Imports no runner.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pytest
@@ -23,11 +35,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
-from strategies.base import ExportedLayer, Progress, Strategy
-from strategies.layers import latent_weight, quantizable_layers, weight_of
+from strategies.base import Progress, Strategy
+from strategies.exported import ExportedLayer
+from strategies.layers import latent_weight, plain_copy, quantizable_layers, weight_of
 from strategies.metrics import value_histogram, weight_metrics
+from strategies.params import Search
 from strategies.registry import get_strategy
-from strategies.space import check_search, default_search, searchable_fields
+from strategies.space import (
+    SpaceError,
+    check_search,
+    default_search,
+    field_kind,
+    sample_point,
+    searchable_fields,
+    trial_suggest,
+)
+
+
+class ContractFailure(AssertionError):
+    """A strategy broke the contract: the message names the check, the point, the layer and
+    the numbers."""
 
 
 class TinyNet(nn.Module):
@@ -60,15 +87,114 @@ def short_training(
     cls: type[Strategy], params: dict[str, Any], seed: int, steps: int = 6, epochs: int = 2
 ) -> tuple[Strategy, nn.Module]:
     """Train TinyNet for a few steps through every hook, the way the trial runner calls them."""
+    case = _train(cls, params, seed, steps=steps, epochs=epochs)
+    return case.strategy, case.model
+
+
+# -- the points checked ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Point:
+    """Params of the strategy at which the checks run, with a label for failure messages."""
+
+    label: str
+    params: dict[str, Any]
+
+    def __str__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items())) or "defaults"
+        return f"{self.label} ({shown})"
+
+
+def contract_points(
+    cls: type[Strategy], fixed: dict[str, Any] | None = None, *, samples: int = 2, seed: int = 0
+) -> list[Point]:
+    """The defaults, each searched param at both ends of its range, and `samples` random points.
+
+    Only the strategy's own params are varied (training knobs do not change what a strategy
+    deploys). Ranges are narrowed by the Params' relations, as in a sweep.
+    """
+    fixed = dict(fixed or {})
+    space = {k: s for k, s in default_search(cls.Params).items() if k not in fixed}
+    points = [Point("defaults", fixed)]
+    fields = searchable_fields(cls.Params)
+    for name in space:
+        for end in ("low", "high"):
+            drawn = sample_point(cls.Params, space, fixed, _end_suggest(name, end, fields))
+            only = {k: v for k, v in drawn.items() if k == name or _moved(cls, k, v)}
+            points.append(Point(f"{name} at the {end} end", {**fixed, **only}))
+    if space and samples:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        for i in range(samples):
+            drawn = sample_point(cls.Params, space, fixed, trial_suggest(study.ask()))
+            points.append(Point(f"sampled point {i + 1}", {**fixed, **drawn}))
+    unique: dict[str, Point] = {}
+    for p in points:
+        unique.setdefault(repr(sorted(p.params.items())), p)
+    return list(unique.values())
+
+
+def _moved(cls: type[Strategy], name: str, value: Any) -> bool:
+    """Whether `value` differs from the field's default (kept so the point stays valid)."""
+    info = cls.Params.model_fields[name]
+    return info.is_required() or info.get_default(call_default_factory=True) != value
+
+
+def _end_suggest(
+    target: str, end: str, fields: dict[str, Any]
+) -> Callable[[str, Search, str], Any]:
+    def suggest(name: str, search: Search, kind: str) -> Any:
+        if search.choices is not None:
+            choices = list(search.choices)
+            if name == target:
+                return choices[0] if end == "low" else choices[-1]
+            default = fields[name].get_default(call_default_factory=True)
+            return default if default in choices else choices[0]
+        assert search.low is not None and search.high is not None
+        cast: Callable[[float], Any] = int if kind == "int" else float
+        if name == target:
+            return cast(search.low if end == "low" else search.high)
+        default = fields[name].get_default(call_default_factory=True)
+        if isinstance(default, (int, float)) and search.low <= default <= search.high:
+            return default
+        return cast(search.low)
+
+    return suggest
+
+
+# -- one trained case -----------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """A strategy trained briefly at one point, with what the checks compare against."""
+
+    point: Point
+    strategy: Strategy
+    model: nn.Module
+    fresh: dict[str, torch.Tensor]  # every parameter right after prepare
+    groups: list[dict[str, Any]]  # the optimizer's groups
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _train(
+    cls: type[Strategy], params: dict[str, Any], seed: int, *, steps: int = 6, epochs: int = 2
+) -> Case:
     random.seed(seed)
     torch.manual_seed(seed)
     strategy = cls(cls.Params(**params))
     model = strategy.prepare(TinyNet())
-    opt = torch.optim.SGD(strategy.param_groups(model), lr=0.05, momentum=0.9)
+    fresh = {n: p.detach().clone() for n, p in model.named_parameters()}
+    groups = strategy.param_groups(model)
+    opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
     x, y = tiny_data(seed)
     step = 0
     for epoch in range(epochs):
         progress = Progress(epoch=epoch, epochs=epochs, step=step, steps_per_epoch=steps, lr=0.05)
+        loss = torch.zeros(())
         for i in range(steps):
             xb, yb = x[i * 8 : i * 8 + 8], y[i * 8 : i * 8 + 8]
             loss = F.cross_entropy(model(xb), yb)
@@ -82,8 +208,390 @@ def short_training(
             strategy.on_step(model, progress)
         progress.loss = float(loss.detach())
         if strategy.on_epoch_end(model, progress):
-            opt = torch.optim.SGD(strategy.param_groups(model), lr=0.05, momentum=0.9)
-    return strategy, model
+            groups = strategy.param_groups(model)
+            opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+    return Case(Point("", params), strategy, model, fresh, groups)
+
+
+# -- the checks -----------------------------------------------------------------------------
+
+
+def _fail(check: str, case: Case, message: str) -> ContractFailure:
+    return ContractFailure(f"{check} at {case.point}: {message}")
+
+
+def check_every_layer_is_exported(case: Case) -> None:
+    """Every Linear and Conv layer appears in `export()`: a quantized layer under its name, a
+    layer left float as a 32-bit layer. A layer missing from the export would vanish from the
+    cost."""
+    exported = case.strategy.export(case.model)
+    layers = [n for n, _ in quantizable_layers(case.model)]
+    missing = [n for n in layers if n not in exported]
+    unknown = sorted(set(exported) - set(layers))
+    if missing:
+        raise _fail(
+            "every layer is exported", case, f"layers {missing} are missing from the export"
+        )
+    if unknown:
+        raise _fail("every layer is exported", case, f"the export names no layer {unknown}")
+
+
+def check_exported_tensors(case: Case) -> None:
+    """Each exported weight is a detached float32 tensor of its layer's shape, finite, with
+    0 < bits <= 32 and a whole number of stored floats; a layer without codes takes no more
+    distinct values than its bits hold."""
+    name_check = "exported tensors"
+    shapes = {n: tuple(weight_of(m).shape) for n, m in quantizable_layers(case.model)}
+    for name, layer in case.strategy.export(case.model).items():
+        if not isinstance(layer, ExportedLayer):
+            raise _fail(
+                name_check, case, f"layer {name}: {type(layer).__name__} is no ExportedLayer"
+            )
+        w = layer.weight
+        if w.dtype != torch.float32:
+            raise _fail(name_check, case, f"layer {name}: weight is {w.dtype}, not float32")
+        if w.requires_grad or w.grad_fn is not None:
+            raise _fail(name_check, case, f"layer {name}: weight is not detached")
+        if name in shapes and tuple(w.shape) != shapes[name]:
+            raise _fail(
+                name_check,
+                case,
+                f"layer {name}: weight shape {tuple(w.shape)}, layer {shapes[name]}",
+            )
+        bad = int((~torch.isfinite(w)).sum())
+        if bad:
+            raise _fail(name_check, case, f"layer {name}: {bad} weights are NaN or inf")
+        if not 0 < layer.bits <= 32:
+            raise _fail(name_check, case, f"layer {name}: declared {layer.bits:g} bits")
+        if int(layer.n_floats) != layer.n_floats or layer.n_floats < 0:
+            raise _fail(name_check, case, f"layer {name}: n_floats = {layer.n_floats}")
+        if layer.codes is None and layer.bits < 32:
+            levels = int(torch.unique(w).numel())
+            if levels > 2 ** int(layer.bits):
+                raise _fail(
+                    name_check,
+                    case,
+                    f"layer {name}: declared {layer.bits:g} bits hold {2 ** int(layer.bits)} "
+                    f"values, but the weights take {levels}",
+                )
+
+
+def check_codes_fit_declared_bits(case: Case) -> None:
+    """The codes are integers of the weight's shape, and every code fits the declared bits in
+    the declared encoding (unsigned, two's complement, sign-magnitude; a codebook index)."""
+    name_check = "codes fit the declared bits"
+    for name, layer in case.strategy.export(case.model).items():
+        codes = layer.codes
+        if codes is None:
+            continue
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise _fail(name_check, case, f"layer {name}: codes are {codes.dtype}, not integers")
+        if tuple(codes.shape) != tuple(layer.weight.shape):
+            raise _fail(
+                name_check,
+                case,
+                f"layer {name}: codes shape {tuple(codes.shape)}, "
+                f"weight {tuple(layer.weight.shape)}",
+            )
+        if layer.bits != int(layer.bits):
+            raise _fail(name_check, case, f"layer {name}: {layer.bits:g} bits is no whole number")
+        lo, hi = layer.code_range()
+        c = codes.to(torch.int64)
+        cmin, cmax = int(c.min()), int(c.max())
+        span = int(torch.unique(c).numel())
+        enc = "codebook index" if layer.codebook is not None else layer.encoding
+        if (
+            cmin < lo
+            or cmax > hi
+            or (layer.encoding == "signed" and layer.bits == 1 and (c == 0).any())
+        ):
+            allowed = (
+                "-1 and +1" if layer.encoding == "signed" and layer.bits == 1 else f"{lo}..{hi}"
+            )
+            raise _fail(
+                name_check,
+                case,
+                f"layer {name}: declared {layer.bits:g} bit{'s' if layer.bits != 1 else ''} "
+                f"({enc}) holds codes {allowed}, but codes span {cmin}..{cmax} ({span} values; "
+                f"they need {_bits_needed(cmin, cmax, layer.encoding)} bits)",
+            )
+        if layer.codebook is not None and cmax >= layer.codebook.numel():
+            raise _fail(
+                name_check,
+                case,
+                f"layer {name}: code {cmax} indexes past the "
+                f"{layer.codebook.numel()}-entry codebook",
+            )
+
+
+def _bits_needed(cmin: int, cmax: int, encoding: str) -> int:
+    if encoding == "signed":
+        return max(1, max(abs(cmin) - 1, cmax).bit_length() + 1)
+    return max(1, cmax.bit_length())
+
+
+def check_codes_decode_to_weights(case: Case) -> None:
+    """`codes` with the declared scale, offset or codebook reproduce the exported weight
+    exactly (`ExportedLayer.decode()`)."""
+    for name, layer in case.strategy.export(case.model).items():
+        if layer.codes is None:
+            continue
+        decoded = layer.decode().to(layer.weight.device)
+        if decoded.shape != layer.weight.shape or not torch.equal(decoded, layer.weight):
+            diff = (decoded.reshape(-1) - layer.weight.reshape(-1)).abs()
+            raise _fail(
+                "codes decode to the weights",
+                case,
+                f"layer {name}: {int((diff > 0).sum())} of {diff.numel()} weights differ from "
+                f"their decoded codes (largest difference {float(diff.max()):.3g}; scale "
+                f"{layer.scale}, offset {layer.offset}, codebook "
+                f"{'none' if layer.codebook is None else layer.codebook.numel()})",
+            )
+
+
+def check_stored_floats_are_counted(case: Case) -> None:
+    """A layer counts every float it stores: its scale, its offset, its codebook entries."""
+    for name, layer in case.strategy.export(case.model).items():
+        need = layer.stored_floats()
+        if layer.n_floats < need:
+            parts = [p for p, on in (("a scale", layer.scale), ("an offset", layer.offset)) if on]
+            if layer.codebook is not None:
+                parts.append(f"a {layer.codebook.numel()}-entry codebook")
+            raise _fail(
+                "stored floats are counted",
+                case,
+                f"layer {name}: declares {' and '.join(parts)} ({need} floats) but counts "
+                f"n_floats = {layer.n_floats}",
+            )
+
+
+def check_eval_model_computes_with_exported_weights(case: Case) -> None:
+    """The model in eval mode and a plain copy carrying the exported weights give the same
+    outputs: the network evaluated and ranked is the one deployed."""
+    model, strategy = case.model, case.strategy
+    x, _ = tiny_data(5)
+    was = model.training
+    exported = strategy.export(model)
+    plain = plain_copy(model, exported).eval()
+    deployed = strategy.deploy(model).eval()
+    model.eval()
+    try:
+        with torch.no_grad():
+            out, ref, dep = model(x), plain(x), deployed(x)
+    finally:
+        model.train(was)
+    for what, other in (("a plain copy with the exported weights", ref), ("deploy()", dep)):
+        if not torch.isfinite(other).all() or not torch.isfinite(out).all():
+            raise _fail("eval model is the deployed one", case, "outputs hold NaN or inf")
+        if not torch.allclose(out, other, rtol=1e-4, atol=1e-5):
+            gap = float((out - other).abs().max())
+            raise _fail(
+                "eval model is the deployed one",
+                case,
+                f"the model in eval mode and {what} differ by up to {gap:.3g} in output",
+            )
+
+
+def _added_trainable(case: Case) -> list[tuple[str, nn.Parameter]]:
+    """Trainable parameters the strategy added to the model (in its weight transforms)."""
+    return [
+        (n, p)
+        for n, p in case.model.named_parameters()
+        if p.requires_grad and ".parametrizations." in f".{n}" and not n.endswith(".original")
+    ]
+
+
+def check_strategy_parameters_train(case: Case) -> None:
+    """Every trainable parameter the strategy adds (latent bit planes, step sizes, continuous
+    bit-depths) is given to the optimizer and moves in training."""
+    given = {id(p) for g in case.groups for p in g["params"]}
+    for name, p in _added_trainable(case):
+        if id(p) not in given:
+            raise _fail(
+                "strategy parameters train", case, f"{name} is trainable but not in param_groups"
+            )
+        if name in case.fresh and torch.equal(case.fresh[name], p.detach()):
+            raise _fail(
+                "strategy parameters train",
+                case,
+                f"{name} ({p.numel()} values) did not move in {12} optimizer steps: it gets no "
+                "gradient",
+            )
+
+
+def check_loss_gradient_reaches_latents(case: Case) -> None:
+    """The task loss alone (no regularizer) sends a gradient to each layer's trainable latent
+    weight and to the trainable parameters of its transform."""
+    cls = type(case.strategy)
+    torch.manual_seed(0)
+    strategy = cls(case.strategy.params)
+    model = strategy.prepare(TinyNet())
+    x, y = tiny_data()
+    F.cross_entropy(model(x[:32]), y[:32]).backward()
+    names = dict(model.named_parameters())
+    for lname, layer in quantizable_layers(model):
+        latent = latent_weight(layer)
+        targets = [(f"{lname} latent weight", latent)] if latent.requires_grad else []
+        prefix = f"{lname}.parametrizations." if lname else "parametrizations."
+        targets += [
+            (n, p)
+            for n, p in names.items()
+            if n.startswith(prefix) and p.requires_grad and not n.endswith(".original")
+        ]
+        for what, p in targets:
+            if p.grad is None or not bool((p.grad != 0).any()):
+                raise _fail(
+                    "loss gradient reaches the latents",
+                    case,
+                    f"{what}: the task loss's gradient is {'None' if p.grad is None else 'zero'}",
+                )
+
+
+def check_export_is_deterministic(case: Case) -> None:
+    """Exporting twice gives the same layers, and so does training again with the same seed."""
+    a = case.strategy.export(case.model)
+    b = case.strategy.export(case.model)
+    _same_exports("export twice", case, a, b)
+    again = _train(type(case.strategy), case.point.params, seed=0)
+    _same_exports("train again with the same seed", case, a, again.strategy.export(again.model))
+
+
+def _same_exports(
+    what: str, case: Case, a: dict[str, ExportedLayer], b: dict[str, ExportedLayer]
+) -> None:
+    if set(a) != set(b):
+        raise _fail("export is deterministic", case, f"{what}: layers {sorted(set(a) ^ set(b))}")
+    for name in a:
+        x, y = a[name], b[name]
+        for attr in ("weight", "codes", "codebook"):
+            u, v = getattr(x, attr), getattr(y, attr)
+            if (u is None) != (v is None) or (u is not None and not torch.equal(u, v)):
+                raise _fail("export is deterministic", case, f"{what}: layer {name} {attr} differs")
+        for attr in ("bits", "n_floats", "scale", "offset", "encoding"):
+            if getattr(x, attr) != getattr(y, attr):
+                raise _fail(
+                    "export is deterministic",
+                    case,
+                    f"{what}: layer {name} {attr} {getattr(x, attr)} != {getattr(y, attr)}",
+                )
+
+
+def check_export_leaves_the_model_alone(case: Case) -> None:
+    """`export()` and `deploy()` change no tensor, gradient flag or mode of the model."""
+    model = case.model
+    state = copy.deepcopy(model.state_dict())
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    case.strategy.export(model)
+    case.strategy.deploy(model)
+    after = model.state_dict()
+    changed = [k for k in state if k not in after or not torch.equal(state[k], after[k])]
+    if changed:
+        raise _fail("export leaves the model alone", case, f"export changed {changed[:5]}")
+    if flags != {n: p.requires_grad for n, p in model.named_parameters()}:
+        raise _fail("export leaves the model alone", case, "export changed requires_grad flags")
+    if modes != {n: m.training for n, m in model.named_modules()}:
+        raise _fail("export leaves the model alone", case, "export changed train/eval modes")
+
+
+def check_outputs_are_finite(case: Case) -> None:
+    """The trained model's outputs and loss, in train and eval mode, hold no NaN or inf."""
+    x, y = tiny_data(1)
+    was = case.model.training
+    try:
+        for mode in (True, False):
+            case.model.train(mode)
+            with torch.no_grad():
+                loss = F.cross_entropy(case.model(x), y)
+            if not torch.isfinite(loss):
+                raise _fail("outputs are finite", case, f"loss is {float(loss)} (train={mode})")
+    finally:
+        case.model.train(was)
+
+
+def check_metrics_come_from_the_export(case: Case) -> None:
+    """The weight metrics count the exported values: unique values, sparsity, and bits as
+    numel * bits + 32 * n_floats per layer."""
+    exported = case.strategy.export(case.model)
+    m = weight_metrics(exported)
+    values = torch.cat([layer.weight.reshape(-1) for layer in exported.values()])
+    uniq, _ = value_histogram(values)
+    bits = sum(lay.weight.numel() * lay.bits + 32 * lay.n_floats for lay in exported.values())
+    if m.unique_weights != uniq.numel() or not math.isclose(m.weight_bits, bits):
+        raise _fail("metrics come from the export", case, f"{m.unique_weights} vs {uniq.numel()}")
+
+
+def check_state_dict_round_trips(case: Case) -> None:
+    """A fresh strategy loaded with the state of a trained one exports the same weights."""
+    cls = type(case.strategy)
+    fresh = cls(case.strategy.params)
+    fresh_model = fresh.prepare(TinyNet())
+    fresh.load_state_dict(copy.deepcopy(case.strategy.state_dict()))
+    fresh_model.load_state_dict(case.model.state_dict())
+    a, b = case.strategy.export(case.model), fresh.export(fresh_model)
+    _same_exports("restore from state_dict", case, a, b)
+
+
+CHECKS: tuple[Callable[[Case], None], ...] = (
+    check_every_layer_is_exported,
+    check_exported_tensors,
+    check_codes_fit_declared_bits,
+    check_codes_decode_to_weights,
+    check_stored_floats_are_counted,
+    check_eval_model_computes_with_exported_weights,
+    check_strategy_parameters_train,
+    check_loss_gradient_reaches_latents,
+    check_export_is_deterministic,
+    check_export_leaves_the_model_alone,
+    check_outputs_are_finite,
+    check_metrics_come_from_the_export,
+    check_state_dict_round_trips,
+)
+
+
+def cases(cls: type[Strategy], points: list[Point]) -> Iterator[Case]:
+    """Each point trained briefly (seed 0)."""
+    for point in points:
+        case = _train(cls, point.params, seed=0)
+        case.point = point
+        yield case
+
+
+def run_contract(
+    cls: type[Strategy],
+    params: dict[str, Any] | None = None,
+    *,
+    points: list[Point] | None = None,
+    checks: tuple[Callable[[Case], None], ...] = CHECKS,
+) -> list[str]:
+    """Every check at every point; the failure messages (empty when the strategy passes).
+
+    A point whose training raises is itself a failure.
+    """
+    failures: list[str] = []
+    try:
+        points = points if points is not None else contract_points(cls, params)
+    except SpaceError as e:
+        return [f"search space: {e}"]
+    for point in points:
+        try:
+            case = next(cases(cls, [point]))
+        except Exception as e:
+            failures.append(f"training at {point}: {type(e).__name__}: {e}")
+            continue
+        for check in checks:
+            try:
+                check(case)
+            except ContractFailure as e:
+                failures.append(str(e))
+            except Exception as e:
+                failures.append(f"{check.__name__} at {point}: {type(e).__name__}: {e}")
+    return failures
+
+
+# -- the pytest suite -----------------------------------------------------------------------
+
+_CASES: dict[tuple[type[Strategy], str], list[Case]] = {}
 
 
 class StrategyContract:
@@ -98,8 +606,15 @@ class StrategyContract:
         return get_strategy(self.strategy_name)
 
     @pytest.fixture
-    def trained(self, cls: type[Strategy]) -> tuple[Strategy, nn.Module]:
-        return short_training(cls, self.params, seed=0)
+    def contract_cases(self, cls: type[Strategy]) -> list[Case]:
+        key = (cls, repr(sorted(self.params.items())))
+        if key not in _CASES:
+            _CASES[key] = list(cases(cls, contract_points(cls, self.params)))
+        return _CASES[key]
+
+    @pytest.fixture
+    def trained(self, contract_cases: list[Case]) -> tuple[Strategy, nn.Module]:
+        return contract_cases[0].strategy, contract_cases[0].model
 
     def test_describes_itself(self, cls: type[Strategy]) -> None:
         d = cls.describe()
@@ -110,10 +625,21 @@ class StrategyContract:
 
     def test_search_ranges_lie_inside_bounds(self, cls: type[Strategy]) -> None:
         fields = searchable_fields(cls.Params)
-        ranges = {**cls.recipe.search, **default_search(cls.Params)}
-        for name, search in ranges.items():
+        for name, search in {**cls.recipe.search, **default_search(cls.Params)}.items():
             assert name in fields, f"search range for unknown field {name!r}"
             check_search(name, search, fields[name])
+
+    def test_points_cover_the_search_space(
+        self, cls: type[Strategy], contract_cases: list[Case]
+    ) -> None:
+        searched = [n for n in default_search(cls.Params) if n not in self.params]
+        assert len(contract_cases) >= min(3, 1 + 2 * len(searched)), [
+            str(c.point) for c in contract_cases
+        ]
+        for name in searched:
+            if field_kind(cls.Params.model_fields[name]) in ("int", "float"):
+                values = {c.point.params.get(name) for c in contract_cases}
+                assert len(values) >= 2, f"{name} was checked at one value only"
 
     def test_prepare_keeps_layer_types(self, cls: type[Strategy]) -> None:
         before = [type(m) for _, m in quantizable_layers(TinyNet())]
@@ -131,87 +657,7 @@ class StrategyContract:
         assert all(type(m).__name__.find("Parametrized") < 0 for m in deployed.modules())
         assert torch.equal(model(x).detach(), before)
 
-    def test_backward_reaches_every_trainable_latent(self, cls: type[Strategy]) -> None:
-        torch.manual_seed(0)
-        strategy = cls(cls.Params(**self.params))
-        model = strategy.prepare(TinyNet())
-        x, y = tiny_data()
-        loss = F.cross_entropy(model(x[:16]), y[:16])
-        reg = strategy.regularizer(model, loss)
-        (loss if reg is None else loss + reg).backward()
-        groups = strategy.param_groups(model)
-        params = [p for g in groups for p in g["params"]]
-        assert params, "the strategy gives the optimizer nothing to train"
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-        for _, layer in quantizable_layers(model):
-            lw = latent_weight(layer)
-            if lw.requires_grad:
-                assert lw.grad is not None, "a trainable latent weight got no gradient"
-
-    def test_training_keeps_loss_finite(self, trained: tuple[Strategy, nn.Module]) -> None:
-        _, model = trained
-        x, y = tiny_data(1)
-        assert torch.isfinite(F.cross_entropy(model(x), y))
-
-    def test_export_covers_quantized_layers(self, trained: tuple[Strategy, nn.Module]) -> None:
-        strategy, model = trained
-        exported = strategy.export(model)
-        shapes = {n: tuple(weight_of(m).shape) for n, m in quantizable_layers(model)}
-        assert exported and set(exported) <= set(shapes)
-        for name, layer in exported.items():
-            assert isinstance(layer, ExportedLayer)
-            assert tuple(layer.weight.shape) == shapes[name]
-            assert torch.isfinite(layer.weight).all()
-            assert 0 < layer.bits <= 32 and layer.n_floats >= 0
-
-    def test_export_does_not_change_the_model(self, trained: tuple[Strategy, nn.Module]) -> None:
-        strategy, model = trained
-        before = copy.deepcopy(model.state_dict())
-        strategy.export(model)
-        after = model.state_dict()
-        assert all(torch.equal(before[k], after[k]) for k in before)
-
-    def test_deployed_model_computes_with_exported_weights(
-        self, trained: tuple[Strategy, nn.Module]
-    ) -> None:
-        strategy, model = trained
-        exported = strategy.export(model)
-        deployed = strategy.deploy(model)
-        layers = dict(quantizable_layers(deployed))
-        for name, layer in exported.items():
-            assert torch.equal(weight_of(layers[name]).detach(), layer.weight.detach())
-
-    def test_codes_match_weights_when_given(self, trained: tuple[Strategy, nn.Module]) -> None:
-        strategy, model = trained
-        for layer in strategy.export(model).values():
-            if layer.codes is not None:
-                # integer codes, optionally with a leading bit-plane dimension
-                assert not layer.codes.is_floating_point()
-                assert layer.codes.shape[-layer.weight.dim() :] == layer.weight.shape
-
-    def test_metrics_count_exported_values(self, trained: tuple[Strategy, nn.Module]) -> None:
-        strategy, model = trained
-        exported = strategy.export(model)
-        m = weight_metrics(exported)
-        values = torch.cat([layer.weight.reshape(-1) for layer in exported.values()])
-        uniq, _ = value_histogram(values)
-        assert m.unique_weights == uniq.numel()
-        assert m.numel == values.numel()
-        assert m.sparsity == pytest.approx(float((values == 0).float().mean()))
-
-    def test_same_seed_gives_same_export(self, cls: type[Strategy]) -> None:
-        a_strategy, a = short_training(cls, self.params, seed=3)
-        b_strategy, b = short_training(cls, self.params, seed=3)
-        ea, eb = a_strategy.export(a), b_strategy.export(b)
-        assert all(torch.equal(ea[k].weight, eb[k].weight) for k in ea)
-
-    def test_state_dict_round_trips(
-        self, trained: tuple[Strategy, nn.Module], cls: type[Strategy]
-    ) -> None:
-        strategy, model = trained
-        fresh = cls(cls.Params(**self.params))
-        fresh_model = fresh.prepare(TinyNet())
-        fresh.load_state_dict(copy.deepcopy(strategy.state_dict()))
-        fresh_model.load_state_dict(model.state_dict())
-        ea, eb = strategy.export(model), fresh.export(fresh_model)
-        assert all(torch.equal(ea[k].weight, eb[k].weight) for k in ea)
+    @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+    def test_contract(self, check: Callable[[Case], None], contract_cases: list[Case]) -> None:
+        for case in contract_cases:
+            check(case)

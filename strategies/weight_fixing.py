@@ -471,6 +471,7 @@ class WeightFixing(Strategy):
                 bits=float(max(1, math.ceil(math.log2(k)))),
                 n_floats=k,
                 codes=codes.to(dtype),
+                codebook=book.detach().clone(),
                 info={"codebook": book.tolist(), "decode": "weight = codebook[code]"},
             )
         return out

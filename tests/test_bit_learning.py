@@ -176,7 +176,9 @@ def test_payload_metrics_report_capacity_and_use(tmp_path: Path) -> None:
 
 
 def test_trainable_msbs_beyond_bits_is_refused() -> None:
-    with pytest.raises(pydantic.ValidationError, match="exceeds the 2 magnitude bits of a 3-bit"):
+    with pytest.raises(
+        pydantic.ValidationError, match=r"3 breaks trainable_msbs <= bits - 1 \(bits = 3\)"
+    ):
         BitLearning.Params(bits=3, trainable_msbs=3)
 
 

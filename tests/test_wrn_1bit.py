@@ -67,8 +67,9 @@ def test_codes_decode_to_the_deployed_weights() -> None:
     strategy, model = _prepared(nn.Sequential(nn.Linear(10, 6)))
     layer = strategy.export(model)["0"]
     assert layer.codes is not None and layer.scale is not None
-    decoded = layer.scale * (2 * layer.codes.to(torch.float32) - 1)
-    assert torch.equal(decoded, layer.weight) and layer.bits == 1 and layer.n_floats == 0
+    decoded = layer.scale * layer.codes.to(torch.float32)  # codes are -1 and +1
+    assert torch.equal(decoded, layer.weight) and torch.equal(layer.decode(), layer.weight)
+    assert layer.bits == 1 and layer.n_floats == 1  # the scale is stored
 
 
 def test_every_conv_of_the_wrn_is_binarized_first_and_classifier_included() -> None:
@@ -142,4 +143,4 @@ def test_digits_mlp_reaches_90_percent_with_two_values_per_layer() -> None:
     layers = result.weights.layers
     assert result.test_accuracy >= 0.90
     assert all(lm.unique_weights == 2 and lm.bits == 1 for lm in layers)
-    assert result.weights.weight_bits == result.weights.numel
+    assert result.weights.weight_bits == result.weights.numel + 32 * len(layers)  # + scales
