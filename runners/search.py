@@ -7,9 +7,9 @@ them within the fields' bounds, or fix a field with a value.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
-import optuna
 import pydantic
 
 from schemas.errors import FieldError, validation_field
@@ -17,7 +17,15 @@ from schemas.sweep import StrategySpec
 from strategies import get_strategy
 from strategies.base import Search, Strategy
 from strategies.registry import UnknownStrategyError
-from strategies.space import SpaceError, default_search, parse_search, searchable_fields
+from strategies.space import (
+    SpaceError,
+    Suggest,
+    default_search,
+    parse_search,
+    sample_point,
+    searchable_fields,
+    trial_suggest,
+)
 
 
 class SpecError(FieldError):
@@ -48,7 +56,74 @@ def strategy_space(spec: StrategySpec, index: int) -> tuple[type[Strategy], dict
             raise SpecError(f"{where}.params.{name}", f"{cls.name} has no param {name!r}")
         space.pop(name, None)
     check_params(cls, spec.params, where=f"{where}.params")
+    check_feasible(cls, space, spec.params, where=where)
     return cls, space
+
+
+def check_feasible(
+    cls: type[Strategy], space: dict[str, Search], fixed: dict[str, Any], *, where: str
+) -> None:
+    """Refuse a space whose ranges, with the fixed params, leave no valid combination: every
+    range must leave a value under the strategy's relations, and some drawn point must pass
+    the strategy's own validators."""
+    if not space:
+        return
+    rng = random.Random(0)
+    first: FieldError | None = None
+    for attempt in range(_FEASIBILITY_DRAWS):
+        try:
+            point = sample_point(cls.Params, space, fixed, _random_suggest(rng, attempt))
+        except SpaceError as e:
+            raise SpecError(f"{where}.search.{e.field}", e.reason) from None
+        try:
+            check_params(cls, {**fixed, **point}, where=f"{where}.params")
+            return
+        except SpecError as e:
+            first = first or e
+    assert first is not None
+    raise SpecError(
+        first.field, f"{first.reason} (in every one of {_FEASIBILITY_DRAWS} points drawn)"
+    )
+
+
+_FEASIBILITY_DRAWS = 32
+
+
+def _random_suggest(rng: random.Random, attempt: int) -> Suggest:
+    """Draws for the feasibility check: the low ends first, the high ends next, then random."""
+
+    def suggest(name: str, search: Search, kind: str) -> Any:
+        if search.choices is not None:
+            choices = list(search.choices)
+            return (
+                choices[0] if attempt == 0 else choices[-1] if attempt == 1 else rng.choice(choices)
+            )
+        assert search.low is not None and search.high is not None
+        if attempt < 2:
+            v = search.low if attempt == 0 else search.high
+            return int(v) if kind == "int" else float(v)
+        if kind == "int":
+            return rng.randint(int(search.low), int(search.high))
+        return rng.uniform(search.low, search.high)
+
+    return suggest
+
+
+class ConstrainedSpace:
+    """The define-by-run space of one strategy for OptunaSearch: `sample_point` over Optuna's
+    trial, so each range is narrowed by the strategy's relations before it is drawn.
+
+    Picklable (Tune saves its searcher): it holds the strategy's name, not its class.
+    """
+
+    def __init__(self, strategy: str, space: dict[str, Search], fixed: dict[str, Any]) -> None:
+        self.strategy = strategy
+        self.space = dict(space)
+        self.fixed = dict(fixed)
+
+    def __call__(self, trial: Any) -> None:
+        cls = get_strategy(self.strategy)
+        sample_point(cls.Params, self.space, self.fixed, trial_suggest(trial))
 
 
 def check_params(cls: type[Strategy], params: dict[str, Any], *, where: str) -> None:
@@ -61,34 +136,6 @@ def check_params(cls: type[Strategy], params: dict[str, Any], *, where: str) -> 
             model.model_validate(values)
         except pydantic.ValidationError as e:
             raise SpecError(*validation_field(e, where)) from None
-
-
-def to_distribution(name: str, search: Search, kind: str) -> optuna.distributions.BaseDistribution:
-    """The Optuna distribution of one searched field."""
-    if search.choices is not None:
-        return optuna.distributions.CategoricalDistribution(list(search.choices))
-    assert search.low is not None and search.high is not None
-    if kind == "int":
-        step = int(search.step) if search.step and not search.log else 1
-        return optuna.distributions.IntDistribution(
-            int(search.low), int(search.high), log=search.log, step=step
-        )
-    return optuna.distributions.FloatDistribution(
-        search.low, search.high, log=search.log, step=None if search.log else search.step
-    )
-
-
-def optuna_space(
-    cls: type[Strategy], space: dict[str, Search]
-) -> dict[str, optuna.distributions.BaseDistribution]:
-    """Optuna distributions for `space`, typed by the fields they search."""
-    from strategies.space import field_kind
-
-    fields = searchable_fields(cls.Params)
-    return {
-        name: to_distribution(name, s, field_kind(fields[name]))
-        for name, s in sorted(space.items())
-    }
 
 
 def validate_trial_params(cls: type[Strategy], params: dict[str, Any]) -> None:

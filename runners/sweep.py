@@ -30,7 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from runners.data import Dataset, DatasetError, load_dataset
 from runners.models import build_model
-from runners.search import SpecError, optuna_space, strategy_space
+from runners.search import ConstrainedSpace, SpecError, check_params, strategy_space
 from runners.stores import check_storage_path, check_store, default_uris
 from runners.tracking import (
     TrialLogger,
@@ -44,6 +44,7 @@ from runners.trial import ConfigError, resolve
 from runners.worker import trainable
 from schemas.sweep import StrategySpec, SweepSpec
 from schemas.trial import TrialConfig
+from strategies import get_strategy
 from strategies.base import Search, Strategy
 
 log = logging.getLogger(__name__)
@@ -155,16 +156,46 @@ def plan_sweep(spec: SweepSpec, *, home: Path | None = None, check_stores: bool 
 
 
 class _Search(OptunaSearch):
-    """OptunaSearch told only of finished trials.
+    """OptunaSearch over a strategy's `ConstrainedSpace`, told only of finished trials, and
+    never handing Tune a combination the strategy refuses.
 
     Per-epoch results would become Optuna intermediate values, which nothing reads here
     (Tune turns Optuna's pruner off; early stopping is ASHA's job). Skipping them also keeps a
     trial that finished before a sweep stopped, and reports again on resume, from writing to
     an Optuna trial that is already complete.
+
+    The space's ranges follow the strategy's relations; a point that a validator of its own
+    still refuses is told to Optuna as FAIL (with the reason as a user attribute) and drawn
+    again, so it is never trained.
     """
+
+    MAX_DRAWS = 50
+
+    def __init__(self, *, strategy: str, fixed: dict[str, Any], **kw: Any) -> None:
+        super().__init__(**kw)
+        self._strategy = strategy
+        self._fixed = dict(fixed)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         return None
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        cls = get_strategy(self._strategy)
+        for _ in range(self.MAX_DRAWS):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
+            try:
+                check_params(cls, {**self._fixed, **config}, where="params")
+                return config
+            except SpecError as e:
+                ot_trial = self._ot_trials.pop(trial_id)
+                ot_trial.set_user_attr("bitsweep.refused", f"{e.field}: {e.reason}")
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                log.info("%s: drawn point refused (%s); drawing again", self._strategy, e)
+        raise SpecError(
+            "search", f"{self.MAX_DRAWS} points drawn for {self._strategy} were all refused"
+        )
 
 
 # -- state of a sweep ------------------------------------------------------------------------
@@ -583,13 +614,14 @@ def _new_tuner(
     spec = plan.spec
     metrics = [o.metric for o in spec.objectives]
     modes: list[str] = [o.mode for o in spec.objectives]
-    space = optuna_space(sp.cls, sp.space)
     param_space: dict[str, Any] = {}
     search_alg = None
     num_samples = sp.trials
-    if space:
+    if sp.space:
         search_alg = _Search(
-            space=space,
+            strategy=sp.name,
+            fixed=dict(sp.spec.params),
+            space=ConstrainedSpace(sp.name, sp.space, dict(sp.spec.params)),
             metric=metrics if len(metrics) > 1 else metrics[0],
             mode=modes if len(modes) > 1 else modes[0],
             sampler=_sampler(spec, sp.trials),

@@ -250,23 +250,40 @@ a sweep passes Optuna's trial, the contract suite a seeded generator."""
 
 
 def narrowed(
-    params_cls: type[StrategyParams], name: str, search: Search, known: Mapping[str, Any]
+    params_cls: type[StrategyParams],
+    name: str,
+    search: Search,
+    known: Mapping[str, Any],
+    pending: Mapping[str, Search] | None = None,
 ) -> Search:
-    """`search` narrowed by every relation between `name` and a field of `known`.
+    """`search` narrowed by every relation between `name` and a field of `known` (a value) or
+    of `pending` (a range still to be drawn: the bound its far end allows).
 
     Raises `SpaceError` naming `name` when no value of the range satisfies them.
     """
-    relations = [
-        r for r in params_cls.relations if name in (r.left, r.right) and _other(r, name) in known
-    ]
+    pending = pending or {}
+    values: dict[str, list[float]] = {}
+    relations = []
+    for r in params_cls.relations:
+        if name not in (r.left, r.right) or r.left == r.right:
+            continue
+        other = _other(r, name)
+        if other in known:
+            values[other] = [known[other]]
+        elif other in pending:
+            values[other] = _ends(pending[other])
+        else:
+            continue
+        relations.append(r)
     if not relations:
         return search
     info = searchable_fields(params_cls)[name]
     integer = field_kind(info) == "int"
 
     def ok(v: float) -> bool:
+        # Some value of each pending field must allow v: one of its ends does when any does.
         return all(
-            r.holds(v, known[r.right]) if r.left == name else r.holds(known[r.left], v)
+            any(r.holds(v, o) if r.left == name else r.holds(o, v) for o in values[_other(r, name)])
             for r in relations
         )
 
@@ -278,7 +295,10 @@ def narrowed(
     assert search.low is not None and search.high is not None
     low, high = search.low, search.high
     for r in relations:
-        op, bound = r.bound_for(name, known[_other(r, name)])
+        other = values[_other(r, name)]
+        op, _ = r.bound_for(name, other[0])
+        bounds = [r.bound_for(name, o)[1] for o in other]
+        bound = max(bounds) if op in ("<=", "<") else min(bounds)
         if integer and op in ("<", ">"):
             bound, op = (bound - 1, "<=") if op == "<" else (bound + 1, ">=")
         if op in ("<=", "<"):
@@ -294,6 +314,14 @@ def narrowed(
     return Search(low, high, log=search.log, step=search.step)
 
 
+def _ends(search: Search) -> list[float]:
+    if search.choices is not None:
+        nums = [float(c) for c in search.choices if isinstance(c, (int, float))]
+        return [min(nums), max(nums)] if nums else []
+    assert search.low is not None and search.high is not None
+    return [search.low, search.high]
+
+
 def sample_point(
     params_cls: type[StrategyParams],
     space: Mapping[str, Search],
@@ -301,13 +329,15 @@ def sample_point(
     suggest: Suggest,
 ) -> dict[str, Any]:
     """One point of `space`: the searched fields drawn in field order, each range narrowed by
-    the relations with the fields fixed or drawn before it. Raises `SpaceError` when a range
-    leaves no value."""
+    the relations with the fields fixed or drawn before it and with the ranges still to come.
+    Raises `SpaceError` when a range leaves no value."""
     fields = searchable_fields(params_cls)
     known: dict[str, Any] = dict(fixed)
+    order = [n for n in fields if n in space]
     out: dict[str, Any] = {}
-    for name in [n for n in fields if n in space]:
-        search = narrowed(params_cls, name, space[name], known)
+    for i, name in enumerate(order):
+        pending = {n: space[n] for n in order[i + 1 :]}
+        search = narrowed(params_cls, name, space[name], known, pending)
         kind = "categorical" if search.choices is not None else field_kind(fields[name])
         out[name] = known[name] = suggest(name, search, kind)
     return out
@@ -320,7 +350,18 @@ def _other(r: Relation, name: str) -> str:
 def _no_value(
     name: str, search: Search, relations: list[Relation], known: Mapping[str, Any]
 ) -> str:
-    where = ", ".join(sorted({f"{_other(r, name)} = {known[_other(r, name)]}" for r in relations}))
+    where = (
+        ", ".join(
+            sorted(
+                {
+                    f"{_other(r, name)} = {known[_other(r, name)]}"
+                    for r in relations
+                    if _other(r, name) in known
+                }
+            )
+        )
+        or "the ranges still to be drawn"
+    )
     rng = (
         f"choices {list(search.choices)}"
         if search.choices is not None

@@ -8,7 +8,7 @@ import pydantic
 import pytest
 import yaml
 
-from runners.search import SpecError, optuna_space, strategy_space
+from runners.search import ConstrainedSpace, SpecError, strategy_space
 from runners.sweep import plan_sweep
 from schemas.sweep import StrategySpec, SweepSpec
 from service.cli import main
@@ -61,7 +61,11 @@ def test_optuna_distributions_are_typed_by_field():
     cls, space = strategy_space(
         StrategySpec(name="full_precision", search={"batch_size": [16, 64]}), 0
     )
-    dist = optuna_space(cls, space)
+    import optuna
+
+    trial = optuna.create_study().ask()
+    ConstrainedSpace(cls.name, space, {})(trial)
+    dist = trial.distributions
     assert type(dist["batch_size"]).__name__ == "IntDistribution"
     assert dist["lr"].log is True
 
