@@ -44,7 +44,7 @@ from runners.trial import ConfigError, resolve
 from runners.worker import trainable
 from schemas.sweep import StrategySpec, SweepSpec
 from schemas.trial import TrialConfig
-from strategies import get_strategy
+from strategies import get_strategy, strategy_origin
 from strategies.base import Search, Strategy
 
 log = logging.getLogger(__name__)
@@ -88,19 +88,10 @@ class Plan:
 
 
 def base_trial(spec: SweepSpec, strategy: StrategySpec) -> TrialConfig:
-    """The trial config shared by every trial of one strategy (before Optuna's choices)."""
+    """The trial config shared by every trial of one strategy (before Optuna's choices): the
+    spec's training settings as they are, and the strategy's fixed params."""
     return TrialConfig(
-        strategy=strategy.name,
-        params=dict(strategy.params),
-        dataset=spec.dataset,
-        model=spec.model,
-        model_options=dict(spec.model_options),
-        schedule=spec.schedule,
-        augment=spec.augment,
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-        val_fraction=spec.val_fraction,
+        strategy=strategy.name, params=dict(strategy.params), **spec.training_settings()
     )
 
 
@@ -179,7 +170,7 @@ class _Search(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         return None
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         cls = get_strategy(self._strategy)
         for _ in range(self.MAX_DRAWS):
             config = super().suggest(trial_id)
@@ -189,6 +180,7 @@ class _Search(OptunaSearch):
                 check_params(cls, {**self._fixed, **config}, where="params")
                 return config
             except SpecError as e:
+                assert self._ot_study is not None
                 ot_trial = self._ot_trials.pop(trial_id)
                 ot_trial.set_user_attr("bitsweep.refused", f"{e.field}: {e.reason}")
                 self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
@@ -364,6 +356,7 @@ class SweepSummary:
     best: dict[str, dict[str, Any]]
     leaderboard: list[dict[str, Any]]
     artifact_uri: str = ""
+    failures: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def pareto_plot(self) -> str:
@@ -381,6 +374,7 @@ class SweepSummary:
             "failed": self.failed,
             "best": self.best,
             "pareto_plot": self.pareto_plot,
+            "failures": self.failures,
         }
 
 
@@ -506,6 +500,15 @@ def run_sweep(
         title=f"{spec.benchmark}: test accuracy against weight memory",
     )
     completed, failed = _counts(client, experiment_id, state.sweep_id)
+    failures = [
+        {
+            "run_id": r.info.run_id,
+            "strategy": r.data.tags.get("bitsweep.strategy", ""),
+            "trial_id": r.data.tags.get("bitsweep.trial_id", ""),
+            "error": r.data.tags.get("bitsweep.error", ""),
+        }
+        for r in _trial_runs(client, experiment_id, state.sweep_id, status="FAILED")
+    ]
     best: dict[str, dict[str, Any]] = {}
     for run in leaderboard_runs(
         client,
@@ -534,6 +537,7 @@ def run_sweep(
         best=best,
         leaderboard=board["rows"],
         artifact_uri=board["artifact_uri"],
+        failures=failures,
     )
 
 
@@ -547,10 +551,9 @@ def _run_strategy(
     resume: bool,
 ) -> None:
     spec = plan.spec
-    base = base_trial(spec, sp.spec).model_dump(mode="json")
-    base["_export_weights"] = spec.export_weights
+    base = base_trial(spec, sp.spec)
     fn = tune.with_resources(
-        tune.with_parameters(trainable, data=data, base=base),
+        tune.with_parameters(trainable, data=data, base=base, export_weights=spec.export_weights),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     name = f"{sp.index:02d}-{sp.name}"
@@ -642,6 +645,7 @@ def _new_tuner(
             grace_period=spec.early_stopping.grace_period,
             reduction_factor=spec.early_stopping.reduction_factor,
         )
+    origin = strategy_origin(sp.name)
     logger = SweepLogger(
         tracking_uri=plan.tracking_uri,
         progress_key=progress_key,
@@ -655,6 +659,8 @@ def _new_tuner(
             "bitsweep.dataset": spec.dataset,
             "bitsweep.model": spec.model,
             "bitsweep.version": bitsweep_version(),
+            "bitsweep.strategy_distribution": origin.distribution,
+            "bitsweep.strategy_version": origin.version,
         },
         fixed_params=dict(sp.spec.params),
         export_weights=spec.export_weights,

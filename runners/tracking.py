@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from runners.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE
+from schemas.errors import FieldError
 from schemas.trial import TrialResult
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,11 @@ class TrialLogger(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
-        self.client.set_tag(run_id, "bitsweep.error", _error_line(trial))
+        field, line = trial_error(trial)
+        tags = [RunTag("bitsweep.error", line)]
+        if field is not None:
+            tags.append(RunTag("bitsweep.error_field", field))
+        log_in_batches(self.client, run_id, tags=tags)
         self.client.set_terminated(run_id, status="FAILED")
         self._done.add(trial.trial_id)
 
@@ -271,6 +276,41 @@ class TrialLogger(tune.Callback):
 def _param_str(v: Any) -> str:
     s = json.dumps(v) if not isinstance(v, str) else v
     return s[:6000]
+
+
+def trial_error(trial: Any) -> tuple[str | None, str]:
+    """(field, `field: reason`) of a trial that failed on a refused input, raised as a
+    `FieldError` in its worker (it arrives pickled inside Ray's error); else (None, the last
+    line of the trial's error)."""
+    exc = _pickled_error(trial)
+    for _ in range(10):  # Ray's RayTaskError holds the worker's exception as `cause`
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, FieldError):
+            exc = cause
+        if exc is None or isinstance(exc, FieldError):
+            break
+        exc = cause or exc.__cause__
+    if isinstance(exc, FieldError):
+        return exc.field, f"{exc.field}: {exc.reason}"[:5000]
+    return None, _error_line(trial)
+
+
+def _pickled_error(trial: Any) -> BaseException | None:
+    """The exception Tune pickled for a failed trial, read from the driver's local copy (the
+    storage copy, which `Trial.get_pickled_error` reads, is not written yet when callbacks run).
+    """
+    import cloudpickle
+
+    path = getattr(trial, "pickled_error_file", None)
+    try:
+        if path and Path(path).exists():
+            with open(path, "rb") as f:
+                exc = cloudpickle.load(f)
+        else:
+            exc = trial.get_pickled_error()
+    except Exception:  # an error that does not unpickle here: the text is all there is
+        return None
+    return exc if isinstance(exc, BaseException) else None
 
 
 def _error_line(trial: Any) -> str:

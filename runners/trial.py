@@ -31,15 +31,18 @@ from runners.data import Dataset, batches, load_dataset
 from runners.models import build_model, model_options
 from schemas.errors import FieldError, validation_field
 from schemas.trial import (
+    AugmentConfig,
     EnvironmentInfo,
     EpochRecord,
     OptimizerConfig,
     ScheduleConfig,
+    TrainingKnobs,
     TrialConfig,
     TrialResult,
 )
-from strategies.base import Progress, Strategy
+from strategies.base import Progress, Strategy, StrategyParams
 from strategies.metrics import weight_metrics
+from strategies.registry import Origin
 from strategies.space import split_params
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,43 @@ def pydantic_error(e: pydantic.ValidationError, prefix: str = "") -> ConfigError
 # -- resolution ------------------------------------------------------------------------------
 
 
-def resolve(config: TrialConfig) -> tuple[TrialConfig, type[Strategy], strategies.StrategyParams]:
+@dataclass(frozen=True)
+class ResolvedTrial:
+    """A trial config validated against the registries, with every field filled in.
+
+    `config.params` holds the strategy's own params as validated; the training knobs that
+    `params` carried are folded into `config.optimizer` and `config.batch_size` (and kept in
+    `knobs`, as given). The CLI, the sweep worker and the service all train from one of these.
+    """
+
+    config: TrialConfig
+    strategy: type[Strategy]
+    params: StrategyParams
+    knobs: dict[str, Any]
+    origin: Origin
+
+    @property
+    def optimizer(self) -> OptimizerConfig:
+        assert self.config.optimizer is not None
+        return self.config.optimizer
+
+    @property
+    def schedule(self) -> ScheduleConfig:
+        assert self.config.schedule is not None
+        return self.config.schedule
+
+    @property
+    def augment(self) -> AugmentConfig:
+        assert self.config.augment is not None
+        return self.config.augment
+
+    @property
+    def batch_size(self) -> int:
+        assert self.config.batch_size is not None
+        return self.config.batch_size
+
+
+def resolve(config: TrialConfig) -> ResolvedTrial:
     """Validate `config` and fill every unset field from the strategy's recipe.
 
     Training knobs in `params` (`lr`, `optimizer`, `weight_decay`, `momentum`, `batch_size`)
@@ -72,12 +111,17 @@ def resolve(config: TrialConfig) -> tuple[TrialConfig, type[Strategy], strategie
     try:
         cls = strategies.get_strategy(config.strategy)
     except strategies.UnknownStrategyError as e:
-        raise ConfigError("strategy", str(e)) from None
+        raise ConfigError("strategy", e.reason) from None
     own, knobs = split_params(config.params)
     try:
         params = cls.Params(**own)
     except pydantic.ValidationError as e:
         raise pydantic_error(e, "params") from None
+    try:
+        given = TrainingKnobs.model_validate(knobs)
+    except pydantic.ValidationError as e:
+        raise pydantic_error(e, "params") from None
+    knobs = {k: getattr(given, k) for k in knobs}  # as validated (e.g. "32" -> 32)
     recipe = cls.recipe
     opt = (config.optimizer or recipe.optimizer).model_dump()
     for k in ("lr", "weight_decay", "momentum"):
@@ -90,12 +134,10 @@ def resolve(config: TrialConfig) -> tuple[TrialConfig, type[Strategy], strategie
     except pydantic.ValidationError as e:
         raise pydantic_error(e, "params") from None
     batch_size = knobs.get("batch_size", config.batch_size or recipe.batch_size)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError("params.batch_size", "must be a positive integer")
     try:
         model_opts = model_options(config.model)
-    except ValueError as e:
-        raise ConfigError(getattr(e, "field", "model"), getattr(e, "reason", str(e))) from None
+    except FieldError as e:
+        raise ConfigError(e.field, e.reason) from None
     try:
         model_opts(
             **{
@@ -114,7 +156,13 @@ def resolve(config: TrialConfig) -> tuple[TrialConfig, type[Strategy], strategie
             "batch_size": batch_size,
         }
     )
-    return resolved, cls, params
+    return ResolvedTrial(
+        config=resolved,
+        strategy=cls,
+        params=params,
+        knobs=knobs,
+        origin=strategies.strategy_origin(config.strategy),
+    )
 
 
 # -- building blocks -------------------------------------------------------------------------
@@ -206,7 +254,7 @@ def evaluate(
     return correct / x.shape[0], loss / x.shape[0]
 
 
-def environment(device: torch.device) -> EnvironmentInfo:
+def environment(device: torch.device, origin: Origin | None = None) -> EnvironmentInfo:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -236,6 +284,9 @@ def environment(device: torch.device) -> EnvironmentInfo:
         device=dev,
         hostname=socket.gethostname(),
         git_commit=commit,
+        strategy_distribution=origin.distribution if origin else None,
+        strategy_version=origin.version if origin else None,
+        threads=torch.get_num_threads(),
     )
 
 
@@ -269,7 +320,7 @@ class Trained:
 
 
 def run_trial(
-    config: TrialConfig,
+    config: TrialConfig | ResolvedTrial,
     *,
     dataset: Dataset | None = None,
     on_epoch: EpochCallback | None = None,
@@ -280,7 +331,7 @@ def run_trial(
 
 
 def train(
-    config: TrialConfig,
+    config: TrialConfig | ResolvedTrial,
     *,
     dataset: Dataset | None = None,
     on_epoch: EpochCallback | None = None,
@@ -292,7 +343,8 @@ def train(
     folder written by the checkpoint function given to `on_epoch`. Raises `ConfigError` for a
     config that cannot run and `TrialDiverged` when the loss stops being finite.
     """
-    resolved, cls, params = resolve(config)
+    trial = config if isinstance(config, ResolvedTrial) else resolve(config)
+    resolved, cls, params = trial.config, trial.strategy, trial.params
     assert resolved.optimizer and resolved.schedule and resolved.batch_size
     device = pick_device(resolved.device)
     seed_everything(resolved.seed)
@@ -451,6 +503,6 @@ def train(
         weights=weight_metrics(exported),
         strategy_info=strategy.extra_metrics(model),
         history=history,
-        environment=environment(device),
+        environment=environment(device, trial.origin),
     )
     return Trained(result=result, strategy=strategy, model=model)

@@ -10,7 +10,7 @@ from typing import Any
 from ray import tune
 
 from runners.data import Dataset
-from runners.trial import train
+from runners.trial import resolve, train
 from schemas.trial import TrialConfig, TrialResult
 
 RESULT_FILE = "result.json"
@@ -18,18 +18,23 @@ WEIGHTS_FILE = "weights.safetensors"
 FINAL_KEY = "bitsweep_final"
 
 
-def trainable(config: dict[str, Any], data: Dataset, base: dict[str, Any]) -> None:
+def trainable(
+    config: dict[str, Any], data: Dataset, base: TrialConfig, export_weights: bool = True
+) -> None:
     """One Tune trial: train with the sampled params, report every epoch with a checkpoint,
-    then report the final result with the deployed weights."""
+    then report the final result with the deployed weights.
+
+    `config` is what Tune sampled: the searched params, or a `seed` for seed replicates.
+    """
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    base = dict(base)
-    export_weights = base.pop("_export_weights", True)
     sampled = dict(config)
-    seed = sampled.pop("seed", base["seed"])
-    cfg = TrialConfig.model_validate(
-        {**base, "seed": seed, "params": {**base["params"], **sampled}}
+    seed = sampled.pop("seed", base.seed)
+    trial = resolve(
+        TrialConfig.model_validate(
+            {**base.model_dump(), "seed": seed, "params": {**base.params, **sampled}}
+        )
     )
     resume_dir: Path | None = None
     checkpoint = tune.get_checkpoint()
@@ -61,7 +66,7 @@ def trainable(config: dict[str, Any], data: Dataset, base: dict[str, Any]) -> No
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         return False
 
-    trained = train(cfg, dataset=data, on_epoch=on_epoch, resume_from=resume_dir)
+    trained = train(trial, dataset=data, on_epoch=on_epoch, resume_from=resume_dir)
     result = trained.result
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -72,7 +77,7 @@ def trainable(config: dict[str, Any], data: Dataset, base: dict[str, Any]) -> No
             save_weights(
                 folder / WEIGHTS_FILE,
                 trained.strategy.export(trained.model),
-                strategy=cfg.strategy,
+                strategy=trial.config.strategy,
                 params=result.config.params,
                 extra={"test_accuracy": result.test_accuracy},
             )

@@ -177,6 +177,11 @@ class EnvironmentInfo(BaseModel):
     device: str
     hostname: str
     git_commit: str | None = None
+    strategy_distribution: str | None = Field(
+        None, description="the distribution that provided the strategy"
+    )
+    strategy_version: str | None = None
+    threads: int | None = Field(None, description="torch's intra-op thread count")
 
 
 class TrialResult(BaseModel):

@@ -113,8 +113,8 @@ def train(
     from runners.trial import resolve
     from runners.trial import train as train_trial
 
-    resolved, _, _ = resolve(config)
-    data = load_dataset(resolved.dataset, val_fraction=resolved.val_fraction)
+    resolved = resolve(config)
+    data = load_dataset(resolved.config.dataset, val_fraction=resolved.config.val_fraction)
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -136,7 +136,7 @@ def train(
             )
             return False
 
-        trained = train_trial(config, dataset=data, on_epoch=on_epoch)
+        trained = train_trial(resolved, dataset=data, on_epoch=on_epoch)
     result = trained.result
     if export is not None:
         from runners.export import save_weights

@@ -11,6 +11,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from service.errors import InputRefused
@@ -111,6 +112,12 @@ def sweep(
         return
     show_rows(summary.leaderboard, f"leaderboard of {summary.experiment} (best per strategy)")
     out.print(f"{summary.completed} trials completed, {summary.failed} failed")
+    for f in summary.failures:
+        out.print(
+            f"failed: {f['strategy']} trial {f['trial_id']}: {escape(f['error'])}",
+            soft_wrap=True,
+            highlight=False,
+        )
     out.print(f"Pareto plot: {summary.pareto_plot}", soft_wrap=True)
     out.print(
         f"leaderboard.md and trials.csv beside it, in parent run {summary.parent_run_id}",

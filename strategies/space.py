@@ -295,9 +295,9 @@ def narrowed(
     assert search.low is not None and search.high is not None
     low, high = search.low, search.high
     for r in relations:
-        other = values[_other(r, name)]
-        op, _ = r.bound_for(name, other[0])
-        bounds = [r.bound_for(name, o)[1] for o in other]
+        ends = values[_other(r, name)]
+        op, _ = r.bound_for(name, ends[0])
+        bounds = [r.bound_for(name, o)[1] for o in ends]
         bound = max(bounds) if op in ("<=", "<") else min(bounds)
         if integer and op in ("<", ">"):
             bound, op = (bound - 1, "<=") if op == "<" else (bound + 1, ">=")
@@ -384,7 +384,7 @@ def trial_suggest(trial: Any) -> Suggest:
             return trial.suggest_int(
                 name, int(search.low), int(search.high), step=step, log=search.log
             )
-        step = None if search.log else search.step
-        return trial.suggest_float(name, search.low, search.high, step=step, log=search.log)
+        fstep = None if search.log else search.step
+        return trial.suggest_float(name, search.low, search.high, step=fstep, log=search.log)
 
     return suggest

@@ -66,6 +66,8 @@ def test_trial_runs_carry_design_tags_params_and_metrics(sqlite_sweep):
         "bitsweep.version",
         "bitsweep.node",
     } <= set(tags)
+    assert tags["bitsweep.strategy_distribution"] == "bitsweep"  # where the method came from
+    assert tags["bitsweep.strategy_version"] == tags["bitsweep.version"]
     assert params["strategy"] == "full_precision" and "lr" in params and "optimizer" in params
     assert {
         "test_accuracy",
@@ -204,3 +206,37 @@ def test_early_stopping_stops_weak_trials_and_records_them(tmp_path):
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert len(runs) == 6 and stopped and all(r.info.status == "KILLED" for r in stopped)
     assert len(pruned) == len(stopped) and summary.completed == 6 - len(stopped)
+
+
+def test_a_refusal_inside_a_worker_reaches_mlflow_and_the_cli_with_its_field(
+    tmp_path, monkeypatch, capsys
+):
+    # The payload file exists (planning checks that), but only the worker's prepare() knows
+    # that it does not fit the model's frozen bits: a PayloadError raised on a Ray worker.
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"x" * 200_000)
+    spec = {
+        "name": "refused",
+        "epochs": 1,
+        "max_failures": 0,
+        "strategies": [
+            {"name": "bit_learning", "params": {"payload": str(payload), "lr": 0.001}, "trials": 1}
+        ],
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    monkeypatch.setenv("BITSWEEP_HOME", str(tmp_path / "data"))
+    assert main(["sweep", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "0 trials completed, 1 failed" in printed
+    assert (
+        "failed: bit_learning trial" in printed
+        and "params.payload: 200000 bytes do not fit" in (" ".join(printed.split()))
+    )
+    plan = plan_sweep(SweepSpec.model_validate(spec), home=tmp_path / "data")
+    client = MlflowClient(plan.tracking_uri)
+    exp = client.get_experiment_by_name("bitsweep/digits/mlp")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`bitsweep.kind` = 'trial'")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["bitsweep.error_field"] == "params.payload"
+    assert run.data.tags["bitsweep.error"].startswith("params.payload: 200000 bytes do not fit")

@@ -18,12 +18,12 @@ def digits():
 
 
 def test_recipe_fills_unset_fields():
-    resolved, _, _ = resolve(TrialConfig(strategy="full_precision"))
+    resolved = resolve(TrialConfig(strategy="full_precision"))
     assert (resolved.optimizer.name, resolved.batch_size) == ("adam", 64)
 
 
 def test_training_knobs_in_params_override_the_recipe():
-    resolved, _, _ = resolve(
+    resolved = resolve(
         TrialConfig(
             strategy="full_precision", params={"lr": 0.05, "optimizer": "sgd", "batch_size": 32}
         )
