@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import click
 import typer
 
+from service.errors import InputRefused
+
 app = typer.Typer(
     help="Payloads carried in the frozen bits of bit_learning weights.", no_args_is_help=True
 )
-
-
-class PayloadRefused(click.ClickException):
-    """Bad input: one line `error: <field>: <reason>` on stderr, exit code 2.
-
-    (service.cli.InputRefused does the same; importing it here would be circular.)
-    """
-
-    exit_code = 2
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {' '.join(str(reason).split())}")
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
 
 
 @app.command()
@@ -40,31 +27,29 @@ def extract(
     from strategies.bit_learning import PayloadError, read_payload
 
     if not weights.is_file():
-        raise PayloadRefused("weights", f"{weights} is not a file")
+        raise InputRefused("weights", f"{weights} is not a file")
     if out.is_dir():
-        raise PayloadRefused("out", f"{out} is a directory")
+        raise InputRefused("out", f"{out} is a directory")
     if not out.parent.resolve().is_dir():
-        raise PayloadRefused("out", f"directory {out.parent} does not exist")
+        raise InputRefused("out", f"directory {out.parent} does not exist")
     try:
         _, codes, info = load_weights(weights)
     except ValueError as e:
-        raise PayloadRefused("weights", str(e)) from None
+        raise InputRefused("weights", str(e)) from None
     if info["strategy"] != "bit_learning":
-        raise PayloadRefused(
-            "weights", f"written by strategy {info['strategy']!r}, not bit_learning"
-        )
+        raise InputRefused("weights", f"written by strategy {info['strategy']!r}, not bit_learning")
     if not info["params"].get("payload"):
-        raise PayloadRefused("weights", "this bit_learning export carries no payload")
+        raise InputRefused("weights", "this bit_learning export carries no payload")
     try:
         layers = sorted(info["layers"].items(), key=lambda kv: int(kv[1]["layer_index"]))
         streams = [(codes[name], [int(p) for p in meta["frozen_planes"]]) for name, meta in layers]
     except (KeyError, TypeError, ValueError) as e:
-        raise PayloadRefused(
+        raise InputRefused(
             "weights", f"payload layout metadata is missing or broken ({e})"
         ) from None
     try:
         data = read_payload(streams)
     except PayloadError as e:
-        raise PayloadRefused("weights", e.reason) from None
+        raise InputRefused("weights", e.reason) from None
     out.write_bytes(data)
     click.echo(f"wrote {len(data)} payload bytes to {out}")

@@ -160,3 +160,32 @@ def test_diverging_loss_raises(digits):
 def test_samples_per_second_is_positive(digits):
     result = run_trial(TrialConfig(strategy="full_precision", epochs=1), dataset=digits)
     assert result.samples_per_second > 0 and math.isfinite(result.train_seconds)
+
+
+def test_every_refusal_survives_pickling_with_its_field_and_reason():
+    import pickle
+
+    from runners.data import DatasetError
+    from runners.models import ModelError
+    from runners.search import SpecError
+    from runners.trial import ConfigError
+    from schemas.errors import FieldError
+    from service.errors import InputRefused
+    from strategies.bit_learning import PayloadError
+    from strategies.registry import UnknownStrategyError
+    from strategies.space import SpaceError
+
+    errors = [
+        ConfigError("params.lr", "must be > 0"),
+        SpecError("strategies.0.name", "unknown"),
+        SpaceError("bits", "out of range"),
+        DatasetError("no such folder"),
+        ModelError("model_options.width", "must be >= 1"),
+        InputRefused("--param", "not key=value"),
+        PayloadError("params.payload", "too big"),
+        UnknownStrategyError("nope"),
+    ]
+    for e in errors:
+        back = pickle.loads(pickle.dumps(e))
+        assert isinstance(back, FieldError)
+        assert (back.field, back.reason, str(back)) == (e.field, e.reason, f"{e.field}: {e.reason}")
