@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -109,6 +110,15 @@ class Dataset:
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
+
+    def digest(self) -> str:
+        """A short SHA-256 of every split's tensors: the same data gives the same digest."""
+        h = hashlib.sha256()
+        for t in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
+            a = t.detach().cpu().contiguous().numpy()
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ spec, with the strategies one after another and each strategy's trials in parall
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,12 +34,17 @@ from runners.models import build_model
 from runners.search import ConstrainedSpace, SpecError, check_params, strategy_space
 from runners.stores import check_storage_path, check_store, default_uris
 from runners.tracking import (
+    TUNE_TRIAL_ATTR,
     TrialLogger,
     bitsweep_version,
+    dataset_input,
+    describe_experiment,
     ensure_experiment,
     leaderboard_runs,
     log_leaderboard,
+    nondominated,
     set_tracking,
+    trial_error,
 )
 from runners.trial import ConfigError, resolve
 from runners.worker import trainable
@@ -85,6 +91,11 @@ class Plan:
     storage_root: str
     dataset: Dataset
     strategies: list[StrategyPlan]
+
+    @functools.cached_property
+    def dataset_input(self) -> Any:
+        """MLflow's record of the sweep's dataset (name, digest, split sizes)."""
+        return dataset_input(self.spec.dataset, self.dataset.summary(), self.dataset.digest())
 
 
 def base_trial(spec: SweepSpec, strategy: StrategySpec) -> TrialConfig:
@@ -161,6 +172,7 @@ class _Search(OptunaSearch):
     """
 
     MAX_DRAWS = 50
+    MAX_REPEATS = 20
 
     def __init__(self, *, strategy: str, fixed: dict[str, Any], **kw: Any) -> None:
         super().__init__(**kw)
@@ -170,6 +182,12 @@ class _Search(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         return None
 
+    def _setup_study(self, mode: str | list[str]) -> None:
+        super()._setup_study(mode)
+        assert self._ot_study is not None
+        metric = self._metric
+        self._ot_study.set_metric_names(list(metric) if isinstance(metric, list) else [metric])
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         cls = get_strategy(self._strategy)
         for _ in range(self.MAX_DRAWS):
@@ -178,16 +196,42 @@ class _Search(OptunaSearch):
                 return config
             try:
                 check_params(cls, {**self._fixed, **config}, where="params")
-                return config
             except SpecError as e:
-                assert self._ot_study is not None
-                ot_trial = self._ot_trials.pop(trial_id)
-                ot_trial.set_user_attr("bitsweep.refused", f"{e.field}: {e.reason}")
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                self._redraw(trial_id, f"{e.field}: {e.reason}")
                 log.info("%s: drawn point refused (%s); drawing again", self._strategy, e)
+                continue
+            repeat = self._repeat_of(trial_id, config)
+            if repeat is not None:
+                self._redraw(trial_id, f"repeats trial {repeat}")
+                continue
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            return config
         raise SpecError(
             "search", f"{self.MAX_DRAWS} points drawn for {self._strategy} were all refused"
         )
+
+    def _redraw(self, trial_id: str, why: str) -> None:
+        assert self._ot_study is not None
+        ot_trial = self._ot_trials.pop(trial_id)
+        ot_trial.set_user_attr("bitsweep.refused", why)
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+
+    def _repeat_of(self, trial_id: str, config: dict[str, Any]) -> int | None:
+        """The number of an earlier trial (not a refused one) drawn with exactly `config`; a
+        sampler may repeat a point (NSGA-II's crossover without mutation), which would spend a
+        trial learning nothing. Once the space seems exhausted, repeats are allowed."""
+        assert self._ot_study is not None
+        this = self._ot_trials[trial_id].number
+        trials = self._ot_study.get_trials(deepcopy=False)
+        refused = sum(
+            1 for t in trials if "repeats trial" in t.user_attrs.get("bitsweep.refused", "")
+        )
+        if refused >= self.MAX_REPEATS:
+            return None
+        for t in trials:
+            if t.number != this and "bitsweep.refused" not in t.user_attrs and t.params == config:
+                return t.number
+        return None
 
 
 # -- state of a sweep ------------------------------------------------------------------------
@@ -250,16 +294,39 @@ class StrategyProgress:
     best: float | None = None
 
 
+@dataclass(frozen=True)
+class TrialEvent:
+    """A trial started, finished (with its objective) or failed (with its reason)."""
+
+    kind: str  # "started", "finished", "failed"
+    strategy: str
+    trial_id: str
+    detail: str = ""
+
+    def line(self) -> str:
+        tail = f": {self.detail}" if self.detail else ""
+        return f"{self.strategy} trial {self.trial_id} {self.kind}{tail}"
+
+
 class Progress:
     """Counts of trials per strategy, and the best objective so far; `listener` sees each change."""
 
     def __init__(
-        self, objective: str, mode: str, listener: Callable[[Progress], None] | None
+        self,
+        objective: str,
+        mode: str,
+        listener: Callable[[Progress], None] | None,
+        on_event: Callable[[TrialEvent], None] | None = None,
     ) -> None:
         self.objective = objective
         self.mode = mode
         self.listener = listener
+        self.on_event = on_event
         self.strategies: dict[str, StrategyProgress] = {}
+
+    def event(self, event: TrialEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
 
     def changed(self) -> None:
         if self.listener is not None:
@@ -306,6 +373,7 @@ class SweepLogger(TrialLogger):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["client"] = None
+        state["_optuna"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -321,6 +389,7 @@ class SweepLogger(TrialLogger):
         if self.progress and trial.trial_id not in self._running:
             self._running.add(trial.trial_id)
             self.progress.start(self.strategy)
+            self.progress.event(TrialEvent("started", self.strategy, trial.trial_id))
 
     def _ended(self, trial: Any, failed: bool) -> None:
         was_running = trial.trial_id in self._running
@@ -332,6 +401,17 @@ class SweepLogger(TrialLogger):
             value = float(v) if isinstance(v, (int, float)) else None
         if self.progress:
             self.progress.finish(self.strategy, failed=failed, value=value, was_running=was_running)
+            if failed:
+                detail = trial_error(trial)[1]
+            elif value is not None:
+                detail = f"{self.objective} = {value:.6g}"
+            else:
+                detail = "stopped early"
+            self.progress.event(
+                TrialEvent(
+                    "failed" if failed else "finished", self.strategy, trial.trial_id, detail
+                )
+            )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         super().on_trial_complete(iteration, trials, trial, **info)
@@ -357,6 +437,8 @@ class SweepSummary:
     leaderboard: list[dict[str, Any]]
     artifact_uri: str = ""
     failures: list[dict[str, str]] = field(default_factory=list)
+    objectives: list[str] = field(default_factory=list)
+    pareto: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def pareto_plot(self) -> str:
@@ -365,17 +447,24 @@ class SweepSummary:
         return uri[len("file://") :] if uri.startswith("file://") else uri
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The summary as JSON: one `best` trial per strategy for one objective, the Pareto
+        front per strategy (`pareto`) for several."""
+        out: dict[str, Any] = {
             "sweep_id": self.sweep_id,
             "experiment": self.experiment,
             "tracking_uri": self.tracking_uri,
             "parent_run_id": self.parent_run_id,
+            "objectives": self.objectives,
             "completed": self.completed,
             "failed": self.failed,
-            "best": self.best,
-            "pareto_plot": self.pareto_plot,
-            "failures": self.failures,
         }
+        if len(self.objectives) > 1:
+            out["pareto"] = self.pareto
+        else:
+            out["best"] = self.best
+        out["pareto_plot"] = self.pareto_plot
+        out["failures"] = self.failures
+        return out
 
 
 def _sampler(spec: SweepSpec, trials: int) -> optuna.samplers.BaseSampler:
@@ -397,6 +486,7 @@ def run_sweep(
     sweep_id: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_start: Callable[[str, str], None] | None = None,
+    on_event: Callable[[TrialEvent], None] | None = None,
 ) -> SweepSummary:
     """Run (or resume) the sweep of `plan`; returns its summary once every strategy is done."""
     import ray
@@ -408,6 +498,8 @@ def run_sweep(
     home.mkdir(parents=True, exist_ok=True)
     client = set_tracking(plan.tracking_uri)
     experiment_id = ensure_experiment(client, spec.benchmark, plan.artifact_root)
+    describe_experiment(client, experiment_id, dataset=spec.dataset, model=spec.model)
+    inputs = [plan.dataset_input]
     version = bitsweep_version()
     if state is None:
         sweep_id = (
@@ -426,10 +518,9 @@ def run_sweep(
                 "bitsweep.objectives": ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives),
             },
         )
+        client.log_inputs(parent.info.run_id, datasets=inputs)
         for k, v in {
             "name": spec.name,
-            "dataset": spec.dataset,
-            "model": spec.model,
             "epochs": spec.epochs,
             "trials_per_strategy": spec.trials_per_strategy,
             "seed": spec.seed,
@@ -472,7 +563,7 @@ def run_sweep(
             include_dashboard=False,
         )
 
-    progress = Progress(objective.metric, objective.mode, on_progress)
+    progress = Progress(objective.metric, objective.mode, on_progress, on_event)
     progress.strategies = {p.name: StrategyProgress(trials=p.trials) for p in plan.strategies}
     progress_key = state.sweep_id
     _PROGRESS[progress_key] = progress
@@ -491,6 +582,7 @@ def run_sweep(
     finally:
         _PROGRESS.pop(progress_key, None)
 
+    tiebreak = [(o.metric, o.mode) for o in spec.objectives[1:]]
     board = log_leaderboard(
         client,
         experiment_id,
@@ -498,6 +590,7 @@ def run_sweep(
         metric=objective.metric,
         mode=objective.mode,
         title=f"{spec.benchmark}: test accuracy against weight memory",
+        tiebreak=tiebreak,
     )
     completed, failed = _counts(client, experiment_id, state.sweep_id)
     failures = [
@@ -517,11 +610,22 @@ def run_sweep(
         mode=objective.mode,
         strategies=[s.name for s in plan.strategies],
         sweep_id=state.sweep_id,
+        tiebreak=tiebreak,
     ):
         best[run.data.tags["bitsweep.strategy"]] = {
             "run_id": run.info.run_id,
             "metrics": run.data.metrics,
         }
+    pareto: dict[str, list[dict[str, Any]]] = {}
+    if len(spec.objectives) > 1:
+        objs = [(o.metric, o.mode) for o in spec.objectives]
+        finished = _trial_runs(client, experiment_id, state.sweep_id, status="FINISHED")
+        for sp in plan.strategies:
+            runs = [r for r in finished if r.data.tags.get("bitsweep.strategy") == sp.name]
+            pareto[sp.name] = [
+                {"run_id": r.info.run_id, "metrics": r.data.metrics}
+                for r in nondominated(runs, objs)
+            ]
     client.log_metric(state.parent_run_id, "completed_trials", completed)
     client.log_metric(state.parent_run_id, "failed_trials", failed)
     client.set_terminated(state.parent_run_id, status="FINISHED")
@@ -538,6 +642,8 @@ def run_sweep(
         leaderboard=board["rows"],
         artifact_uri=board["artifact_uri"],
         failures=failures,
+        objectives=[f"{o.metric}:{o.mode}" for o in spec.objectives],
+        pareto=pareto,
     )
 
 
@@ -662,8 +768,11 @@ def _new_tuner(
             "bitsweep.strategy_distribution": origin.distribution,
             "bitsweep.strategy_version": origin.version,
         },
-        fixed_params=dict(sp.spec.params),
+        base=base_trial(spec, sp.spec),
         export_weights=spec.export_weights,
+        optuna_url=plan.optuna_url if sp.space else None,
+        inputs=[plan.dataset_input],
+        study_name=f"{state.sweep_id}/{sp.name}",
     )
     return tune.Tuner(
         fn,

@@ -14,29 +14,33 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from runners.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE
 from schemas.errors import FieldError
-from schemas.trial import TrialResult
+from schemas.trial import TrialConfig, TrialResult
 
 log = logging.getLogger(__name__)
 
 VERSION_TAG = "bitsweep.version"
+TUNE_TRIAL_ATTR = "bitsweep.tune_trial_id"
+"""User attribute of an Optuna trial: the Tune trial it was drawn for."""
+RUN_ID_ATTR = "mlflow_run_id"
+"""User attribute of an Optuna trial: the MLflow run of its Tune trial."""
 # Per-epoch keys a trial reports to Tune and that are logged as step metrics.
 EPOCH_METRICS = (
     "train_loss",
     "train_accuracy",
     "val_accuracy",
     "val_loss",
-    "learning_rate",
+    "epoch_lr",
     "epoch_seconds",
 )
 
@@ -67,6 +71,42 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
         safe = name.replace("/", "_").replace(":", "_")
         location = f"{artifact_root.rstrip('/')}/{safe}"
     return str(client.create_experiment(name, artifact_location=location))
+
+
+def describe_experiment(
+    client: MlflowClient, experiment_id: str, *, dataset: str, model: str
+) -> None:
+    """Give a benchmark's experiment its description (MLflow's `mlflow.note.content`)."""
+    exp = client.get_experiment(experiment_id)
+    if exp.tags.get("mlflow.note.content"):
+        return
+    text = (
+        f"bitsweep benchmark: dataset `{dataset}`, model `{model}`. Each sweep is a parent run "
+        "(`bitsweep.kind = sweep`) holding leaderboard.md, trials.csv and pareto.png; each trial "
+        "is a child run (`bitsweep.kind = trial`) with the strategy's params, per-epoch metrics, "
+        "and the accuracy of its deployed weights (`test_accuracy`) beside what they cost "
+        "(`weight_bytes`, `weight_entropy_bits`, `unique_weights`, `sparsity`). The leaderboard "
+        "ranks the finished trials by the sweep's objectives, best trial per strategy."
+    )
+    client.set_experiment_tag(experiment_id, "mlflow.note.content", text)
+    client.set_experiment_tag(experiment_id, "bitsweep.dataset", dataset)
+    client.set_experiment_tag(experiment_id, "bitsweep.model", model)
+
+
+def dataset_input(ref: str, summary: dict[str, Any], digest: str) -> DatasetInput:
+    """MLflow's record of the dataset a run used: its reference, digest and split sizes."""
+    profile = {k: summary[k] for k in ("train_size", "val_size", "test_size", "num_classes")}
+    return DatasetInput(
+        dataset=Dataset(
+            name=ref,
+            digest=digest,
+            source_type="bitsweep",
+            source=json.dumps({"dataset": ref}),
+            schema=json.dumps({"input_shape": summary["input_shape"]}),
+            profile=json.dumps(profile),
+        ),
+        tags=[InputTag("mlflow.data.context", "train/val/test")],
+    )
 
 
 def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> Run | None:
@@ -121,8 +161,11 @@ class TrialLogger(tune.Callback):
         sweep_id: str,
         strategy: str,
         tags: dict[str, str],
-        fixed_params: dict[str, Any],
+        base: TrialConfig,
         export_weights: bool,
+        optuna_url: str | None = None,
+        study_name: str | None = None,
+        inputs: list[DatasetInput] | None = None,
     ) -> None:
         self.client = client
         self.experiment_id = experiment_id
@@ -130,7 +173,11 @@ class TrialLogger(tune.Callback):
         self.sweep_id = sweep_id
         self.strategy = strategy
         self.tags = tags
-        self.fixed_params = fixed_params
+        self.base = base
+        self.optuna_url = optuna_url
+        self.study_name = study_name
+        self._optuna: Any = None
+        self.inputs = list(inputs or [])
         self.export_weights = export_weights
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()
@@ -151,7 +198,7 @@ class TrialLogger(tune.Callback):
             elif run.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         else:
-            params = {**self.fixed_params, **trial.config}
+            params = run_params(self.base, trial.config)
             number = len(self._runs) + 1
             run_id = self.client.create_run(
                 self.experiment_id,
@@ -168,11 +215,42 @@ class TrialLogger(tune.Callback):
             log_in_batches(
                 self.client,
                 run_id,
-                params=[Param("strategy", self.strategy)]
-                + [Param(k, _param_str(v)) for k, v in sorted(params.items())],
+                params=[Param(k, _param_str(v)) for k, v in sorted(params.items())],
             )
+            if self.inputs:
+                self.client.log_inputs(run_id, datasets=self.inputs)
+            self._link_optuna(tid, run_id)
         self._runs[tid] = run_id
         return run_id
+
+    def _link_optuna(self, tid: str, run_id: str) -> None:
+        """Tag the run with its Optuna study and trial number, and give that trial the run's id,
+        so that the Optuna dashboard and MLflow lead to each other."""
+        if not self.optuna_url or not self.study_name:
+            return
+        import optuna
+
+        if self._optuna is None:
+            self._optuna = optuna.storages.RDBStorage(self.optuna_url)
+        storage = self._optuna
+        try:
+            study_id = storage.get_study_id_from_name(self.study_name)
+        except KeyError:
+            return
+        for t in storage.get_all_trials(study_id, deepcopy=False):
+            if t.user_attrs.get(TUNE_TRIAL_ATTR) == tid:
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+                with contextlib.suppress(RuntimeError):  # a finished trial: attrs are frozen
+                    storage.set_trial_user_attr(trial_id, RUN_ID_ATTR, run_id)
+                log_in_batches(
+                    self.client,
+                    run_id,
+                    tags=[
+                        RunTag("bitsweep.optuna_study", self.study_name),
+                        RunTag("bitsweep.optuna_trial", str(t.number)),
+                    ],
+                )
+                return
 
     # -- Tune hooks ----------------------------------------------------------------------------
 
@@ -195,7 +273,7 @@ class TrialLogger(tune.Callback):
         metrics += [
             Metric(k, float(v), ts, step)
             for k, v in result.items()
-            if k.startswith("strategy.") and finite(v)
+            if k.startswith(("strategy.", "layer.")) and finite(v)
         ]
         node = result.get("node")
         tags = [RunTag("bitsweep.node", str(node))] if node else []
@@ -242,35 +320,46 @@ class TrialLogger(tune.Callback):
         metrics = result.metrics()
         entries = [Metric(k, float(v), now, 0) for k, v in metrics.items() if finite(v)]
         keys = set(metrics)
-        sampled = {**self.fixed_params, **trial.config}
-        for k, v in sorted(sampled.items()):
+        for k, v in sorted(run_params(self.base, trial.config).items()):
             if finite(v):
                 entries.append(Metric(param_metric_key(k, keys), float(v), now, 0))
         entries.append(Metric("epochs_run", float(result.epochs_run), now, 0))
         entries.append(Metric("best_epoch", float(result.best_epoch), now, 0))
-        for lm in result.weights.layers:
-            entries.append(Metric(f"layer.{lm.name}.bits", lm.bits, now, 0))
         env = result.environment
         tags = [
             RunTag("bitsweep.device", env.device),
-            RunTag("bitsweep.seed", str(result.config.seed)),
             RunTag("bitsweep.git_commit", env.git_commit or ""),
             RunTag("bitsweep.torch", env.torch),
+            RunTag("bitsweep.threads", str(env.threads or "")),
         ]
-        resolved = result.config
-        params = [
-            Param("optimizer", resolved.optimizer.name if resolved.optimizer else ""),
-            Param("resolved.lr", str(resolved.optimizer.lr if resolved.optimizer else "")),
-            Param("batch_size_resolved", str(resolved.batch_size)),
-            Param("seed", str(resolved.seed)),
-            Param("epochs", str(resolved.epochs)),
-        ]
-        existing = self.client.get_run(run_id).data.params
-        params = [p for p in params if p.key not in existing]
-        log_in_batches(self.client, run_id, metrics=entries, tags=tags, params=params)
+        log_in_batches(self.client, run_id, metrics=entries, tags=tags)
         self.client.log_artifact(run_id, str(folder / RESULT_FILE))
         if self.export_weights and (folder / WEIGHTS_FILE).exists():
             self.client.log_artifact(run_id, str(folder / WEIGHTS_FILE))
+
+
+def run_params(base: TrialConfig, sampled: dict[str, Any]) -> dict[str, Any]:
+    """The params of a trial's run, one name each: `strategy`, every param of the strategy as
+    resolved, and the training settings `lr`, `optimizer`, `weight_decay`, `momentum`,
+    `batch_size`, `epochs`, `seed` and `schedule` (docs/records.md)."""
+    from runners.trial import resolve
+
+    sampled = dict(sampled)
+    seed = sampled.pop("seed", base.seed)
+    trial = resolve(base.model_copy(update={"seed": seed, "params": {**base.params, **sampled}}))
+    c = trial.config
+    return {
+        "strategy": c.strategy,
+        **c.params,
+        "lr": trial.optimizer.lr,
+        "optimizer": trial.optimizer.name,
+        "weight_decay": trial.optimizer.weight_decay,
+        "momentum": trial.optimizer.momentum,
+        "batch_size": trial.batch_size,
+        "epochs": c.epochs,
+        "seed": c.seed,
+        "schedule": trial.schedule.name,
+    }
 
 
 def _param_str(v: Any) -> str:
@@ -336,12 +425,16 @@ def leaderboard_runs(
     every_trial: bool = False,
     sweep_id: str | None = None,
     limit: int = 1000,
+    tiebreak: Sequence[tuple[str, str]] = (),
 ) -> list[Run]:
     """Finished trial runs, best first: the best per strategy, or every trial.
 
-    Reads with filter queries (one per strategy for the best), never by loading every run.
+    Ties are broken by the `tiebreak` objectives (`(metric, mode)`) in turn, then by test
+    accuracy. Reads with filter queries (one per strategy for the best), never by loading
+    every run.
     """
-    order = [f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"]
+    keys = _ranking(metric, mode, tiebreak)
+    order = [f"metrics.`{m}` {'DESC' if md == 'max' else 'ASC'}" for m, md in keys]
     base = "tags.`bitsweep.kind` = 'trial' and attributes.status = 'FINISHED'"
     if sweep_id:
         base += f" and tags.`bitsweep.sweep_id` = {q(sweep_id)}"
@@ -362,8 +455,22 @@ def leaderboard_runs(
         )
         if runs and metric in runs[0].data.metrics:
             best.append(runs[0])
-    sign = -1 if mode == "max" else 1
-    return sorted(best, key=lambda r: sign * r.data.metrics[metric])
+    return sorted(best, key=lambda r: _rank_key(r, keys))
+
+
+def _ranking(metric: str, mode: str, tiebreak: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    keys = [(metric, mode), *tiebreak]
+    if "test_accuracy" not in [m for m, _ in keys]:
+        keys.append(("test_accuracy", "max"))
+    return keys
+
+
+def _rank_key(run: Run, keys: list[tuple[str, str]]) -> tuple[float, ...]:
+    m = run.data.metrics
+    return tuple(
+        (-1 if mode == "max" else 1) * float(m.get(k, -math.inf if mode == "max" else math.inf))
+        for k, mode in keys
+    )
 
 
 def trial_strategies(client: MlflowClient, experiment_id: str) -> list[str]:
@@ -399,6 +506,7 @@ def leaderboard_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 "strategy": run.data.tags.get("bitsweep.strategy", ""),
                 "run_id": run.info.run_id,
                 "run_name": run.info.run_name,
+                "trial_id": run.data.tags.get("bitsweep.trial_id", ""),
                 "sweep_id": run.data.tags.get("bitsweep.sweep_id", ""),
                 **{k: m.get(k) for k in LEADERBOARD_COLUMNS},
             }
@@ -429,6 +537,14 @@ def rows_to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def _cell(v: Any) -> str:
+    return format_cell(v)
+
+
+def format_cell(v: Any) -> str:
+    """A table cell: integers as integers (also when MLflow holds them as floats), other
+    numbers to 4 significant digits."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
@@ -444,6 +560,23 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
+
+
+def nondominated(runs: list[Run], objectives: Sequence[tuple[str, str]]) -> list[Run]:
+    """The runs no other run beats on every objective (`(metric, 'max' | 'min')`), ordered by
+    the first objective, best first. Runs missing an objective are left out."""
+    signs = [1.0 if mode == "max" else -1.0 for _, mode in objectives]
+    scored = [
+        (r, [s * float(r.data.metrics[m]) for (m, _), s in zip(objectives, signs, strict=True)])
+        for r in runs
+        if all(finite(r.data.metrics.get(m)) for m, _ in objectives)
+    ]
+
+    def beats(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
+
+    front = [(r, v) for r, v in scored if not any(beats(w, v) for _, w in scored)]
+    return [r for r, _ in sorted(front, key=lambda rv: [-x for x in rv[1]])]
 
 
 def pareto_plot(runs: list[Run], path: Path, title: str) -> None:
@@ -500,9 +633,12 @@ def log_leaderboard(
     metric: str,
     mode: str,
     title: str,
+    tiebreak: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Write the benchmark's leaderboard (CSV, markdown) and Pareto plot to the parent run."""
-    best = leaderboard_runs(client, experiment_id, metric=metric, mode=mode, strategies=None)
+    best = leaderboard_runs(
+        client, experiment_id, metric=metric, mode=mode, strategies=None, tiebreak=tiebreak
+    )
     every = leaderboard_runs(
         client,
         experiment_id,
@@ -511,6 +647,7 @@ def log_leaderboard(
         strategies=None,
         every_trial=True,
         limit=5000,
+        tiebreak=tiebreak,
     )
     rows = leaderboard_rows(best)
     with tempfile.TemporaryDirectory() as tmp:

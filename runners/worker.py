@@ -56,10 +56,10 @@ def trainable(
             "train_accuracy": record.train_accuracy,
             "val_accuracy": record.val_accuracy,
             "val_loss": record.val_loss,
-            "learning_rate": record.lr,
+            "epoch_lr": record.lr,
             "epoch_seconds": record.seconds,
             "node": node,
-            **{f"strategy.{k}": v for k, v in record.extra.items()},
+            **{extra_key(k): v for k, v in record.extra.items()},
         }
         with tempfile.TemporaryDirectory() as tmp:
             save(Path(tmp))
@@ -82,6 +82,12 @@ def trainable(
                 extra={"test_accuracy": result.test_accuracy},
             )
         tune.report(final_metrics(result, node), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def extra_key(name: str) -> str:
+    """The metric key of a strategy's extra metric: `layer.<name>.<what>` as it is (a per-layer
+    figure shares its name with the final per-layer cost), anything else as `strategy.<name>`."""
+    return name if name.startswith("layer.") else f"strategy.{name}"
 
 
 def final_metrics(result: TrialResult, node: str) -> dict[str, Any]:

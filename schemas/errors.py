@@ -29,6 +29,25 @@ class FieldError(ValueError):
         return type(self)(f"{prefix}.{self.field}" if prefix else self.field, self.reason)
 
 
+def located_error(
+    model: str, field: tuple[str | int, ...], message: str, value: Any
+) -> ValidationError:
+    """A validation error at `field` for a model-level check (a model validator's own errors
+    would name only the model), to raise from inside a validator."""
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    return ValidationError.from_exception_data(
+        model,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", "{message}", {"message": message}),
+                loc=field,
+                input=value,
+            )
+        ],
+    )
+
+
 def validation_field(e: ValidationError, prefix: str = "") -> tuple[str, str]:
     """(field, reason) of the first error of a pydantic validation failure.
 

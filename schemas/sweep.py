@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from schemas.errors import located_error
 from schemas.trial import Strict, TrainingSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -49,7 +50,9 @@ class StrategySpec(Strict):
     def _disjoint(self) -> StrategySpec:
         both = sorted(set(self.params) & set(self.search))
         if both:
-            raise ValueError(f"{both[0]!r} is both fixed in params and searched")
+            raise located_error(
+                "StrategySpec", ("search", both[0]), "is both fixed in params and searched", both[0]
+            )
         return self
 
 
@@ -122,14 +125,25 @@ class SweepSpec(TrainingSettings):
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
         names = [s.name for s in self.strategies]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"strategy {dup[0]!r} is listed twice")
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise located_error(
+                    "SweepSpec", ("strategies", i, "name"), f"strategy {n!r} is listed twice", n
+                )
         metrics = [o.metric for o in self.objectives]
-        if len(set(metrics)) != len(metrics):
-            raise ValueError("objectives name a metric twice")
+        for i, m in enumerate(metrics):
+            if m in metrics[:i]:
+                raise located_error(
+                    "SweepSpec", ("objectives", i, "metric"), f"{m!r} is named twice", m
+                )
         if self.early_stopping.enabled and len(self.objectives) > 1:
-            raise ValueError("early_stopping (ASHA) needs a single objective")
+            raise located_error(
+                "SweepSpec",
+                ("early_stopping", "enabled"),
+                "early stopping (ASHA) needs a single objective; this spec has "
+                f"{len(self.objectives)}",
+                True,
+            )
         return self
 
     @property

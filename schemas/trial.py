@@ -223,5 +223,7 @@ class TrialResult(BaseModel):
         }
         for k, v in self.strategy_info.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[f"strategy.{k}"] = float(v)
+                out[k if k.startswith("layer.") else f"strategy.{k}"] = float(v)
+        for lm in w.layers:
+            out[f"layer.{lm.name}.bits"] = lm.bits
         return out

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from service.errors import InputRefused, input_error
 
@@ -203,13 +204,20 @@ def strategies_cmd(
         sys.stdout.write(json.dumps(described, indent=2) + "\n")
         return
     for d in described:
-        out.print(f"[bold cyan]{d['name']}[/] — {d['summary']}")
+        # Docstrings and descriptions are printed verbatim: never read as rich markup.
+        out.print(f"[bold cyan]{escape(d['name'])}[/] — {escape(d['summary'])}")
         o = d["origin"]
-        out.print(f"  paper: {d['paper']}")
-        out.print(f"  from: {o['distribution']} {o['version']} ({o['via']})".rstrip())
-        out.print(f"  fidelity: {d['fidelity']}")
+        out.print(f"  paper: {d['paper']}", markup=False, highlight=False)
+        out.print(
+            f"  from: {o['distribution']} {o['version']} ({o['via']})".rstrip(),
+            markup=False,
+            highlight=False,
+        )
+        out.print(f"  fidelity: {d['fidelity']}", markup=False, highlight=False)
         if d["doc"]:
-            out.print(textwrap.indent(d["doc"], "    "), style="dim", highlight=False)
+            out.print(textwrap.indent(d["doc"], "    "), style="dim", markup=False, highlight=False)
+        if d["relations"]:
+            out.print(f"  relations: {'; '.join(d['relations'])}", markup=False, highlight=False)
         table = Table(show_edge=False, pad_edge=False, box=None)
         for col in ("param", "type", "default", "bounds", "search", "description"):
             table.add_column(col)
@@ -218,25 +226,34 @@ def strategies_cmd(
             for k, v in d["recipe"]["search"].items()
         ]
         for p in rows:
-            table.add_row(
+            cells = (
                 p["name"],
                 p["type"],
                 "" if p.get("default") is None else str(p["default"]),
-                " , ".join(str(b) for b in p["bounds"] if b is not None)
-                if p.get("bounds")
-                else str(p.get("choices", "")),
+                _bounds_text(p["bounds"]) if p.get("bounds") else str(p.get("choices", "")),
                 _search_text(p.get("search")),
                 p.get("description", ""),
             )
+            table.add_row(*(Text(c) for c in cells))
         if rows:
             out.print(table)
         r = d["recipe"]
         out.print(
             f"  recipe: {r['optimizer']['name']} lr={r['optimizer']['lr']:g}, "
             f"schedule={r['schedule']['name']}, batch={r['batch_size']}, "
-            f"model options={r['model_options']}"
+            f"model options={r['model_options']}",
+            markup=False,
+            highlight=False,
         )
         out.print()
+
+
+def _bounds_text(b: dict[str, Any]) -> str:
+    left = "(-inf" if b["low"] is None else ("[" if b["low_inclusive"] else "(") + f"{b['low']:g}"
+    right = (
+        "inf)" if b["high"] is None else f"{b['high']:g}" + ("]" if b["high_inclusive"] else ")")
+    )
+    return f"{left}, {right}"
 
 
 def _search_text(s: dict[str, Any] | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -93,6 +94,11 @@ def sweep(
         err.print(f"sweep [bold]{sid}[/] → MLflow experiment [bold]{spec.benchmark}[/]")
         err.print(f"tracking: {plan.tracking_uri}")
 
+    def on_event(event: Any) -> None:
+        # Without a terminal there is no live table: one plain line per trial event instead.
+        stamp = time.strftime("%H:%M:%S")
+        err.print(f"{stamp} {event.line()}", markup=False, highlight=False, soft_wrap=True)
+
     if live is not None:
         live.start()
     try:
@@ -103,6 +109,7 @@ def sweep(
             sweep_id=sweep_id,
             on_progress=on_progress,
             on_start=on_start,
+            on_event=None if live is not None else on_event,
         )
     finally:
         if live is not None:
@@ -126,35 +133,36 @@ def sweep(
     out.print(f"browse: mlflow ui --backend-store-uri {plan.tracking_uri}", soft_wrap=True)
 
 
+# (column, header): short headers so that the table fits 100 columns.
+BOARD_COLUMNS = (
+    ("rank", "#"),
+    ("strategy", "strategy"),
+    ("test_accuracy", "accuracy"),
+    ("weight_bytes", "bytes"),
+    ("compression_ratio", "ratio"),
+    ("unique_weights", "unique"),
+    ("weight_entropy_bits", "entropy"),
+    ("sparsity", "sparsity"),
+    ("trial_id", "trial"),
+)
+
+
 def show_rows(rows: list[dict[str, Any]], title: str) -> None:
-    table = Table(title=title)
-    cols = [
-        "rank",
-        "strategy",
-        "test_accuracy",
-        "weight_bytes",
-        "compression_ratio",
-        "unique_weights",
-        "weight_entropy_bits",
-        "sparsity",
-        "run_name",
-    ]
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("strategy", "run_name") else "right")
+    from runners.tracking import format_cell
+
+    table = Table(title=title, title_justify="left")
+    for key, header in BOARD_COLUMNS:
+        table.add_column(
+            header,
+            justify="left" if key in ("strategy", "trial_id") else "right",
+            no_wrap=True,
+            overflow="fold" if key == "trial_id" else "ellipsis",
+        )
     for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in cols])
+        table.add_row(*[format_cell(r.get(key)) for key, _ in BOARD_COLUMNS])
     if not out.is_terminal:
-        # Tables keep their columns when the output is a file or a pipe (rich assumes 80).
-        out.width = max(out.width, 160)
+        out.width = 100  # a file or a pipe: rich would assume 80
     out.print(table)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
 
 
 def leaderboard(

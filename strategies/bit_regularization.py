@@ -308,7 +308,7 @@ class BitRegularization(Strategy):
         return out
 
     def extra_metrics(self, model: nn.Module) -> dict[str, float]:
-        bits = {f"bits.{name}": float(quant.bits) for name, _, quant in self._layers(model)}
+        bits = {f"layer.{name}.bits": float(quant.bits) for name, _, quant in self._layers(model)}
         if not bits:
             return {}
         return {"mean_bits_learned": sum(bits.values()) / len(bits), **bits}

@@ -2,7 +2,7 @@
 
 Bounds, search ranges and cross-field constraints are written once, on the `Params` model:
 pydantic validates them, and a sweep's search reads the same declarations (`strategies.space`).
-Imports pydantic only.
+Imports pydantic only (and the error helpers of `schemas`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from schemas.errors import located_error
 
 
 @dataclass(frozen=True)
@@ -93,23 +94,10 @@ class StrategyParams(BaseModel):
             left, right = getattr(self, r.left), getattr(self, r.right)
             if left is None or right is None or r.holds(left, right):
                 continue
-            raise ValidationError.from_exception_data(
+            raise located_error(
                 type(self).__name__,
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError(
-                            "relation",
-                            "{left} breaks {relation} ({right_name} = {right})",
-                            {
-                                "left": left,
-                                "relation": str(r),
-                                "right_name": r.right,
-                                "right": right,
-                            },
-                        ),
-                        loc=(r.left,),
-                        input=left,
-                    )
-                ],
+                (r.left,),
+                f"{left} breaks {r} ({r.right} = {right})",
+                left,
             )
         return self

@@ -21,6 +21,8 @@ from schemas.trial import TrainingKnobs
 from strategies.params import Relation, Search, StrategyParams
 
 TRAINING_KNOBS: frozenset[str] = frozenset(TrainingKnobs.model_fields)
+RESERVED_NAMES: frozenset[str] = TRAINING_KNOBS | {"strategy", "epochs", "seed", "schedule"}
+"""Names a strategy's params may not take: a trial's run logs its training settings under them."""
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -182,10 +184,12 @@ def describe_params(params_cls: type[BaseModel]) -> list[dict[str, Any]]:
             "description": info.description or "",
         }
         if low is not None or high is not None:
-            entry["bounds"] = [
-                None if low is None else ("[" if lo_inc else "(") + _num(low),
-                None if high is None else _num(high) + ("]" if hi_inc else ")"),
-            ]
+            entry["bounds"] = {
+                "low": _number(low),
+                "high": _number(high),
+                "low_inclusive": lo_inc,
+                "high_inclusive": hi_inc,
+            }
         ch = field_choices(info)
         if ch is not None:
             entry["choices"] = list(ch)
@@ -201,6 +205,13 @@ def bounds_text(info: FieldInfo) -> str:
     left = "(-inf" if low is None else ("[" if lo_inc else "(") + _num(low)
     right = "inf)" if high is None else _num(high) + ("]" if hi_inc else ")")
     return f"{left}, {right}"
+
+
+def _number(x: float | None) -> float | int | None:
+    """A bound as a JSON number: an integer when it is one."""
+    if x is None:
+        return None
+    return int(x) if float(x).is_integer() and abs(x) < 1e15 else float(x)
 
 
 def _num(x: float) -> str:
@@ -226,6 +237,11 @@ def check_params_class(
     """Raise `SpaceError` unless every `Search` lies inside its field's bounds and every
     `Relation` names numeric fields (the registry calls this for each strategy)."""
     fields = searchable_fields(params_cls)
+    for name in params_cls.model_fields:
+        if name in RESERVED_NAMES:
+            raise SpaceError(
+                name, "is a name bitsweep gives a training setting; call the param otherwise"
+            )
     for name in recipe_search:
         if name not in TRAINING_KNOBS:
             raise SpaceError(

@@ -150,9 +150,11 @@ def test_learned_bits_are_reported_and_priced_per_layer() -> None:
     strategy, model = short_training(BitRegularization, {"lambda2": 1e-3}, seed=0)
     info = strategy.extra_metrics(model)
     exported = strategy.export(model)
-    expected_bits = sum(e.weight.numel() * info[f"bits.{n}"] + 64 for n, e in exported.items())
+    expected_bits = sum(
+        e.weight.numel() * info[f"layer.{n}.bits"] + 64 for n, e in exported.items()
+    )
     assert weight_metrics(exported).weight_bits == expected_bits and info["mean_bits_learned"] == (
-        sum(info[f"bits.{n}"] for n in exported) / len(exported)
+        sum(info[f"layer.{n}.bits"] for n in exported) / len(exported)
     )
 
 
@@ -198,6 +200,7 @@ def test_digits_mlp_reaches_90_percent_with_learned_bits_in_band() -> None:
     assert (
         result.test_accuracy >= 0.90
         and all(3 <= b <= 8 for b in layer_bits)
-        and layer_bits == [result.strategy_info[f"bits.{lm.name}"] for lm in result.weights.layers]
+        and layer_bits
+        == [result.strategy_info[f"layer.{lm.name}.bits"] for lm in result.weights.layers]
         and result.weights.unique_weights <= sum(2 ** int(b) for b in layer_bits)
     )

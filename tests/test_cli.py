@@ -47,6 +47,8 @@ def test_export_writes_the_deployed_weights(capsys, tmp_path: Path):
         (["--param", "lr=-3"], "params.lr"),
         (["--param", "lr=fast"], "params.lr"),
         (["--param", "bogus=1"], "params.bogus"),
+        (["--param", "optimizer=lbfgs"], "params.optimizer: Input should be 'sgd', 'adam'"),
+        (["--param", "batch_size=0"], "params.batch_size"),
         (["--param", "novalue"], "--param"),
         (["--model-option", "hidden=[0]"], "model_options.hidden"),
         (["--epochs", "0"], "epochs"),

@@ -142,6 +142,30 @@ def write(tmp_path: Path, data) -> Path:
         ({**BASE, "trials_per_strategy": -2}, "error: trials_per_strategy"),
         ({**BASE, "strategies": [{"name": "nope"}]}, "error: strategies.0.name"),
         ({**BASE, "tracking_uri": "postgresql://postgres@127.0.0.1:1/x"}, "error: tracking_uri"),
+        (
+            {**BASE, "strategies": [{"name": "full_precision"}, {"name": "full_precision"}]},
+            "error: strategies.1.name: strategy 'full_precision' is listed twice",
+        ),
+        (
+            {
+                **BASE,
+                "early_stopping": {"enabled": True},
+                "objectives": [
+                    {"metric": "test_accuracy", "mode": "max"},
+                    {"metric": "weight_bits", "mode": "min"},
+                ],
+            },
+            "error: early_stopping.enabled: early stopping (ASHA) needs a single objective",
+        ),
+        (
+            {
+                **BASE,
+                "strategies": [
+                    {"name": "full_precision", "params": {"lr": 0.1}, "search": {"lr": [0.1, 1]}}
+                ],
+            },
+            "error: strategies.0.search.lr: is both fixed in params and searched",
+        ),
         ("name: [unclosed", "error: spec"),
         ("- a list", "error: spec"),
     ],
