@@ -28,11 +28,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 from service.cli_payload import app as payload_app  # noqa: E402
+from service.cli_records import remove, rerun  # noqa: E402
 from service.cli_sweep import leaderboard, sweep  # noqa: E402
 
 app.add_typer(payload_app, name="payload")
 app.command()(sweep)
 app.command()(leaderboard)
+app.command()(rerun)
+app.command()(remove)
 out = Console()
 err = Console(stderr=True)
 
@@ -284,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # MLflow configures its own logger at import; this keeps its INFO lines off the console.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="bitsweep", standalone_mode=False)

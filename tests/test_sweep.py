@@ -240,3 +240,43 @@ def test_a_refusal_inside_a_worker_reaches_mlflow_and_the_cli_with_its_field(
     assert run.info.status == "FAILED"
     assert run.data.tags["bitsweep.error_field"] == "params.payload"
     assert run.data.tags["bitsweep.error"].startswith("params.payload: 200000 bytes do not fit")
+
+
+def test_rerun_reproduces_a_trials_metrics_exactly(sqlite_sweep, capsys):
+    _, plan, summary = sqlite_sweep
+    run_id = summary.best["full_precision"]["run_id"]
+    assert main(["rerun", run_id, "--tracking-uri", plan.tracking_uri, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reproduced"] is True and report["differences"] == {}
+    assert report["threads"] == 1  # a one-CPU Tune trial; the rerun used the same
+    assert report["rerun"]["test_accuracy"] == report["recorded"]["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("which", "reason"),
+    [("parent", "is not a bitsweep trial"), ("unknown", "no run 'ffff' in this tracking store")],
+)
+def test_rerun_refuses_what_is_not_a_finished_trial(sqlite_sweep, capsys, which, reason):
+    _, plan, summary = sqlite_sweep
+    run_id = summary.parent_run_id if which == "parent" else "ffff"
+    assert main(["rerun", run_id, "--tracking-uri", plan.tracking_uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: run_id:") and reason in err[0]
+
+
+def test_remove_deletes_everything_a_sweep_wrote(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "data"
+    spec = SweepSpec.model_validate(
+        {"name": "gone", "epochs": 1, "strategies": [{"name": "full_precision", "trials": 1}]}
+    )
+    plan = plan_sweep(spec, home=home)
+    summary = run_sweep(plan)
+    monkeypatch.setenv("BITSWEEP_HOME", str(home))
+    assert main(["remove", summary.sweep_id, "--yes"]) == 0
+    client = MlflowClient(plan.tracking_uri)
+    exp = client.get_experiment_by_name("bitsweep/digits/mlp")
+    assert client.search_runs([exp.experiment_id]) == []  # in MLflow's trash
+    assert optuna.get_all_study_summaries(plan.optuna_url) == []
+    assert not (home / "ray" / summary.sweep_id).exists()
+    assert not (home / "sweeps" / f"{summary.sweep_id}.json").exists()
+    assert main(["remove", summary.sweep_id, "--yes"]) == 2

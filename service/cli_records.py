@@ -1,0 +1,96 @@
+"""`bitsweep rerun` and `bitsweep remove`: train a leaderboard row again; delete a sweep."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from service.errors import InputRefused
+
+out = Console()
+err = Console(stderr=True)
+
+
+def rerun(
+    run_id: Annotated[str, typer.Argument(help="the MLflow run id of a finished trial")],
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow store (default: under BITSWEEP_HOME)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Train a trial again from what MLflow holds and say whether its metrics came out the same.
+
+    Exits 0 when every metric but the timings is reproduced, 1 when one differs.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from runners.records import report_lines
+    from runners.records import rerun as rerun_trial
+
+    client = MlflowClient(_tracking_uri(tracking_uri))
+    report = rerun_trial(client, run_id)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        for line in report_lines(report):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if not report.reproduced:
+        raise typer.Exit(1)
+
+
+def remove(
+    sweep_id: Annotated[str, typer.Argument(help="the sweep to delete")],
+    yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
+) -> None:
+    """Delete a sweep: its MLflow runs (to MLflow's trash), Optuna studies, checkpoints, state."""
+    from runners.records import remove_sweep
+    from runners.stores import default_uris
+    from runners.sweep import SweepState, data_home
+
+    home = data_home()
+    tracking, optuna_url = default_uris(home)
+    storage_root = str(home / "ray")
+    state_file = home / "sweeps" / f"{sweep_id}.json"
+    if state_file.exists():
+        state = SweepState.load(state_file)
+        tracking, optuna_url = state.tracking_uri, state.optuna_url
+        storage_root = state.spec.get("storage_path") or storage_root
+    elif not (home / "mlflow.db").exists():
+        raise InputRefused("sweep_id", f"no sweep {sweep_id!r} under {home}")
+    if not yes and not typer.confirm(f"delete sweep {sweep_id} and everything it wrote?"):
+        raise typer.Exit(1)
+    removed = remove_sweep(
+        sweep_id=sweep_id,
+        home=home,
+        tracking_uri=tracking,
+        optuna_url=optuna_url,
+        storage_root=storage_root,
+    )
+    out.print(
+        f"removed sweep {sweep_id}: {removed.runs} MLflow runs (to MLflow's trash; "
+        f"`mlflow gc` empties it), {len(removed.studies)} Optuna studies, "
+        f"{len(removed.folders)} checkpoint folders",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _tracking_uri(given: str | None) -> str:
+    from runners.stores import check_store, default_uris
+    from runners.sweep import data_home
+
+    home = data_home()
+    uri = given or default_uris(home)[0]
+    if given is None and not (home / "mlflow.db").exists():
+        raise InputRefused(
+            "tracking_uri", f"no leaderboard yet: {home / 'mlflow.db'} does not exist"
+        )
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise InputRefused("tracking_uri", f"{uri} does not exist (a read never creates a store)")
+    check_store("tracking_uri", uri, mlflow_store=True)
+    return uri
