@@ -1,21 +1,114 @@
-"""Deployed weights as safetensors: one tensor per quantized layer holding the exact deployed
-values, its integer codes where the strategy has them, and metadata naming the strategy, its
-params and each layer's bit-depth and scale."""
+"""Deployed weights as safetensors files, in two formats.
+
+- **packed** (`bitsweep.packed/1`, the default): what a deployment stores. Each layer's codes
+  bit-packed at its bit-depth (1-bit layers 8 to a byte), its stored floats (scale, offset,
+  codebook) as float32, a float layer as float32; then the rest of the model's state (biases,
+  BatchNorm) as float32, and metadata naming the strategy, its params, the model and each
+  layer's bit-depth and encoding. `load_deployed` rebuilds the float model from it.
+- **unpacked** (`bitsweep.weights/1`, for inspection): each layer's exact float weights and
+  its integer codes as they are.
+
+Both are read by `load_weights`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
-from strategies.base import ExportedLayer
+from strategies.exported import ExportedLayer
 
 FORMAT = "bitsweep.weights/1"
+PACKED_FORMAT = "bitsweep.packed/1"
 CODES_SUFFIX = ":codes"
+PACKED_SUFFIX = ":packed"
+FLOATS_SUFFIX = ":floats"
+STATE_PREFIX = "state."
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds the float model: the name, the options, and the data's shapes."""
+
+    name: str
+    options: dict[str, Any]
+    defaults: dict[str, Any]
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+# -- bit packing ------------------------------------------------------------------------------
+
+
+def pattern(layer: ExportedLayer) -> np.ndarray:
+    """The codes as unsigned `bits`-bit patterns (uint64): two's complement for signed codes,
+    bit 1 for +1 at one signed bit."""
+    assert layer.codes is not None
+    c = layer.codes.detach().cpu().to(torch.int64).numpy().reshape(-1)
+    bits = int(layer.bits)
+    if layer.encoding == "signed" and layer.codebook is None:
+        if bits == 1:
+            return (c > 0).astype(np.uint64)
+        c = c & ((1 << bits) - 1)
+    return c.astype(np.uint64)
+
+
+def pack(patterns: np.ndarray, bits: int) -> np.ndarray:
+    """`bits` bits per pattern, most significant first, packed 8 to a byte (uint8)."""
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)
+    planes = ((patterns[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(planes.reshape(-1))
+
+
+def unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The `count` patterns of `bits` bits that `pack` wrote (uint64)."""
+    planes = np.unpackbits(packed, count=count * bits).reshape(count, bits).astype(np.uint64)
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)
+    return (planes << shifts).sum(axis=1, dtype=np.uint64)
+
+
+def _codes_from_patterns(p: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
+    bits = int(meta["bits"])
+    c = p.astype(np.int64)
+    if meta["encoding"] == "signed" and not meta["codebook"]:
+        c = (
+            np.where(c > 0, 1, -1)
+            if bits == 1
+            else np.where(c >= 1 << (bits - 1), c - (1 << bits), c)
+        )
+    return torch.from_numpy(c).reshape(meta["shape"])
+
+
+def _decode(layer_codes: torch.Tensor, floats: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+    i = 0
+    scale = offset = None
+    if meta["scale"]:
+        scale, i = float(floats[i]), i + 1
+    if meta["offset"]:
+        offset, i = float(floats[i]), i + 1
+    book = floats[i : i + meta["codebook"]] if meta["codebook"] else None
+    layer = ExportedLayer(
+        weight=torch.empty(0),
+        bits=meta["bits"],
+        codes=layer_codes,
+        scale=scale,
+        offset=offset,
+        codebook=book,
+        encoding=meta["encoding"],
+    )
+    return layer.decode()
+
+
+# -- writing ----------------------------------------------------------------------------------
 
 
 def save_weights(
@@ -25,56 +118,168 @@ def save_weights(
     strategy: str,
     params: dict[str, Any],
     extra: dict[str, Any] | None = None,
-) -> None:
-    """Write `layers` to `path` (safetensors)."""
+    model: nn.Module | None = None,
+    model_spec: ModelSpec | None = None,
+    packed: bool = True,
+) -> int:
+    """Write `layers` to `path`; returns the bytes of the weights' own payload.
+
+    Packed (the default) needs the deployed float `model` (its other state is stored too) and
+    the `model_spec` that rebuilds it; unpacked writes each layer's float weights and codes.
+    """
     tensors: dict[str, torch.Tensor] = {}
     meta_layers: dict[str, Any] = {}
+    payload = 0
     for name, layer in layers.items():
-        tensors[name] = layer.weight.detach().to("cpu", torch.float32).contiguous()
-        if layer.codes is not None:
-            tensors[name + CODES_SUFFIX] = layer.codes.detach().cpu().contiguous()
-        meta_layers[name] = {
+        info = {k: v for k, v in layer.info.items() if isinstance(v, (int, float, str, bool, list))}
+        meta: dict[str, Any] = {
             "bits": layer.bits,
             "n_floats": layer.n_floats,
             "scale": layer.scale,
             "shape": list(layer.weight.shape),
-            **{k: v for k, v in layer.info.items() if isinstance(v, (int, float, str, bool, list))},
+            **info,
         }
+        if packed and layer.codes is not None and layer.bits == int(layer.bits):
+            floats = [x for x in (layer.scale, layer.offset) if x is not None]
+            book = [] if layer.codebook is None else layer.codebook.reshape(-1).tolist()
+            tensors[name + PACKED_SUFFIX] = torch.from_numpy(pack(pattern(layer), int(layer.bits)))
+            tensors[name + FLOATS_SUFFIX] = torch.tensor(floats + book, dtype=torch.float32)
+            meta.update(
+                scale=layer.scale is not None,
+                offset=layer.offset is not None,
+                codebook=len(book),
+                encoding=layer.encoding,
+                numel=int(layer.weight.numel()),
+            )
+            payload += tensors[name + PACKED_SUFFIX].numel() + 4 * len(floats + book)
+        else:
+            tensors[name] = layer.weight.detach().to("cpu", torch.float32).contiguous()
+            payload += 4 * layer.weight.numel()
+            if not packed and layer.codes is not None:
+                tensors[name + CODES_SUFFIX] = layer.codes.detach().cpu().contiguous()
+        meta_layers[name] = meta
     metadata = {
-        "format": FORMAT,
+        "format": PACKED_FORMAT if packed else FORMAT,
         "strategy": strategy,
         "params": json.dumps(params, sort_keys=True),
         "layers": json.dumps(meta_layers, sort_keys=True),
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
+    if packed:
+        if model is None or model_spec is None:
+            raise ValueError("a packed export needs the deployed model and its model_spec")
+        quantized = {f"{n}.weight" for n in layers}
+        for key, value in model.state_dict().items():
+            if key not in quantized:
+                tensors[STATE_PREFIX + key] = value.detach().to("cpu").contiguous().clone()
+        metadata["model"] = json.dumps(
+            {
+                "name": model_spec.name,
+                "options": model_spec.options,
+                "defaults": model_spec.defaults,
+                "input_shape": list(model_spec.input_shape),
+                "num_classes": model_spec.num_classes,
+            },
+            sort_keys=True,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
+    _normal_permissions(path)
+    return payload
+
+
+def save_trained(
+    path: Path, trained: Any, input_shape: tuple[int, ...], num_classes: int, *, packed: bool
+) -> int:
+    """Export a finished trial (`runners.trial.Trained`) to `path`; returns the payload bytes."""
+    result = trained.result
+    cfg = result.config
+    return save_weights(
+        path,
+        trained.strategy.export(trained.model),
+        strategy=cfg.strategy,
+        params=cfg.params,
+        extra={"test_accuracy": result.test_accuracy, "dataset": cfg.dataset},
+        model=trained.strategy.deploy(trained.model),
+        model_spec=ModelSpec(
+            name=cfg.model,
+            options=dict(cfg.model_options),
+            defaults=dict(type(trained.strategy).recipe.model_options),
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+        ),
+        packed=packed,
+    )
+
+
+def _normal_permissions(path: Path) -> None:
+    """rw for the owner, read for the rest as the umask allows (safetensors writes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # safetensors raises its own SafetensorError for a corrupt header
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    if meta.get("format") not in (FORMAT, PACKED_FORMAT):
+        raise ValueError(f"{path}: not a bitsweep weights file (format {meta.get('format')!r})")
+    return meta, tensors
 
 
 def load_weights(
     path: Path,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
-    """(deployed weights by layer, integer codes by layer, metadata) of a file `save_weights` wrote.
-
-    Raises ValueError when the file is not a bitsweep weights file.
-    """
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = list(f.keys())
-            tensors = {k: f.get_tensor(k) for k in keys}
-    except (OSError, RuntimeError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    except Exception as e:  # safetensors raises its own SafetensorError for a corrupt header
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a bitsweep weights file (format {meta.get('format')!r})")
-    weights = {k: v for k, v in tensors.items() if not k.endswith(CODES_SUFFIX)}
-    codes = {k[: -len(CODES_SUFFIX)]: v for k, v in tensors.items() if k.endswith(CODES_SUFFIX)}
+    """(deployed weights by layer, integer codes by layer, metadata) of a file `save_weights`
+    wrote, packed or not. Raises ValueError when the file is not a bitsweep weights file."""
+    meta, tensors = _read(path)
+    layers = json.loads(meta["layers"])
+    weights: dict[str, torch.Tensor] = {}
+    codes: dict[str, torch.Tensor] = {}
+    for name, lm in layers.items():
+        if name + PACKED_SUFFIX in tensors:
+            p = unpack(tensors[name + PACKED_SUFFIX].numpy(), int(lm["bits"]), int(lm["numel"]))
+            codes[name] = _codes_from_patterns(p, lm)
+            weights[name] = _decode(codes[name], tensors[name + FLOATS_SUFFIX], lm)
+        else:
+            weights[name] = tensors[name]
+            if name + CODES_SUFFIX in tensors:
+                codes[name] = tensors[name + CODES_SUFFIX]
     info = {
+        "format": meta["format"],
         "strategy": meta["strategy"],
         "params": json.loads(meta["params"]),
-        "layers": json.loads(meta["layers"]),
+        "layers": layers,
         "extra": json.loads(meta.get("extra", "{}")),
+        "model": json.loads(meta["model"]) if "model" in meta else None,
     }
     return weights, codes, info
+
+
+def load_deployed(path: Path) -> nn.Module:
+    """The float model a packed export stands for: built by name, every tensor loaded."""
+    from runners.models import build_model
+
+    meta, tensors = _read(path)
+    if meta["format"] != PACKED_FORMAT:
+        raise ValueError(f"{path}: an unpacked export does not hold the model; export it packed")
+    weights, _, info = load_weights(path)
+    spec = info["model"]
+    model = build_model(
+        spec["name"],
+        tuple(spec["input_shape"]),
+        spec["num_classes"],
+        spec["options"],
+        defaults=spec["defaults"],
+    )
+    state = {k[len(STATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
+    state.update({f"{name}.weight": w for name, w in weights.items()})
+    model.load_state_dict(state, strict=True)
+    return model.eval()

@@ -72,14 +72,10 @@ def trainable(
         folder = Path(tmp)
         (folder / RESULT_FILE).write_text(result.model_dump_json())
         if export_weights:
-            from runners.export import save_weights
+            from runners.export import save_trained
 
-            save_weights(
-                folder / WEIGHTS_FILE,
-                trained.strategy.export(trained.model),
-                strategy=trial.config.strategy,
-                params=result.config.params,
-                extra={"test_accuracy": result.test_accuracy},
+            save_trained(
+                folder / WEIGHTS_FILE, trained, data.input_shape, data.num_classes, packed=True
             )
         tune.report(final_metrics(result, node), checkpoint=tune.Checkpoint.from_directory(tmp))
 

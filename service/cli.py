@@ -91,8 +91,15 @@ def train(
         bool, typer.Option("--json", help="print the result as one JSON object")
     ] = False,
     export: Annotated[
-        Path | None, typer.Option(help="write the deployed weights here (safetensors)")
+        Path | None,
+        typer.Option(help="write the deployed weights here (safetensors, bit-packed)"),
     ] = None,
+    unpacked: Annotated[
+        bool,
+        typer.Option(
+            "--unpacked", help="with --export: float weights and integer codes, for inspection"
+        ),
+    ] = False,
 ) -> None:
     """Train one trial and report its accuracy and the cost of its deployed weights."""
     from schemas.trial import TrialConfig
@@ -143,15 +150,9 @@ def train(
         trained = train_trial(resolved, dataset=data, on_epoch=on_epoch)
     result = trained.result
     if export is not None:
-        from runners.export import save_weights
+        from runners.export import save_trained
 
-        save_weights(
-            export,
-            trained.strategy.export(trained.model),
-            strategy=strategy,
-            params=result.config.params,
-            extra={"test_accuracy": result.test_accuracy, "dataset": dataset, "model": model},
-        )
+        save_trained(export, trained, data.input_shape, data.num_classes, packed=not unpacked)
     if as_json:
         sys.stdout.write(result.model_dump_json() + "\n")
         return

@@ -239,7 +239,13 @@ def test_extract_refuses_an_export_without_payload(
 ) -> None:
     strategy, model = _prepared(TinyNet())
     path = tmp_path / "m.safetensors"
-    save_weights(path, strategy.export(model), strategy="bit_learning", params={"payload": None})
+    save_weights(
+        path,
+        strategy.export(model),
+        strategy="bit_learning",
+        params={"payload": None},
+        packed=False,
+    )
     code, err = _cli(["payload", "extract", str(path), str(tmp_path / "o")], capsys)
     assert (code, err) == (2, "error: weights: this bit_learning export carries no payload")
 
@@ -248,7 +254,9 @@ def test_extract_refuses_another_strategys_export(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "m.safetensors"
-    save_weights(path, FullPrecision().export(TinyNet()), strategy="full_precision", params={})
+    save_weights(
+        path, FullPrecision().export(TinyNet()), strategy="full_precision", params={}, packed=False
+    )
     code, err = _cli(["payload", "extract", str(path), str(tmp_path / "o")], capsys)
     assert (
         code == 2

@@ -93,3 +93,11 @@ def test_schema_prints_trial_and_sweep_json_schema(capsys):
         and doc["trial"]["title"] == "TrialConfig"
         and doc["sweep"]["title"] == "SweepSpec"
     )
+
+
+def test_strategies_prints_docstrings_verbatim_and_bounds_as_numbers(capsys):
+    code, out, _ = run(capsys, "strategies", "bit_learning")
+    assert code == 0 and "b_i = 1[m_i > 0]" in " ".join(out.split())
+    code, out, _ = run(capsys, "strategies", "bit_learning", "--json")
+    (bits,) = [p for p in json.loads(out)[0]["params"] if p["name"] == "bits"]
+    assert bits["bounds"] == {"low": 2, "high": 32, "low_inclusive": True, "high_inclusive": True}

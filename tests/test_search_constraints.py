@@ -117,3 +117,29 @@ def test_the_searcher_redraws_a_point_a_validator_refuses() -> None:
     ]  # fmt: skip
     assert refused and all(t.state == optuna.trial.TrialState.FAIL for t in refused)
     assert "no bit would train" in refused[0].user_attrs["bitsweep.refused"]
+
+
+def test_the_searcher_does_not_spend_a_trial_on_a_repeated_point() -> None:
+    spec = StrategySpec(
+        name="full_precision", search={"optimizer": ["adam", "sgd"]}, search_defaults=False
+    )
+    cls, space = strategy_space(spec, 0)
+    storage = optuna.storages.InMemoryStorage()
+    search = _Search(
+        strategy=cls.name,
+        fixed={},
+        space=ConstrainedSpace(cls.name, space, {}),
+        metric="test_accuracy",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name="repeats",
+        storage=storage,
+    )
+    first, second = search.suggest("a"), search.suggest("b")
+    assert first != second  # two points only: the second trial gets the other one
+    refused = [
+        t.user_attrs["bitsweep.refused"]
+        for t in optuna.load_study(study_name="repeats", storage=storage).trials
+        if "bitsweep.refused" in t.user_attrs
+    ]
+    assert all(r.startswith("repeats trial") for r in refused)

@@ -227,7 +227,12 @@ def test_a_refusal_inside_a_worker_reaches_mlflow_and_the_cli_with_its_field(
     path.write_text(json.dumps(spec))
     monkeypatch.setenv("BITSWEEP_HOME", str(tmp_path / "data"))
     assert main(["sweep", str(path)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # No terminal: one plain line per trial event on stderr, the failure with its reason.
+    events = [ln for ln in captured.err.splitlines() if " bit_learning trial " in ln]
+    assert any(ln.endswith(" started") for ln in events), captured.err
+    assert any(" failed: params.payload: 200000 bytes do not fit" in ln for ln in events)
     assert "0 trials completed, 1 failed" in printed
     assert (
         "failed: bit_learning trial" in printed
@@ -280,3 +285,42 @@ def test_remove_deletes_everything_a_sweep_wrote(tmp_path, monkeypatch, capsys):
     assert not (home / "ray" / summary.sweep_id).exists()
     assert not (home / "sweeps" / f"{summary.sweep_id}.json").exists()
     assert main(["remove", summary.sweep_id, "--yes"]) == 2
+
+
+def test_leaderboard_fits_100_columns_with_whole_strategy_names(sqlite_sweep, monkeypatch, capsys):
+    home, _, _ = sqlite_sweep
+    monkeypatch.setenv("BITSWEEP_HOME", str(home))
+    assert main(["leaderboard"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(ln) for ln in lines) <= 100
+    assert any("full_precision" in ln for ln in lines)
+
+
+def test_two_objective_sweep_reports_the_pareto_front_per_strategy(tmp_path, monkeypatch, capsys):
+    spec = {
+        "name": "front",
+        "epochs": 1,
+        "max_failures": 0,
+        "strategies": [{"name": "bit_learning", "trials": 3}],
+        "objectives": [
+            {"metric": "test_accuracy", "mode": "max"},
+            {"metric": "weight_bits", "mode": "min"},
+        ],
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    monkeypatch.setenv("BITSWEEP_HOME", str(tmp_path / "data"))
+    assert main(["sweep", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "best" not in out and out["objectives"] == ["test_accuracy:max", "weight_bits:min"]
+    front = out["pareto"]["bit_learning"]
+    assert front
+    for a in front:  # no point of the front beats another on both objectives
+        for b in front:
+            ma, mb = a["metrics"], b["metrics"]
+            assert not (
+                ma["test_accuracy"] >= mb["test_accuracy"]
+                and ma["weight_bits"] <= mb["weight_bits"]
+                and (ma["test_accuracy"], ma["weight_bits"])
+                != (mb["test_accuracy"], mb["weight_bits"])
+            )
