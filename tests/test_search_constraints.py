@@ -88,6 +88,21 @@ def test_ranges_that_only_ever_break_a_validator_are_refused_at_planning() -> No
     assert "no bit would train" in e.value.reason
 
 
+def searcher(spec: StrategySpec, storage: optuna.storages.BaseStorage, study: str, seed: int):
+    """The sweep's searcher for one strategy, on a random sampler."""
+    cls, space = strategy_space(spec, 0)
+    return _Search(
+        strategy=cls.name,
+        fixed=dict(spec.params),
+        space=ConstrainedSpace(cls.name, space, dict(spec.params)),
+        metric="test_accuracy",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=seed),
+        study_name=study,
+        storage=storage,
+    )
+
+
 def test_the_searcher_redraws_a_point_a_validator_refuses() -> None:
     # train_sign=false with trainable_msbs=0 trains no bit: no relation says so, the
     # strategy's validator does; the searcher must never hand that point to Tune.
@@ -96,18 +111,8 @@ def test_the_searcher_redraws_a_point_a_validator_refuses() -> None:
         search={"train_sign": [False, True], "trainable_msbs": [0, 1]},
         search_defaults=False,
     )
-    cls, space = strategy_space(spec, 0)
     storage = optuna.storages.InMemoryStorage()
-    search = _Search(
-        strategy=cls.name,
-        fixed={},
-        space=ConstrainedSpace(cls.name, space, {}),
-        metric="test_accuracy",
-        mode="max",
-        sampler=optuna.samplers.RandomSampler(seed=1),
-        study_name="constraints",
-        storage=storage,
-    )
+    search = searcher(spec, storage, "constraints", seed=1)
     configs = [search.suggest(f"t{i}") for i in range(30)]
     assert all(isinstance(c, dict) for c in configs)
     assert not any(c["train_sign"] is False and c["trainable_msbs"] == 0 for c in configs)  # type: ignore[index]
@@ -123,18 +128,8 @@ def test_the_searcher_does_not_spend_a_trial_on_a_repeated_point() -> None:
     spec = StrategySpec(
         name="full_precision", search={"optimizer": ["adam", "sgd"]}, search_defaults=False
     )
-    cls, space = strategy_space(spec, 0)
     storage = optuna.storages.InMemoryStorage()
-    search = _Search(
-        strategy=cls.name,
-        fixed={},
-        space=ConstrainedSpace(cls.name, space, {}),
-        metric="test_accuracy",
-        mode="max",
-        sampler=optuna.samplers.RandomSampler(seed=0),
-        study_name="repeats",
-        storage=storage,
-    )
+    search = searcher(spec, storage, "repeats", seed=0)
     first, second = search.suggest("a"), search.suggest("b")
     assert first != second  # two points only: the second trial gets the other one
     refused = [
