@@ -4,6 +4,7 @@ bits are learned one by one through straight-through latents; frozen bits may ca
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import stat
 from collections.abc import Sequence
@@ -196,19 +197,23 @@ def init_latents(
     bits: int,
     std: float,
     *,
+    sign_std: float | None = None,
     fixed: torch.Tensor | None = None,
     values: torch.Tensor | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """The paper's init of one layer: (bits, *shape) latents ~ std * N(0, 1) (planes 0..bits-2
-    magnitude from the LSB, plane bits-1 the sign), then every weight whose magnitude bits are
-    all 0 redraws its magnitude latents until none is zero (global generator).
+    magnitude from the LSB, plane bits-1 the sign, drawn with `sign_std` when given), then every
+    weight whose magnitude bits are all 0 redraws its magnitude latents until none is zero
+    (global generator).
 
     `fixed`/`values` (bool, same shape) force payload bits; a zero weight then redraws only its
     unforced magnitude latents, and stays zero if all of them are forced.
     """
     latents = torch.randn((bits, *shape), device=device, dtype=dtype) * std
+    if sign_std is not None:
+        latents[-1] *= sign_std / std
     free = None
     if fixed is not None and values is not None:
         latents = _write_bits(latents, fixed, values)
@@ -273,17 +278,19 @@ class BitLearning(Strategy):
     for the sign), chained through W = alpha * sign * sum_i b_i 2^i:
         dL/dm_i = dL/dW * alpha * sign * 2^i,   dL/ds = -dL/dW * alpha * |W_int|.
     alpha: one constant per layer, fixed at init so that std(alpha * W_int) = sqrt(2/fan_in).
-    Init: latents ~ sqrt(2/fan_in) * N(0,1); a weight whose magnitude bits are all 0 redraws
-    them, so no weight is zero at init. Zeros appear during training (sparsity comes free).
+    Init: magnitude latents ~ sqrt(2/(n fan_in)) * N(0,1), the sign latent ~ sqrt(2/fan_in) *
+    N(0,1) (the authors' code); a weight whose magnitude bits are all 0 redraws them, so no
+    weight is zero at init. Zeros appear during training (sparsity comes free).
     Which bits train: `trainable_msbs` most significant magnitude bits and the sign (default
     sign + 2 MSBs, the paper's "first three MSBs"), or an explicit `train_bits` mask. Frozen
     bits keep their random values, or carry `payload` (a file's bytes) exactly.
     Regularizer: none. Schedule: Adam, no weight decay, lr 9e-4 (LeNet-300-100), x0.1 at
     epochs 40 and 80 (the paper's 100-epoch MNIST run), batch 25. No biases.
 
-    Faithful: composition, straight-through gradients, init and resampling, constant He alpha,
-    trainable-bit mask, Adam without weight decay, lr/schedule/batch of LeNet-300-100, no biases.
-    Reconstructed: alpha solved in closed form (the code bisects to 0.1%); the step schedule
+    Faithful: composition, straight-through gradients, init and resampling, trainable-bit mask,
+    Adam without weight decay, lr/schedule/batch of LeNet-300-100, no biases. Differs from the
+    authors' code: alpha is fixed at init and solved in closed form, where their layers
+    recompute it against the He std at every forward. Reconstructed: the step schedule
     is in epochs, so trials shorter than 40 epochs keep lr constant; BatchNorm after hidden
     MLP layers (bitsweep's prototype); the payload header (8-byte length + SHA-256) and layout.
 
@@ -298,10 +305,12 @@ class BitLearning(Strategy):
     paper = "Bit-wise training of neural network weights (Ivan & Florian, arXiv 2202.09571)"
     summary = "n-bit integer weights learned bit by bit; frozen bits can carry a payload"
     fidelity = (
-        "faithful: bit composition, straight-through gradients, init with resampling of zero "
-        "weights, constant He-matched alpha, trainable-bit mask, Adam/no decay/lr 9e-4/batch 25; "
-        "reconstructed: closed-form alpha, epoch-based step schedule, BatchNorm in MLPs, "
-        "payload header and layout"
+        "faithful to the paper and the authors' code: bit composition, straight-through "
+        "gradients, init (magnitude latents sqrt(2/(n fan_in)), sign sqrt(2/fan_in)) with "
+        "resampling of zero weights, trainable-bit mask, Adam/no decay/lr 9e-4/batch 25; "
+        "differs from the authors' code: alpha fixed at init (closed form) where their layers "
+        "recompute it every forward; reconstructed: epoch-based step schedule, BatchNorm in "
+        "MLPs, payload header and layout"
     )
 
     class Params(StrategyParams):
@@ -433,8 +442,17 @@ class BitLearning(Strategy):
                 fixed[frozen] = carried.view(-1, *w.shape)
                 padded = torch.cat([seg, seg.new_zeros(cap - seg.numel())])
                 values[frozen] = padded.view(-1, *w.shape)
+            # The authors draw the magnitude latents with sqrt(2 / (n * fan_in)) (their bit
+            # tensor's fan-in counts the bit dimension) and the sign latent with sqrt(2 / fan_in).
             latents = init_latents(
-                w.shape, n, std, fixed=fixed, values=values, device=w.device, dtype=w.dtype
+                w.shape,
+                n,
+                std / math.sqrt(n),
+                sign_std=std,
+                fixed=fixed,
+                values=values,
+                device=w.device,
+                dtype=w.dtype,
             )
             with torch.no_grad():
                 w.copy_(latents[-1])

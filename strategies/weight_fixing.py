@@ -189,12 +189,15 @@ def soft_relative_distance(
 ) -> torch.Tensor:
     """Per weight: sum_c softmin_c(d_c / tau) * d_c, d_c = |w - c| / max(|w|, gamma0), over the
     pair of centres (c_lo, c_hi) bracketing w. The other centres carry weight below
-    exp(-gap / tau), negligible at tau = 0.05, and would cost a factor K in time and memory."""
+    exp(-gap / tau), negligible at tau = 0.05, and would cost a factor K in time and memory.
+    A weight with |w| < gamma0 is at distance 0: the clustering fixes it to the zero centre,
+    as the authors' regularizer has it (no pull up towards +-gamma0)."""
     denom = w.abs().clamp_min(gamma0)
     d_lo = (w - c_lo).abs() / denom
     d_hi = (w - c_hi).abs() / denom
     p_lo = torch.sigmoid((d_hi - d_lo) / tau)  # softmin over the pair
-    return p_lo * d_lo + (1.0 - p_lo) * d_hi
+    d = p_lo * d_lo + (1.0 - p_lo) * d_hi
+    return torch.where(w.abs() < gamma0, torch.zeros_like(d), d)
 
 
 # -- the parametrization ------------------------------------------------------------------------
@@ -284,8 +287,8 @@ class WeightFixing(Strategy):
     fidelity = (
         "faithful: fixing schedule, whole-network power-of-two / additive power-of-two centres, "
         "delta_t, greedy mean-distance clustering, zero gradient on fixed weights, softmin "
-        "regularizer scaled to lambda*CE, Adam + clip 0.5; reconstructed: candidates restricted "
-        "to each centre's nearest weights, no re-clustering of fixed weights, float pre-training "
+        "regularizer scaled to lambda*CE (zero distance below gamma0), Adam + clip 0.5; "
+        "reconstructed: candidates restricted to each centre's nearest weights, no re-clustering of fixed weights, float pre-training "
         "inside the trial, epochs per step from the trial length, lr for training from scratch, "
         "BatchNorm and biases left float"
     )

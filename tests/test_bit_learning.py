@@ -3,6 +3,7 @@ constant scale, no zero at init, frozen bits untouched, straight-through gradien
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -273,3 +274,15 @@ def test_digits_mlp_reaches_90_percent_with_integer_weights() -> None:
         torch.equal(e.weight, e.scale * decode_codes(e.codes, 6).float()) for e in exported.values()
     )
     assert trained.result.test_accuracy >= 0.90 and integral
+
+
+def test_init_draws_magnitude_latents_with_the_bit_dimension_in_the_fan_in() -> None:
+    # The authors' init: magnitude latents ~ N(0, 2 / (n * fan_in)), the sign ~ N(0, 2 / fan_in).
+    torch.manual_seed(0)
+    fan_in, n = 1000, 6
+    model = BitLearning(BitLearning.Params(bits=n)).prepare(nn.Sequential(nn.Linear(fan_in, 400)))
+    ((_, layer, p),) = list(parametrizations(model, _BitWeight))
+    planes = torch.cat([p.magnitude.detach().reshape(-1), p.frozen.reshape(-1)])
+    sign = layer.parametrizations.weight.original.detach()
+    assert float(planes.std()) == pytest.approx(math.sqrt(2 / (n * fan_in)), rel=0.05)
+    assert float(sign.std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)

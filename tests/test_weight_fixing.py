@@ -348,3 +348,17 @@ def test_digits_mlp_reaches_90_percent_with_every_weight_a_short_power_of_two_su
     values = torch.unique(exported_values(strategy, trained.model))
     assert trained.result.test_accuracy >= 0.90
     assert max(signed_pow2_terms(float(v)) for v in values) <= strategy.cfg.max_terms
+
+
+def test_weights_below_gamma0_are_not_pulled_by_the_regularizer() -> None:
+    # |w| < gamma0 is fixed to zero by the clustering: zero distance, zero gradient.
+    from strategies.weight_fixing import soft_relative_distance
+
+    w = torch.tensor([0.6 * GAMMA0, -0.9 * GAMMA0, 3 * GAMMA0], requires_grad=True)
+    c_lo = torch.tensor([GAMMA0, -GAMMA0, 2 * GAMMA0])
+    c_hi = torch.tensor([2 * GAMMA0, GAMMA0, 4 * GAMMA0])
+    d = soft_relative_distance(w, c_lo, c_hi, 0.05, GAMMA0)
+    d.sum().backward()
+    assert w.grad is not None
+    assert d[:2].tolist() == [0.0, 0.0] and w.grad[:2].tolist() == [0.0, 0.0]
+    assert float(d[2]) > 0 and float(w.grad[2]) != 0
