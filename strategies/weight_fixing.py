@@ -288,9 +288,9 @@ class WeightFixing(Strategy):
         "faithful: fixing schedule, whole-network power-of-two / additive power-of-two centres, "
         "delta_t, greedy mean-distance clustering, zero gradient on fixed weights, softmin "
         "regularizer scaled to lambda*CE (zero distance below gamma0), Adam + clip 0.5; "
-        "reconstructed: candidates restricted to each centre's nearest weights, no re-clustering of fixed weights, float pre-training "
-        "inside the trial, epochs per step from the trial length, lr for training from scratch, "
-        "BatchNorm and biases left float"
+        "reconstructed: candidates restricted to each centre's nearest weights, no "
+        "re-clustering of fixed weights, float pre-training inside the trial, epochs per step "
+        "from the trial length, lr for training from scratch, BatchNorm and biases left float"
     )
 
     class Params(StrategyParams):
