@@ -292,7 +292,8 @@ class BitLearning(Strategy):
     authors' code: alpha is fixed at init and solved in closed form, where their layers
     recompute it against the He std at every forward. Reconstructed: the step schedule
     is in epochs, so trials shorter than 40 epochs keep lr constant; BatchNorm after hidden
-    MLP layers (bitsweep's prototype); the payload header (8-byte length + SHA-256) and layout.
+    MLP layers (bitsweep's prototype; `model_options: {batch_norm: false}` is the paper's
+    LeNet-300-100); the payload header (8-byte length + SHA-256) and layout.
 
     Payload layout (reproducible from an export's metadata): the header-prefixed bit stream
     fills the frozen bits layer by layer (quantized-layer order, `layer_index`), within a layer
@@ -332,7 +333,7 @@ class BitLearning(Strategy):
                 "unset: min(2, bits-1)); the others are frozen at their random init or carry "
                 "the payload",
             ),
-            Search(0, 2),
+            Search(0, 31),  # narrowed to bits - 1: 1..n trainable bits with the sign
         ] = 2
         train_sign: Annotated[bool, Field(description="whether the sign bit trains")] = True
         train_bits: Annotated[
