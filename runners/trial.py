@@ -122,6 +122,10 @@ def resolve(config: TrialConfig) -> ResolvedTrial:
     except pydantic.ValidationError as e:
         raise pydantic_error(e, "params") from None
     knobs = {k: getattr(given, k) for k in knobs}  # as validated (e.g. "32" -> 32)
+    try:
+        cls(params).validate_trial(config.epochs)
+    except FieldError as e:
+        raise ConfigError(e.field, e.reason) from None
     recipe = cls.recipe
     opt = (config.optimizer or recipe.optimizer).model_dump()
     for k in ("lr", "weight_decay", "momentum"):

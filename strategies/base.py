@@ -4,6 +4,7 @@ A strategy turns an ordinary torch model into one whose deployed weights take fe
 tells the trial runner how to train it. The runner calls the hooks in this order::
 
     strategy = S(S.Params(**params))
+    strategy.validate_trial(epochs)                 # when the trial is resolved: may refuse
     model = strategy.prepare(model)                 # once, before the optimizer is built
     for epoch in range(epochs):
         for batch in epoch:
@@ -132,6 +133,11 @@ class Strategy(ABC, Generic[P]):
         so the optimizer must be built from the returned model's parameters.
         """
         return model
+
+    def validate_trial(self, epochs: int) -> None:
+        """Called when a trial is resolved, before anything is built or trained: raise a
+        `schemas.errors.FieldError` naming the param when the strategy cannot run a trial of
+        `epochs` epochs (a schedule that does not fit). Default: any length is fine."""
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Called when an optimizer is built: the parameter groups it optimizes.

@@ -272,8 +272,8 @@ class WeightFixing(Strategy):
     are never re-clustered (the authors' code re-clusters from scratch each step); the softmin
     runs over the two bracketing centres; the authors' code overwrote its relative-distance
     regularizer by a bug, here it is the paper's; epochs per step follow the trial length
-    instead of 3; lr 1e-3 (the authors' 2e-5 fine-tunes ImageNet nets, this trains from scratch);
-    BatchNorm parameters and biases are never fixed.
+    unless `epochs_per_step` is set (the paper's 3); lr 1e-3 (the authors' 2e-5 fine-tunes
+    ImageNet nets, this trains from scratch); BatchNorm parameters and biases are never fixed.
     Deployment: per layer a codebook of its distinct values; bits = ceil(log2 K) per weight,
     n_floats = K, codes = codebook indices. A layer that still has free weights (a trial
     stopped early) deploys as float32, bits = 32.
@@ -290,7 +290,8 @@ class WeightFixing(Strategy):
         "regularizer scaled to lambda*CE (zero distance below gamma0), Adam + clip 0.5; "
         "reconstructed: candidates restricted to each centre's nearest weights, no "
         "re-clustering of fixed weights, float pre-training inside the trial, epochs per step "
-        "from the trial length, lr for training from scratch, BatchNorm and biases left float"
+        "from the trial length unless epochs_per_step (paper: 3) is set, lr for training from "
+        "scratch, BatchNorm and biases left float"
     )
 
     class Params(StrategyParams):
@@ -335,6 +336,15 @@ class WeightFixing(Strategy):
                 le=10_000,
                 description="float training epochs before the first fixing step; default a third "
                 "of the trial's epochs (at least 1), or 0 with init_checkpoint",
+            ),
+        ] = None
+        epochs_per_step: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                le=1_000,
+                description="training epochs between fixing steps (paper: 3); default the "
+                "trial's epochs after pre-training spread over the 9 later steps",
             ),
         ] = None
         init_checkpoint: Annotated[
@@ -392,7 +402,23 @@ class WeightFixing(Strategy):
         pre = self.pretrain_epochs(epochs)
         if step == 0:
             return pre - 1
+        every = self.cfg.epochs_per_step
+        if every is not None:
+            return pre - 1 + step * every
         return pre - 1 + -(-step * (epochs - pre) // (STEPS - 1))
+
+    def validate_trial(self, epochs: int) -> None:
+        every = self.cfg.epochs_per_step
+        if every is None:
+            return
+        pre = self.pretrain_epochs(epochs)
+        need = pre + (STEPS - 1) * every
+        if need > epochs:
+            raise SpaceError(
+                "params.epochs_per_step",
+                f"{STEPS - 1} more fixing steps {every} epochs apart after {pre} epochs of "
+                f"pre-training need {need} epochs; the trial has {epochs}",
+            )
 
     def delta_t(self, step: int) -> float:
         d = float(self.cfg.delta)

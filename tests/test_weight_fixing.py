@@ -362,3 +362,19 @@ def test_weights_below_gamma0_are_not_pulled_by_the_regularizer() -> None:
     assert w.grad is not None
     assert d[:2].tolist() == [0.0, 0.0] and w.grad[:2].tolist() == [0.0, 0.0]
     assert float(d[2]) > 0 and float(w.grad[2]) != 0
+
+
+def test_epochs_per_step_trains_that_many_epochs_between_fixing_steps() -> None:
+    strategy = WeightFixing(WeightFixing.Params(epochs_per_step=3, pretrain_epochs=2))
+    assert [strategy.step_epoch(k, 29) for k in range(STEPS)] == [1 + 3 * k for k in range(STEPS)]
+
+
+def test_a_trial_too_short_for_epochs_per_step_is_refused_naming_the_param() -> None:
+    config = TrialConfig(
+        strategy="weight_fixing", epochs=20, params={"epochs_per_step": 3, "pretrain_epochs": 2}
+    )
+    with pytest.raises(ConfigError) as e:
+        resolve(config)
+    assert e.value.field == "params.epochs_per_step"
+    assert "need 29 epochs; the trial has 20" in e.value.reason
+    resolve(config.model_copy(update={"epochs": 29}))
