@@ -19,9 +19,9 @@ from strategies.base import Search, Strategy
 from strategies.registry import UnknownStrategyError
 from strategies.space import (
     SpaceError,
-    Suggest,
     default_search,
     parse_search,
+    random_suggest,
     sample_point,
     searchable_fields,
     trial_suggest,
@@ -64,15 +64,16 @@ def check_feasible(
     cls: type[Strategy], space: dict[str, Search], fixed: dict[str, Any], *, where: str
 ) -> None:
     """Refuse a space whose ranges, with the fixed params, leave no valid combination: every
-    range must leave a value under the strategy's relations, and some drawn point must pass
-    the strategy's own validators."""
+    range must leave a value under the strategy's relations, and some drawn point (all low
+    ends, all high ends, then random ones) must pass the strategy's own validators."""
     if not space:
         return
     rng = random.Random(0)
     first: FieldError | None = None
     for attempt in range(_FEASIBILITY_DRAWS):
         try:
-            point = sample_point(cls.Params, space, fixed, _random_suggest(rng, attempt))
+            end = "low" if attempt == 0 else "high" if attempt == 1 else None
+            point = sample_point(cls.Params, space, fixed, random_suggest(rng, end))
         except SpaceError as e:
             raise SpecError(f"{where}.search.{e.field}", e.reason) from None
         try:
@@ -87,26 +88,6 @@ def check_feasible(
 
 
 _FEASIBILITY_DRAWS = 32
-
-
-def _random_suggest(rng: random.Random, attempt: int) -> Suggest:
-    """Draws for the feasibility check: the low ends first, the high ends next, then random."""
-
-    def suggest(name: str, search: Search, kind: str) -> Any:
-        if search.choices is not None:
-            choices = list(search.choices)
-            return (
-                choices[0] if attempt == 0 else choices[-1] if attempt == 1 else rng.choice(choices)
-            )
-        assert search.low is not None and search.high is not None
-        if attempt < 2:
-            v = search.low if attempt == 0 else search.high
-            return int(v) if kind == "int" else float(v)
-        if kind == "int":
-            return rng.randint(int(search.low), int(search.high))
-        return rng.uniform(search.low, search.high)
-
-    return suggest
 
 
 class ConstrainedSpace:

@@ -174,10 +174,10 @@ class _Search(OptunaSearch):
     MAX_DRAWS = 50
     MAX_REPEATS = 20
 
-    def __init__(self, *, strategy: str, fixed: dict[str, Any], **kw: Any) -> None:
-        super().__init__(**kw)
-        self._strategy = strategy
-        self._fixed = dict(fixed)
+    def __init__(self, *, space: ConstrainedSpace, **kw: Any) -> None:
+        super().__init__(space=space, **kw)
+        self._strategy = space.strategy
+        self._fixed = space.fixed
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         return None
@@ -402,7 +402,7 @@ class SweepLogger(TrialLogger):
         if self.progress:
             self.progress.finish(self.strategy, failed=failed, value=value, was_running=was_running)
             if failed:
-                detail = trial_error(trial)[1]
+                detail = self.errors.get(trial.trial_id) or trial_error(trial)[1]
             elif value is not None:
                 detail = f"{self.objective} = {value:.6g}"
             else:
@@ -592,7 +592,10 @@ def run_sweep(
         title=f"{spec.benchmark}: test accuracy against weight memory",
         tiebreak=tiebreak,
     )
-    completed, failed = _counts(client, experiment_id, state.sweep_id)
+    runs = _trial_runs(client, experiment_id, state.sweep_id)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    failed_runs = [r for r in runs if r.info.status == "FAILED"]
+    completed, failed = len(finished), len(failed_runs)
     failures = [
         {
             "run_id": r.info.run_id,
@@ -600,7 +603,7 @@ def run_sweep(
             "trial_id": r.data.tags.get("bitsweep.trial_id", ""),
             "error": r.data.tags.get("bitsweep.error", ""),
         }
-        for r in _trial_runs(client, experiment_id, state.sweep_id, status="FAILED")
+        for r in failed_runs
     ]
     best: dict[str, dict[str, Any]] = {}
     for run in leaderboard_runs(
@@ -619,7 +622,6 @@ def run_sweep(
     pareto: dict[str, list[dict[str, Any]]] = {}
     if len(spec.objectives) > 1:
         objs = [(o.metric, o.mode) for o in spec.objectives]
-        finished = _trial_runs(client, experiment_id, state.sweep_id, status="FINISHED")
         for sp in plan.strategies:
             runs = [r for r in finished if r.data.tags.get("bitsweep.strategy") == sp.name]
             pareto[sp.name] = [
@@ -728,8 +730,6 @@ def _new_tuner(
     num_samples = sp.trials
     if sp.space:
         search_alg = _Search(
-            strategy=sp.name,
-            fixed=dict(sp.spec.params),
             space=ConstrainedSpace(sp.name, sp.space, dict(sp.spec.params)),
             metric=metrics if len(metrics) > 1 else metrics[0],
             mode=modes if len(modes) > 1 else modes[0],
@@ -812,14 +812,6 @@ def _trial_runs(
     if status is not None:
         flt += f" and attributes.status = {q(status)}"
     return list(client.search_runs([experiment_id], filter_string=flt, max_results=10000))
-
-
-def _counts(client: MlflowClient, experiment_id: str, sweep_id: str) -> tuple[int, int]:
-    runs = _trial_runs(client, experiment_id, sweep_id)
-    return (
-        sum(r.info.status == "FINISHED" for r in runs),
-        sum(r.info.status == "FAILED" for r in runs),
-    )
 
 
 def _count_finished(

@@ -181,6 +181,7 @@ class TrialLogger(tune.Callback):
         self.export_weights = export_weights
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()
+        self.errors: dict[str, str] = {}  # trial id -> the error line logged for it
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -295,7 +296,7 @@ class TrialLogger(tune.Callback):
                 self._done.add(tid)
                 return
             result = TrialResult.model_validate_json((final / RESULT_FILE).read_text())
-            self._log_result(run_id, trial, result, final)
+            self._log_result(run_id, result, final)
         self.client.set_terminated(run_id, status="FINISHED")
         self._done.add(tid)
 
@@ -306,6 +307,7 @@ class TrialLogger(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
         field, line = trial_error(trial)
+        self.errors[trial.trial_id] = line
         tags = [RunTag("bitsweep.error", line)]
         if field is not None:
             tags.append(RunTag("bitsweep.error_field", field))
@@ -315,12 +317,12 @@ class TrialLogger(tune.Callback):
 
     # -- final results -------------------------------------------------------------------------
 
-    def _log_result(self, run_id: str, trial: Any, result: TrialResult, folder: Path) -> None:
+    def _log_result(self, run_id: str, result: TrialResult, folder: Path) -> None:
         now = int(time.time() * 1000)
         metrics = result.metrics()
         entries = [Metric(k, float(v), now, 0) for k, v in metrics.items() if finite(v)]
         keys = set(metrics)
-        for k, v in sorted(run_params(self.base, trial.config).items()):
+        for k, v in sorted(resolved_params(result.config).items()):
             if finite(v):
                 entries.append(Metric(param_metric_key(k, keys), float(v), now, 0))
         entries.append(Metric("epochs_run", float(result.epochs_run), now, 0))
@@ -339,26 +341,31 @@ class TrialLogger(tune.Callback):
 
 
 def run_params(base: TrialConfig, sampled: dict[str, Any]) -> dict[str, Any]:
-    """The params of a trial's run, one name each: `strategy`, every param of the strategy as
-    resolved, and the training settings `lr`, `optimizer`, `weight_decay`, `momentum`,
-    `batch_size`, `epochs`, `seed` and `schedule` (docs/records.md)."""
+    """The params of the run of a trial drawn as `sampled` from `base` (see `resolved_params`)."""
     from runners.trial import resolve
 
     sampled = dict(sampled)
     seed = sampled.pop("seed", base.seed)
     trial = resolve(base.model_copy(update={"seed": seed, "params": {**base.params, **sampled}}))
-    c = trial.config
+    return resolved_params(trial.config)
+
+
+def resolved_params(c: TrialConfig) -> dict[str, Any]:
+    """The params of a trial's run, one name each, from its resolved config: `strategy`, every
+    param of the strategy, and the training settings `lr`, `optimizer`, `weight_decay`,
+    `momentum`, `batch_size`, `epochs`, `seed` and `schedule` (docs/records.md)."""
+    assert c.optimizer is not None and c.schedule is not None
     return {
         "strategy": c.strategy,
         **c.params,
-        "lr": trial.optimizer.lr,
-        "optimizer": trial.optimizer.name,
-        "weight_decay": trial.optimizer.weight_decay,
-        "momentum": trial.optimizer.momentum,
-        "batch_size": trial.batch_size,
+        "lr": c.optimizer.lr,
+        "optimizer": c.optimizer.name,
+        "weight_decay": c.optimizer.weight_decay,
+        "momentum": c.optimizer.momentum,
+        "batch_size": c.batch_size,
         "epochs": c.epochs,
         "seed": c.seed,
-        "schedule": trial.schedule.name,
+        "schedule": c.schedule.name,
     }
 
 

@@ -142,7 +142,7 @@ class LayerMetrics(BaseModel):
 
 
 class WeightMetrics(BaseModel):
-    """Cost of the deployed weights of all quantized layers together (DESIGN.md, Metrics)."""
+    """Cost of the deployed weights of all quantized layers together (see `strategies.metrics`)."""
 
     numel: int
     unique_weights: int
@@ -203,7 +203,7 @@ class TrialResult(BaseModel):
     environment: EnvironmentInfo
 
     def metrics(self) -> dict[str, float]:
-        """The flat metric dict logged to MLflow (DESIGN.md metric keys)."""
+        """The flat metric dict logged to MLflow (its keys are listed in docs/records.md)."""
         w = self.weights
         out = {
             "test_accuracy": self.test_accuracy,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from service.cli_sweep import tracking_store
 from service.errors import InputRefused
 
 out = Console()
@@ -32,7 +32,7 @@ def rerun(
     from runners.records import report_lines
     from runners.records import rerun as rerun_trial
 
-    client = MlflowClient(_tracking_uri(tracking_uri))
+    client = MlflowClient(tracking_store(tracking_uri, must_exist=True))
     report = rerun_trial(client, run_id)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
@@ -78,19 +78,3 @@ def remove(
         markup=False,
         soft_wrap=True,
     )
-
-
-def _tracking_uri(given: str | None) -> str:
-    from runners.stores import check_store, default_uris
-    from runners.sweep import data_home
-
-    home = data_home()
-    uri = given or default_uris(home)[0]
-    if given is None and not (home / "mlflow.db").exists():
-        raise InputRefused(
-            "tracking_uri", f"no leaderboard yet: {home / 'mlflow.db'} does not exist"
-        )
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise InputRefused("tracking_uri", f"{uri} does not exist (a read never creates a store)")
-    check_store("tracking_uri", uri, mlflow_store=True)
-    return uri

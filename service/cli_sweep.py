@@ -21,6 +21,25 @@ out = Console()
 err = Console(stderr=True)
 
 
+def tracking_store(given: str | None, *, must_exist: bool = False) -> str:
+    """The MLflow store a read command uses: `given`, or the embedded default, which must
+    already exist; `must_exist` also refuses a SQLite file that does not (a read never
+    creates a store). Refuses, naming `tracking_uri`, a store that cannot be reached."""
+    from runners.stores import check_store, default_uris
+    from runners.sweep import data_home
+
+    home = data_home()
+    uri = given or default_uris(home)[0]
+    if given is None and not (home / "mlflow.db").exists():
+        raise InputRefused(
+            "tracking_uri", f"no leaderboard yet: {home / 'mlflow.db'} does not exist"
+        )
+    if must_exist and uri.startswith("sqlite:///") and not Path(uri[10:]).is_file():
+        raise InputRefused("tracking_uri", f"{uri} does not exist (a read never creates a store)")
+    check_store("tracking_uri", uri, mlflow_store=True)
+    return uri
+
+
 def load_spec(path: Path) -> Any:
     """A sweep spec from a YAML or JSON file, validated. Raises InputRefused or ValidationError."""
     from schemas.sweep import SweepSpec
@@ -183,8 +202,6 @@ def leaderboard(
     """The leaderboard of each benchmark: its best trial per strategy, or every trial."""
     from mlflow.tracking import MlflowClient
 
-    from runners.stores import default_uris
-    from runners.sweep import data_home
     from runners.tracking import leaderboard_rows, leaderboard_runs, q
     from schemas.sweep import OBJECTIVE_METRICS
 
@@ -194,15 +211,7 @@ def leaderboard(
         raise InputRefused("--mode", "must be max or min")
     if limit < 1:
         raise InputRefused("--limit", "must be at least 1")
-    home = data_home()
-    uri = tracking_uri or default_uris(home)[0]
-    if tracking_uri is None and not (home / "mlflow.db").exists():
-        raise InputRefused(
-            "tracking_uri", f"no leaderboard yet: {home / 'mlflow.db'} does not exist"
-        )
-    from runners.stores import check_store
-
-    check_store("tracking_uri", uri, mlflow_store=True)
+    uri = tracking_store(tracking_uri)
     client = MlflowClient(uri)
     name = f"bitsweep/{dataset or '%'}/{model or '%'}"
     exps = client.search_experiments(filter_string=f"name LIKE {q(name)}", max_results=1000)

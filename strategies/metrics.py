@@ -1,7 +1,7 @@
 """Cost of deployed weights: unique values, entropy, sparsity, bits and bytes.
 
 Computed the same way for every strategy, from `Strategy.export()` (what would be deployed),
-never from latent floats. Definitions follow DESIGN.md and PAPERS.md:
+never from latent floats. The definitions (listed with their units in docs/records.md):
 
 - `unique_weights`: distinct deployed values over all quantized layers together;
   `unique_nonzero_weights` the same without zero.
@@ -55,7 +55,7 @@ def _stats(values: torch.Tensor) -> tuple[int, int, float, float, float]:
 
 
 def weight_metrics(layers: Mapping[str, ExportedLayer], *, per_layer: bool = True) -> WeightMetrics:
-    """Every weight metric of DESIGN.md from a strategy's export."""
+    """Every weight metric above, from a strategy's export."""
     if not layers:
         raise ValueError("the strategy exported no layers")
     flat = []

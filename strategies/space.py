@@ -8,6 +8,7 @@ from its `Field(ge=..., le=...)` constraints and its search range from a `Search
 from __future__ import annotations
 
 import math
+import random
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -385,6 +386,33 @@ def _no_value(
     )
     rel = "; ".join(str(r) for r in relations)
     return f"no value of the {rng} satisfies {rel} (with {where})"
+
+
+def random_suggest(rng: random.Random, end: str | None = None) -> Suggest:
+    """A `Suggest` drawing uniformly with `rng` (log-uniformly on a log range, on the grid of
+    a stepped one), or taking every range's `end` ('low' or 'high') when given."""
+
+    def suggest(name: str, search: Search, kind: str) -> Any:
+        if search.choices is not None:
+            choices = list(search.choices)
+            if end is not None:
+                return choices[0] if end == "low" else choices[-1]
+            return rng.choice(choices)
+        assert search.low is not None and search.high is not None
+        lo, hi = search.low, search.high
+        if end is not None:
+            v = lo if end == "low" else hi
+        elif search.log:
+            v = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        elif search.step:
+            v = lo + search.step * rng.randint(0, int((hi - lo) // search.step))
+        else:
+            v = rng.uniform(lo, hi)
+        if kind == "int":
+            return min(int(hi), max(int(lo), round(v))) if end is None else int(v)
+        return float(min(hi, max(lo, v)))
+
+    return suggest
 
 
 def trial_suggest(trial: Any) -> Suggest:

@@ -15,9 +15,10 @@ Use it from a plugin's own tests (it needs pytest: `pip install bitsweep[test]`)
         params = {"bits": 3}               # optional: fixed params of every point checked
 
 Every check runs at several points of the strategy's search space: its defaults, each searched
-field at the low and the high end of its range, and points drawn by Optuna's random sampler
-through the same relation-aware sampling a sweep uses. `run_contract(cls)` runs the same checks
-without pytest and returns the failures. Imports no runner.
+field at the low and the high end of its range, and random points drawn through the same
+relation-aware sampling (`strategies.space.sample_point`) a sweep's Optuna search uses.
+`run_contract(cls)` runs the same checks without pytest and returns the failures. Imports no
+runner, and neither Optuna, Ray nor MLflow.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ from strategies.space import (
     check_search,
     default_search,
     field_kind,
+    random_suggest,
     sample_point,
     searchable_fields,
-    trial_suggest,
 )
 
 
@@ -109,7 +110,8 @@ class Point:
 def contract_points(
     cls: type[Strategy], fixed: dict[str, Any] | None = None, *, samples: int = 2, seed: int = 0
 ) -> list[Point]:
-    """The defaults, each searched param at both ends of its range, and `samples` random points.
+    """The defaults, each searched param at both ends of its range, and `samples` random points
+    (seeded by `seed`).
 
     Only the strategy's own params are varied (training knobs do not change what a strategy
     deploys). Ranges are narrowed by the Params' relations, as in a sweep.
@@ -123,14 +125,10 @@ def contract_points(
             drawn = sample_point(cls.Params, space, fixed, _end_suggest(name, end, fields))
             only = {k: v for k, v in drawn.items() if k == name or _moved(cls, k, v)}
             points.append(Point(f"{name} at the {end} end", {**fixed, **only}))
-    if space and samples:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-        for i in range(samples):
-            drawn = sample_point(cls.Params, space, fixed, trial_suggest(study.ask()))
-            points.append(Point(f"sampled point {i + 1}", {**fixed, **drawn}))
+    rng = random.Random(seed)
+    for i in range(samples if space else 0):
+        drawn = sample_point(cls.Params, space, fixed, random_suggest(rng))
+        points.append(Point(f"sampled point {i + 1}", {**fixed, **drawn}))
     unique: dict[str, Point] = {}
     for p in points:
         unique.setdefault(repr(sorted(p.params.items())), p)

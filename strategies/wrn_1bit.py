@@ -20,7 +20,8 @@ from strategies.layers import (
 )
 from strategies.registry import register_strategy
 
-# Numerator of the scale over sqrt(fan_in): He's sqrt(2), or 2 for plain CNNs (PAPERS.md).
+# Numerator of the scale over sqrt(fan_in): He's sqrt(2), or 2 for plain CNNs (McDonnell 2018,
+# arXiv 1802.08530).
 SCALE_NUMERATOR: dict[str, float] = {"he": math.sqrt(2.0), "plain": 2.0}
 
 

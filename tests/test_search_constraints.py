@@ -92,8 +92,6 @@ def searcher(spec: StrategySpec, storage: optuna.storages.BaseStorage, study: st
     """The sweep's searcher for one strategy, on a random sampler."""
     cls, space = strategy_space(spec, 0)
     return _Search(
-        strategy=cls.name,
-        fixed=dict(spec.params),
         space=ConstrainedSpace(cls.name, space, dict(spec.params)),
         metric="test_accuracy",
         mode="max",
