@@ -22,9 +22,10 @@ from strategies.space import SpaceError
 # Share of all weights fixed after each step (the authors' ImageNet schedule).
 FRACTIONS: tuple[float, ...] = (0.3, 0.6, 0.8, 0.9, 0.95, 0.975, 0.99, 0.9975, 0.999, 1.0)
 STEPS = len(FRACTIONS)
-# The geometric grid's ratio is 1 / (1 - tol); beyond this it would skip powers of two and
-# blow up at 1. Every power of two in range is a centre anyway, so coarser grids add nothing.
-_MAX_GRID_TOL = 0.5
+# The geometric grid's ratio is (1 + tol) / (1 - tol): 2 at tol = 1/3, infinite at tol = 1.
+# Past 1/3 the grid would be sparser than the powers of two, which are centres anyway: the
+# ratio stops at 2, and the grid then puts every magnitude within relative distance 1/3.
+_MAX_GRID_TOL = 1.0 / 3.0
 
 
 # -- centres and the greedy clustering ---------------------------------------------------------
@@ -54,23 +55,37 @@ def additive_pow2(v: torch.Tensor, terms: int, tol: float) -> torch.Tensor:
     return out
 
 
+def grid_ratio(tol: float) -> float:
+    """(1 + tol) / (1 - tol) for tol capped at 1/3, so at most 2: between grid neighbours g and
+    r * g, the magnitude m equally far from both, |m - g| / m = |r * g - m| / m, is
+    m = g * (1 + r) / 2 = g / (1 - tol), at relative distance exactly tol from both."""
+    tol = min(tol, _MAX_GRID_TOL)
+    return (1.0 + tol) / (1.0 - tol)
+
+
+def geometric_grid(gamma0: float, top: float, tol: float, device: torch.device) -> torch.Tensor:
+    """g_i = gamma0 * r^i, r = grid_ratio(tol), i = 0..n-1, up to the first point >= `top`
+    (float64). Every magnitude m in [gamma0, top] has a grid point g with
+    |m - g| <= min(tol, 1/3) * m."""
+    log_r = math.log(grid_ratio(tol))
+    n = math.ceil(math.log(max(top, gamma0) / gamma0) / log_r) + 1
+    return gamma0 * torch.exp(log_r * torch.arange(n, device=device, dtype=torch.float64))
+
+
 def centre_magnitudes(
     max_abs: float, tol: float, terms: int, gamma0: float, device: torch.device
 ) -> torch.Tensor:
-    """Sorted positive centres covering [gamma0, max_abs]: every power of two in range, and a
-    geometric grid g_i = gamma0 / (1 - tol)^i (each magnitude lies within relative distance tol
-    of a grid point) rounded to sums of at most `terms` signed powers of two."""
+    """Sorted positive centres covering [gamma0, max_abs]: every power of two in range, and the
+    `geometric_grid` of ratio (1 + tol) / (1 - tol) (each magnitude lies within relative
+    distance tol of a grid point) rounded to sums of at most `terms` signed powers of two,
+    a term added while the residual is at least tol times the grid point."""
     lo = round(math.log2(gamma0))
     hi = max(lo, math.ceil(math.log2(max(max_abs, gamma0))))
     exps = torch.arange(lo, hi + 1, device=device, dtype=torch.float32)
     pows = exp2_exact(exps)
     if terms == 1:
         return pows
-    tol = min(tol, _MAX_GRID_TOL)
-    n = math.ceil(math.log(2.0**hi / gamma0) / -math.log1p(-tol)) + 1
-    grid = gamma0 * torch.exp(
-        -math.log1p(-tol) * torch.arange(n, device=device, dtype=torch.float64)
-    )
+    grid = geometric_grid(gamma0, 2.0**hi, tol, device)
     mags = additive_pow2(grid.to(torch.float32), terms, tol)
     return torch.unique(torch.cat([pows, mags[mags >= gamma0]]))
 
@@ -152,8 +167,8 @@ def fix_weights(
     """Fix free weights of the flat network vector `w` until `target` are fixed, in place on
     the flat `fixed` mask and `value` vector. Starts from powers of two; when every centre's
     acceptable weights are used up, allows one more power-of-two term, and past `max_terms`
-    doubles the allowed distance (the authors double it after too many term increases), so
-    the target is always reached."""
+    doubles the allowed distance (the authors, who cap no term count, double it after 20 term
+    increases), so the target is always reached."""
     before = int(fixed.sum())
     needed = target - before
     terms, allowed = 1, delta_t
@@ -248,15 +263,17 @@ class WeightFixing(Strategy):
 
     Forward: W = where(fixed, centre, W_latent); fixed weights get zero gradient and stay
     exactly at their centre. Centres: zero for |w| < gamma0 = 2^-7; above it, powers of two,
-    or sums of up to `max_terms` signed powers of two made by rounding a geometric grid
-    (ratio 1/(1 - delta_t), so every magnitude is within relative distance delta_t of a grid
-    point) term by term, as in the authors' code. Step t allows delta_t = max(delta,
+    or sums of up to `max_terms` signed powers of two made by rounding a geometric grid term by
+    term, as in the authors' code (ratio (1 + delta_t)/(1 - delta_t): every magnitude is within
+    relative distance delta_t of a grid point). Step t allows delta_t = max(delta,
     delta * (T - t)), from 10*delta down to delta. Greedy clustering: take the centre that is
     nearest for the most free weights; among the free weights whose nearest centre it is, fix
     the closest (relative distance |w - c| / |w|) while their mean distance stays <= delta_t;
     next centre; until the step's fraction is fixed. A level starts with powers of two only;
     when all centres are used up, one more term is allowed, and beyond `max_terms` the allowed
-    distance doubles (the authors' fallback), so every target is met.
+    distance doubles, so every target is met. `max_terms` (3) is bitsweep's bound: the
+    authors' code caps no term count, adds a term each time no centre can take more weights,
+    and doubles the distance only after 20 such increases.
 
     Regularizer (fixing phase only, on free weights): d = mean over free weights of
     sum_c softmin_c(d_c / tau) * d_c, d_c = |w - c| / max(|w|, gamma0), c over the centres in
@@ -270,10 +287,11 @@ class WeightFixing(Strategy):
     Adam with clipping 0.5. Reconstructed / changed: a centre's candidates are only the weights
     whose nearest centre it is (without this a large delta_t collapses accuracy); fixed weights
     are never re-clustered (the authors' code re-clusters from scratch each step); the softmin
-    runs over the two bracketing centres; the authors' code overwrote its relative-distance
-    regularizer by a bug, here it is the paper's; epochs per step follow the trial length
-    unless `epochs_per_step` is set (the paper's 3); lr 1e-3 (the authors' 2e-5 fine-tunes
-    ImageNet nets, this trains from scratch); BatchNorm parameters and biases are never fixed.
+    runs over the two bracketing centres; the regularizer is the paper's, as in the authors'
+    final code (an earlier commit of theirs overwrote it by a bug); at most `max_terms` terms
+    per centre; epochs per step follow the trial length unless `epochs_per_step` is set (the
+    paper's 3); lr 1e-3 (the authors' 2e-5 fine-tunes ImageNet nets, this trains from
+    scratch); BatchNorm parameters and biases are never fixed.
     Deployment: per layer a codebook of its distinct values; bits = ceil(log2 K) per weight,
     n_floats = K, codes = codebook indices. A layer that still has free weights (a trial
     stopped early) deploys as float32, bits = 32.
@@ -288,10 +306,10 @@ class WeightFixing(Strategy):
         "faithful: fixing schedule, whole-network power-of-two / additive power-of-two centres, "
         "delta_t, greedy mean-distance clustering, zero gradient on fixed weights, softmin "
         "regularizer scaled to lambda*CE (zero distance below gamma0), Adam + clip 0.5; "
-        "reconstructed: candidates restricted to each centre's nearest weights, no "
-        "re-clustering of fixed weights, float pre-training inside the trial, epochs per step "
-        "from the trial length unless epochs_per_step (paper: 3) is set, lr for training from "
-        "scratch, BatchNorm and biases left float"
+        "reconstructed: candidates restricted to each centre's nearest weights, at most "
+        "max_terms terms per centre, no re-clustering of fixed weights, float pre-training "
+        "inside the trial, epochs per step from the trial length unless epochs_per_step "
+        "(paper: 3) is set, lr for training from scratch, BatchNorm and biases left float"
     )
 
     class Params(StrategyParams):

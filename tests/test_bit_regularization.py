@@ -1,5 +1,6 @@
-"""BitNet (bit_regularization) against its paper: the min-max integer grid, the straight-through
-forward with W~, the regularizer, the sign_eps bit-depth update and its limits, and the export."""
+"""BitNet (bit_regularization) against its paper: the min-max integer grid, the training forward
+at W (the paper) or at W~ (straight-through), the regularizer, the sign_eps bit-depth update and
+its limits, and the export."""
 
 from __future__ import annotations
 
@@ -120,15 +121,40 @@ def test_one_bit_layer_deploys_its_min_and_max() -> None:
         assert torch.allclose(layer.weight.unique(), torch.stack([w.min(), w.max()]).detach())
 
 
-def test_forward_computes_with_the_exported_weights() -> None:
-    strategy, model = short_training(BitRegularization, {}, seed=2)
+@pytest.mark.parametrize("train_forward", ["full_precision", "quantized"])
+def test_eval_forward_computes_with_the_exported_weights(train_forward: str) -> None:
+    strategy, model = short_training(BitRegularization, {"train_forward": train_forward}, seed=2)
+    model.eval()
     exported = strategy.export(model)
     layers = dict(quantizable_layers(model))
     assert all(torch.equal(layers[n].weight.detach(), e.weight) for n, e in exported.items())
 
 
-def test_gradient_reaches_latent_straight_through() -> None:
-    _, model = _prepared()
+def test_papers_training_forward_computes_with_the_float_weights() -> None:
+    # "we cannot simply plug in W~ ... l(W) can be used instead": training sees W, not W~.
+    strategy, model = _prepared(init_bits=2)
+    model.train()
+    layers = dict(quantizable_layers(model))
+    exported = strategy.export(model)
+    assert all(
+        torch.equal(layers[n].weight.detach(), latent_weight(layers[n]).detach())
+        and not torch.equal(layers[n].weight.detach(), e.weight)
+        for n, e in exported.items()
+    )
+
+
+def test_quantized_training_forward_computes_with_the_grid() -> None:
+    strategy, model = _prepared(init_bits=2, train_forward="quantized")
+    model.train()
+    layers = dict(quantizable_layers(model))
+    exported = strategy.export(model)
+    assert all(torch.equal(layers[n].weight.detach(), e.weight) for n, e in exported.items())
+
+
+@pytest.mark.parametrize("train_forward", ["full_precision", "quantized"])
+def test_gradient_reaches_latent_unchanged(train_forward: str) -> None:
+    _, model = _prepared(train_forward=train_forward)
+    model.train()
     layer = model.fc1
     c = torch.randn_like(layer.weight)
     (layer.weight * c).sum().backward()
@@ -150,12 +176,52 @@ def test_learned_bits_are_reported_and_priced_per_layer() -> None:
     strategy, model = short_training(BitRegularization, {"lambda2": 1e-3}, seed=0)
     info = strategy.extra_metrics(model)
     exported = strategy.export(model)
+    # alpha and delta, and the layer's float32 bias (TinyNet's conv has none, its fcs do)
+    biases = {"conv": 0, "fc1": 24, "fc2": 4}
     expected_bits = sum(
-        e.weight.numel() * info[f"layer.{n}.bits"] + 64 for n, e in exported.items()
+        e.weight.numel() * info[f"layer.{n}.bits"] + 32 * (2 + biases[n])
+        for n, e in exported.items()
     )
-    assert weight_metrics(exported).weight_bits == expected_bits and info["mean_bits_learned"] == (
-        sum(info[f"layer.{n}.bits"] for n in exported) / len(exported)
+    mean_bits = sum(info[f"layer.{n}.bits"] for n in exported) / len(exported)
+    assert (
+        weight_metrics(exported).weight_bits == expected_bits
+        and info["mean_bits_learned"] == mean_bits
+        and info["compression_ratio_paper"] == 32.0 / mean_bits
+        and [e.info["bias_floats"] for e in exported.values()] == list(biases.values())
     )
+
+
+def test_max_bits_reaches_the_papers_32_bit_limit_exactly() -> None:
+    # lambda2 = 0 keeps 32 bits (the paper's limit); codes past float32's 24 exact bits still
+    # fit 32 bits and decode to the forward's W~.
+    params = {"lambda2": 0.0, "init_bits": 32, "max_bits": 32}
+    strategy, model = short_training(BitRegularization, params, seed=0)
+    model.eval()
+    layers = dict(quantizable_layers(model))
+    for name, e in strategy.export(model).items():
+        assert e.bits == 32 and e.codes is not None and e.codes.dtype == torch.int64
+        assert int(e.codes.min()) >= 0 and int(e.codes.max()) <= 2**32 - 1
+        assert torch.equal(e.decode(), e.weight)
+        assert torch.equal(layers[name].weight.detach(), e.weight)
+        w = latent_weight(layers[name]).detach()
+        assert float((e.weight - w).abs().max()) <= float(w.max() - w.min()) * 2.0**-23
+
+
+def test_quantization_error_outweighing_bit_cost_ends_with_more_bits() -> None:
+    # lambda1 >> lambda2 adds bits to a coarse start; lambda2 >> lambda1 removes them.
+    start = {"init_bits": 3, "eps": 0.0, "mu": 1.0, "max_bits": 16}
+    error_heavy, m1 = short_training(
+        BitRegularization, {**start, "lambda1": 1.0, "lambda2": 1e-9}, seed=0
+    )
+    cost_heavy, m2 = short_training(
+        BitRegularization, {**start, "lambda1": 1e-9, "lambda2": 1.0}, seed=0
+    )
+    more, fewer = _bits(error_heavy, m1), _bits(cost_heavy, m2)
+    assert (
+        sum(more.values()) / len(more) > 3 + 1
+        and all(more[n] > fewer[n] for n in more)
+        and set(fewer.values()) == {1}
+    ), (more, fewer)
 
 
 def test_resume_continues_bits_and_weights_exactly() -> None:

@@ -1,6 +1,7 @@
 """exact_binary against the properties its paper's abstract states (arXiv 2107.01400): exact
-gradients through a group transform, binary deployment, no saturating nonlinearity, no
-auxiliary loss, no change to the architecture, the float recipe, and no deploy gap."""
+gradients through a group transform, binary deployment, scale invariance, no auxiliary loss,
+no change to the architecture, the float recipe, and no deploy gap; and the slope profile of
+the map after the anneal, an annealed soft sign."""
 
 from __future__ import annotations
 
@@ -55,6 +56,52 @@ def test_layer_gradient_flows_through_the_transform_not_straight_through() -> No
         and torch.allclose(v.grad, expected)
         and not torch.allclose(v.grad, upstream)
     )
+
+
+def _slopes(fraction: float, us: list[float]) -> tuple[float, float, list[float]]:
+    """(p, eps, dt/du at each |u| in `us`): the slope of the strategy's own training forward
+    after `fraction` of the steps, by autograd, in normalized units (t = W / s, u = v / max|v|).
+
+    The layer's single row is [1, *us], so the group maximum is 1 and no entry of `us` moves
+    it: the gradient of the sum of the other weights is then exactly their own slopes times s.
+    """
+    n = len(us) + 1
+    strategy, model = _prepared(nn.Sequential(nn.Linear(n, 1, bias=False)).double())
+    strategy.on_step(model, _at(fraction))
+    v = latent_weight(model[0])
+    with torch.no_grad():
+        v.copy_(torch.tensor([[1.0, *us]], dtype=torch.float64))
+    model[0].weight[0, 1:].sum().backward()
+    assert v.grad is not None
+    eps = float(strategy.params.eps)  # type: ignore[attr-defined]
+    return strategy.p, eps, (v.grad[0, 1:] / math.sqrt(2 / n)).tolist()
+
+
+def test_slope_profile_is_p_u_to_the_p_minus_1_an_annealed_soft_sign() -> None:
+    us = [0.5, 0.1, 1e-3, 0.0]
+
+    # Before the anneal (p = 1): a linear normalization, slope 1 everywhere, zero included.
+    p, _, start = _slopes(0.0, us)
+    assert p == 1.0 and start == pytest.approx([1.0] * 4, rel=1e-12)
+
+    p, eps, end = _slopes(1.0, us)  # after the anneal: p = p_final (0.005 by default)
+    slope = dict(zip(us, end, strict=True))
+    # The closed form of the map's slope; it is p*|u|^(p-1) where |u| >> eps / sqrt(p).
+    smooth = {
+        u: (u * u + eps * eps) ** ((p - 1) / 2) * (eps**2 + p * u * u) / (u * u + eps**2)
+        for u in us
+    }
+    assert slope == pytest.approx(smooth, rel=1e-9)
+    assert slope[0.5] == pytest.approx(p * 0.5 ** (p - 1), rel=1e-3)
+    assert slope[0.1] == pytest.approx(p * 0.1 ** (p - 1), rel=0.03)
+    # Near zero eps caps the power law's infinite slope at eps^(p - 1).
+    assert slope[0.0] == pytest.approx(eps ** (p - 1), rel=1e-9)
+    assert slope[1e-3] == pytest.approx(eps ** (p - 1) * (1 + p) / 2 ** ((3 - p) / 2), rel=1e-9)
+    # The profile at the defaults: flat (0.01) over most of the group, ~1000 at zero.
+    assert (p, eps) == (0.005, 1e-3)
+    assert slope[0.5] == pytest.approx(0.00997, abs=5e-5)
+    assert slope[1e-3] == pytest.approx(344, abs=1) and slope[0.0] == pytest.approx(966, abs=1)
+    assert slope[0.0] / slope[0.5] > 1e4
 
 
 def test_export_holds_exactly_two_values_per_layer() -> None:

@@ -19,7 +19,15 @@ from strategies.layers import parametrizations
 from strategies.metrics import weight_metrics
 from strategies.space import SpaceError
 from strategies.testing import TinyNet, short_training, tiny_data
-from strategies.weight_fixing import FRACTIONS, STEPS, WeightFixing, _Fixable, fix_weights
+from strategies.weight_fixing import (
+    FRACTIONS,
+    STEPS,
+    WeightFixing,
+    _Fixable,
+    centre_magnitudes,
+    fix_weights,
+    geometric_grid,
+)
 
 GAMMA0 = 2.0**-7
 
@@ -122,6 +130,62 @@ def test_delta_t_shrinks_from_ten_delta_to_delta() -> None:
 
 
 # -- centres and clustering ---------------------------------------------------------------------
+
+
+def nearest_relative_distance(m: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Per magnitude m: min over grid points g of |m - g| / m (float64)."""
+    j = torch.searchsorted(grid, m).clamp(1, grid.numel() - 1)
+    return torch.minimum((m - grid[j - 1]).abs(), (grid[j] - m).abs()) / m
+
+
+@pytest.mark.parametrize("delta", [0.0075, 0.015, 0.05, 0.1, 0.3])
+def test_grid_ratio_is_one_plus_delta_over_one_minus_delta(delta: float) -> None:
+    grid = geometric_grid(GAMMA0, 4.0, delta, torch.device("cpu"))
+    ratios = grid[1:] / grid[:-1]
+    assert grid[0] == GAMMA0 and float(grid[-1]) >= 4.0 and float(grid[-2]) < 4.0
+    assert torch.allclose(ratios, torch.full_like(ratios, (1 + delta) / (1 - delta)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("delta", [0.0075, 0.015, 0.05, 0.1, 0.3])
+def test_every_magnitude_in_range_is_within_delta_of_a_grid_point(delta: float) -> None:
+    grid = geometric_grid(GAMMA0, 4.0, delta, torch.device("cpu"))
+    m = torch.logspace(math.log10(GAMMA0), math.log10(4.0), 400_000, dtype=torch.float64)
+    d = nearest_relative_distance(m, grid)
+    # Within delta everywhere, and the worst case is delta itself (halfway between neighbours
+    # relative to the magnitude): a grid twice as dense would stay below delta / (2 - delta).
+    assert float(d.max()) <= delta * (1 + 1e-9)
+    assert float(d.max()) >= 0.99 * delta
+
+
+@pytest.mark.parametrize("delta", [0.0075, 0.015, 0.05])
+def test_one_octave_holds_the_grid_points_of_ratio_one_plus_delta_over_one_minus_delta(
+    delta: float,
+) -> None:
+    grid = geometric_grid(GAMMA0, 4.0, delta, torch.device("cpu"))
+    per_octave = int(((grid >= 0.25) & (grid < 0.5)).sum())
+    expected = math.log(2) / math.log((1 + delta) / (1 - delta))
+    denser = math.log(2) / -math.log1p(-delta)  # ratio 1 / (1 - delta): about twice as many
+    assert math.floor(expected) <= per_octave <= math.ceil(expected)
+    assert per_octave < 0.6 * denser
+
+
+@pytest.mark.parametrize("delta", [1 / 3, 0.5, 1.0])
+def test_grid_ratio_stops_at_two_past_a_third(delta: float) -> None:
+    grid = geometric_grid(GAMMA0, 4.0, delta, torch.device("cpu"))
+    assert torch.allclose(grid[:10], GAMMA0 * 2.0 ** torch.arange(10, dtype=torch.float64))
+    m = torch.logspace(math.log10(GAMMA0), math.log10(4.0), 100_000, dtype=torch.float64)
+    assert float(nearest_relative_distance(m, grid).max()) <= 1 / 3 + 1e-9
+
+
+def test_centres_with_more_terms_come_from_the_grid() -> None:
+    # At 0.015 the grid has 23 points an octave (the denser 1 / (1 - delta) grid 46): rounded
+    # to two or three terms they give more centres there than powers of two alone, but no more
+    # than the grid points and the octave's power of two; every power of two stays a centre.
+    pows = centre_magnitudes(1.0, 0.015, 1, GAMMA0, torch.device("cpu"))
+    for terms in (2, 3):
+        mags = centre_magnitudes(1.0, 0.015, terms, GAMMA0, torch.device("cpu"))
+        octave = mags[(mags >= 0.25) & (mags < 0.5)]
+        assert bool(torch.isin(pows, mags).all()) and 1 < octave.numel() <= 24
 
 
 def test_exported_values_are_zero_or_powers_of_two_with_one_term() -> None:

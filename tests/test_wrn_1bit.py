@@ -1,9 +1,11 @@
 """wrn_1bit against its paper (McDonnell, arXiv 1802.08530): +-sqrt(2/fan_in) on every layer,
-an identity straight-through gradient, and the paper's recipe and WRN architecture."""
+an identity straight-through gradient, the paper's recipe and WRN architecture, and SGD
+momentum carried through warm restarts."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -11,9 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+import runners.trial
 from runners.models import build_model
-from runners.trial import lr_factor, run_trial
+from runners.trial import lr_factor, run_trial, train
 from schemas.trial import TrialConfig
+from strategies.base import Progress
 from strategies.layers import latent_weight, quantizable_layers
 from strategies.wrn_1bit import WRN1Bit, _Binarize
 
@@ -135,6 +139,51 @@ def test_recipe_decays_lr_from_point_one_to_1e_4_with_doubling_cycles() -> None:
         125,
     )
     assert [round(r.optimizer.lr * f, 6) for f in ends] == [0.1, 0.0001, 0.1, 0.0001, 0.1]
+
+
+def test_sgd_momentum_buffers_carry_through_a_warm_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The trial engine builds one optimizer and only sets its lr at a restart, as the Keras
+    # port's LR_WarmRestart callback does; the authors' Matlab code zeroes the buffers there.
+    built: list[torch.optim.Optimizer] = []
+    build = runners.trial.build_optimizer
+
+    def spy_build(*args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    seen: list[dict[str, Any]] = []  # after each optimizer step
+
+    def spy_step(self: WRN1Bit, model: nn.Module, progress: Progress) -> None:
+        params = [q for g in built[-1].param_groups for q in g["params"]]
+        seen.append(
+            {
+                "step": progress.step,
+                "first_of_epoch": progress.step % progress.steps_per_epoch == 1,
+                "lr": progress.lr,
+                "buf": [built[-1].state[q]["momentum_buffer"].clone() for q in params],
+                "grad": [q.grad.clone() for q in params],
+                "weight": [q.detach().clone() for q in params],
+            }
+        )
+
+    monkeypatch.setattr(runners.trial, "build_optimizer", spy_build)
+    monkeypatch.setattr(WRN1Bit, "on_step", spy_step)
+    train(TrialConfig(strategy="wrn_1bit", dataset="digits", model="mlp", epochs=3))
+
+    # The first step of epoch 3 starts the second cycle (t0 = 2 epochs).
+    r = [i for i, rec in enumerate(seen) if rec["first_of_epoch"]][2]
+    before, at = seen[r - 1], seen[r]
+    opt = WRN1Bit.recipe.optimizer
+    assert len(built) == 1 and before["lr"] < 1e-3 and at["lr"] == pytest.approx(opt.lr)
+    for buf0, buf1, grad, w in zip(
+        before["buf"], at["buf"], at["grad"], before["weight"], strict=True
+    ):
+        added = grad + opt.weight_decay * w  # what SGD adds to the buffer at this step
+        assert torch.allclose(buf1, opt.momentum * buf0 + added, rtol=1e-5, atol=1e-7)
+        # Kept, not zeroed: the carried part is a sizeable share of the new buffer.
+        assert float((opt.momentum * buf0).norm()) > 0.1 * float(added.norm())
 
 
 @pytest.mark.slow
