@@ -151,7 +151,10 @@ def save_weights(
                 encoding=layer.encoding,
                 numel=int(layer.weight.numel()),
             )
-            payload += tensors[name + PACKED_SUFFIX].numel() + 4 * len(floats + book)
+            # Floats the layer declares beyond these (BitNet counts its float biases) are
+            # stored with the model's other state below, and counted here.
+            stored = max(int(layer.n_floats), len(floats + book))
+            payload += tensors[name + PACKED_SUFFIX].numel() + 4 * stored
         else:
             tensors[name] = layer.weight.detach().to("cpu", torch.float32).contiguous()
             payload += 4 * layer.weight.numel()
