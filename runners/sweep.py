@@ -3,7 +3,7 @@ params, MLflow recording every trial as a child run of the sweep's parent run.
 
 `plan_sweep` validates a spec against everything it names (strategies, ranges, dataset, model,
 stores) and writes nothing; `run_sweep` runs a plan, or resumes a stopped sweep of the same
-spec, with the strategies one after another and each strategy's trials in parallel.
+spec, with every strategy's trials interleaved in one Tune experiment (`runners.sweep_search`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ import optuna
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from runners.data import Dataset, DatasetError, load_dataset
 from runners.models import build_model
-from runners.search import ConstrainedSpace, SpecError, check_params, strategy_space
+from runners.search import ConstrainedSpace, SpecError, strategy_space
 from runners.stores import check_storage_path, check_store, default_uris
+from runners.sweep_search import PerStrategyScheduler, StrategySearch, SweepSearcher, split_config
 from runners.tracking import (
-    TUNE_TRIAL_ATTR,
     TrialLogger,
     bitsweep_version,
     dataset_input,
@@ -50,7 +49,7 @@ from runners.trial import ConfigError, resolve
 from runners.worker import trainable
 from schemas.sweep import StrategySpec, SweepSpec
 from schemas.trial import TrialConfig
-from strategies import get_strategy, strategy_origin
+from strategies import strategy_origin
 from strategies.base import Search, Strategy
 
 log = logging.getLogger(__name__)
@@ -155,83 +154,6 @@ def plan_sweep(spec: SweepSpec, *, home: Path | None = None, check_stores: bool 
         dataset=dataset,
         strategies=plans,
     )
-
-
-class _Search(OptunaSearch):
-    """OptunaSearch over a strategy's `ConstrainedSpace`, told only of finished trials, and
-    never handing Tune a combination the strategy refuses.
-
-    Per-epoch results would become Optuna intermediate values, which nothing reads here
-    (Tune turns Optuna's pruner off; early stopping is ASHA's job). Skipping them also keeps a
-    trial that finished before a sweep stopped, and reports again on resume, from writing to
-    an Optuna trial that is already complete.
-
-    The space's ranges follow the strategy's relations; a point that a validator of its own
-    still refuses is told to Optuna as FAIL (with the reason as a user attribute) and drawn
-    again, so it is never trained.
-    """
-
-    MAX_DRAWS = 50
-    MAX_REPEATS = 20
-
-    def __init__(self, *, space: ConstrainedSpace, **kw: Any) -> None:
-        super().__init__(space=space, **kw)
-        self._strategy = space.strategy
-        self._fixed = space.fixed
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        return None
-
-    def _setup_study(self, mode: str | list[str]) -> None:
-        super()._setup_study(mode)
-        assert self._ot_study is not None
-        metric = self._metric
-        self._ot_study.set_metric_names(list(metric) if isinstance(metric, list) else [metric])
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        cls = get_strategy(self._strategy)
-        for _ in range(self.MAX_DRAWS):
-            config = super().suggest(trial_id)
-            if not isinstance(config, dict):
-                return config
-            try:
-                check_params(cls, {**self._fixed, **config}, where="params")
-            except SpecError as e:
-                self._redraw(trial_id, f"{e.field}: {e.reason}")
-                log.info("%s: drawn point refused (%s); drawing again", self._strategy, e)
-                continue
-            repeat = self._repeat_of(trial_id, config)
-            if repeat is not None:
-                self._redraw(trial_id, f"repeats trial {repeat}")
-                continue
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
-            return config
-        raise SpecError(
-            "search", f"{self.MAX_DRAWS} points drawn for {self._strategy} were all refused"
-        )
-
-    def _redraw(self, trial_id: str, why: str) -> None:
-        assert self._ot_study is not None
-        ot_trial = self._ot_trials.pop(trial_id)
-        ot_trial.set_user_attr("bitsweep.refused", why)
-        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-
-    def _repeat_of(self, trial_id: str, config: dict[str, Any]) -> int | None:
-        """The number of an earlier trial (not a refused one) drawn with exactly `config`; a
-        sampler may repeat a point (NSGA-II's crossover without mutation), which would spend a
-        trial learning nothing. Once the space seems exhausted, repeats are allowed."""
-        assert self._ot_study is not None
-        this = self._ot_trials[trial_id].number
-        trials = self._ot_study.get_trials(deepcopy=False)
-        refused = sum(
-            1 for t in trials if "repeats trial" in t.user_attrs.get("bitsweep.refused", "")
-        )
-        if refused >= self.MAX_REPEATS:
-            return None
-        for t in trials:
-            if t.number != this and "bitsweep.refused" not in t.user_attrs and t.params == config:
-                return t.number
-        return None
 
 
 # -- state of a sweep ------------------------------------------------------------------------
@@ -571,14 +493,12 @@ def run_sweep(
     data_ref = plan.dataset
     try:
         for sp in plan.strategies:
-            if state.strategies.get(sp.name) == "finished":
-                _count_finished(client, state, sp.name, progress)
-                continue
             state.strategies[sp.name] = "running"
-            state.save(home)
-            _run_strategy(plan, sp, state, storage, data_ref, progress_key, resume)
+        state.save(home)
+        _run_experiment(plan, state, storage, data_ref, progress_key, resume)
+        for sp in plan.strategies:
             state.strategies[sp.name] = "finished"
-            state.save(home)
+        state.save(home)
     finally:
         _PROGRESS.pop(progress_key, None)
 
@@ -649,35 +569,38 @@ def run_sweep(
     )
 
 
-def _run_strategy(
+EXPERIMENT = "trials"  # the folder of a sweep's one Tune experiment, under its sweep id
+
+
+def _run_experiment(
     plan: Plan,
-    sp: StrategyPlan,
     state: SweepState,
     storage: optuna.storages.BaseStorage,
     data: Dataset,
     progress_key: str,
     resume: bool,
 ) -> None:
+    """Every strategy's trials in one Tune experiment (or the rest of it, on resume)."""
     spec = plan.spec
-    base = base_trial(spec, sp.spec)
+    bases = {sp.name: base_trial(spec, sp.spec) for sp in plan.strategies}
     fn = tune.with_resources(
-        tune.with_parameters(trainable, data=data, base=base, export_weights=spec.export_weights),
+        tune.with_parameters(trainable, data=data, bases=bases, export_weights=spec.export_weights),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
-    name = f"{sp.index:02d}-{sp.name}"
     root = f"{plan.storage_root}/{state.sweep_id}"
-    path = f"{root}/{name}"
+    path = f"{root}/{EXPERIMENT}"
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=False)
     else:
         if "://" not in path and Path(path).exists():
             shutil.rmtree(path)  # a start that never got as far as a restorable state
-        tuner = _new_tuner(plan, sp, state, storage, fn, root, name, progress_key)
+        tuner = _new_tuner(plan, state, storage, fn, root, progress_key)
     # Tune prints its own tables on stdout; bitsweep's output is its own, so they go to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         tuner.fit()
-    _drop_lost_runs(plan, state, sp.name)
-    _fail_lost_study_trials(storage, f"{state.sweep_id}/{sp.name}")
+    for sp in plan.strategies:
+        _drop_lost_runs(plan, state, sp.name)
+        _fail_lost_study_trials(storage, f"{state.sweep_id}/{sp.name}")
 
 
 def _fail_lost_study_trials(storage: optuna.storages.BaseStorage, study_name: str) -> None:
@@ -714,48 +637,87 @@ def _drop_lost_runs(plan: Plan, state: SweepState, strategy: str) -> None:
 
 def _new_tuner(
     plan: Plan,
-    sp: StrategyPlan,
     state: SweepState,
     storage: optuna.storages.BaseStorage,
     fn: Any,
     root: str,
-    name: str,
     progress_key: str,
 ) -> tune.Tuner:
     spec = plan.spec
     metrics = [o.metric for o in spec.objectives]
     modes: list[str] = [o.mode for o in spec.objectives]
-    param_space: dict[str, Any] = {}
-    search_alg = None
-    num_samples = sp.trials
-    if sp.space:
-        search_alg = _Search(
-            space=ConstrainedSpace(sp.name, sp.space, dict(sp.spec.params)),
-            metric=metrics if len(metrics) > 1 else metrics[0],
-            mode=modes if len(modes) > 1 else modes[0],
-            sampler=_sampler(spec, sp.trials),
-            study_name=f"{state.sweep_id}/{sp.name}",
-            storage=storage,
+    metric: str | list[str] = metrics if len(metrics) > 1 else metrics[0]
+    mode: str | list[str] = modes if len(modes) > 1 else modes[0]
+    searches: dict[str, StrategySearch | None] = {}
+    for sp in plan.strategies:
+        # Nothing to search: the strategy's trials are replicates over seeds.
+        searches[sp.name] = (
+            StrategySearch(
+                space=ConstrainedSpace(sp.name, sp.space, dict(sp.spec.params)),
+                metric=metric,
+                mode=mode,
+                sampler=_sampler(spec, sp.trials),
+                study_name=f"{state.sweep_id}/{sp.name}",
+                storage=storage,
+            )
+            if sp.space
+            else None
         )
-    else:
-        # Nothing to search: the trials are replicates over seeds.
-        param_space = {"seed": tune.grid_search([spec.seed + k for k in range(sp.trials)])}
-        num_samples = 1
+    searcher = SweepSearcher(
+        searches=searches,
+        budgets={sp.name: sp.trials for sp in plan.strategies},
+        seeds={sp.name: [spec.seed + k for k in range(sp.trials)] for sp in plan.strategies},
+        metric=metric,
+        mode=mode,
+    )
     scheduler = None
     if spec.early_stopping.enabled:
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            metric="val_accuracy",
-            mode="max",
-            max_t=spec.epochs + 1,
-            grace_period=spec.early_stopping.grace_period,
-            reduction_factor=spec.early_stopping.reduction_factor,
+        scheduler = PerStrategyScheduler(
+            {
+                sp.name: ASHAScheduler(
+                    time_attr="training_iteration",
+                    metric="val_accuracy",
+                    mode="max",
+                    max_t=spec.epochs + 1,
+                    grace_period=spec.early_stopping.grace_period,
+                    reduction_factor=spec.early_stopping.reduction_factor,
+                )
+                for sp in plan.strategies
+            }
         )
+    loggers = {
+        sp.name: _strategy_logger(plan, state, sp, progress_key, metrics[0])
+        for sp in plan.strategies
+    }
+    return tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=sum(sp.trials for sp in plan.strategies),
+            max_concurrent_trials=spec.max_concurrent_trials,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=root,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[StrategyCallbacks(loggers)],
+            verbose=0,
+        ),
+    )
+
+
+def _strategy_logger(
+    plan: Plan, state: SweepState, sp: StrategyPlan, progress_key: str, objective: str
+) -> SweepLogger:
+    spec = plan.spec
     origin = strategy_origin(sp.name)
-    logger = SweepLogger(
+    return SweepLogger(
         tracking_uri=plan.tracking_uri,
         progress_key=progress_key,
-        objective=metrics[0],
+        objective=objective,
         experiment_id=state.experiment_id,
         parent_run_id=state.parent_run_id,
         sweep_id=state.sweep_id,
@@ -774,25 +736,34 @@ def _new_tuner(
         inputs=[plan.dataset_input],
         study_name=f"{state.sweep_id}/{sp.name}",
     )
-    return tune.Tuner(
-        fn,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=num_samples,
-            max_concurrent_trials=spec.max_concurrent_trials,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=root,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[logger],
-            verbose=0,
-        ),
-    )
+
+
+class StrategyCallbacks(tune.Callback):
+    """Hands each trial's events to the logger of its strategy."""
+
+    def __init__(self, loggers: dict[str, SweepLogger]) -> None:
+        self.loggers = loggers
+
+    def _of(self, trial: Any) -> SweepLogger:
+        name, _ = split_config(trial.config)
+        return self.loggers[name or ""]
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._of(trial).on_trial_start(iteration, trials, trial, **info)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        self._of(trial).on_trial_result(iteration, trials, trial, result, **info)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._of(trial).on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._of(trial).on_trial_recover(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._of(trial).on_trial_error(iteration, trials, trial, **info)
 
 
 def _trial_runs(

@@ -345,6 +345,7 @@ def run_params(base: TrialConfig, sampled: dict[str, Any]) -> dict[str, Any]:
     from runners.trial import resolve
 
     sampled = dict(sampled)
+    sampled.pop("strategy", None)  # the strategy of a sweep's trial is the base's
     seed = sampled.pop("seed", base.seed)
     trial = resolve(base.model_copy(update={"seed": seed, "params": {**base.params, **sampled}}))
     return resolved_params(trial.config)

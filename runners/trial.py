@@ -403,7 +403,10 @@ def train(
 
     n_train = data.x_train.shape[0]
     bs = min(resolved.batch_size, n_train)
-    steps_per_epoch = math.ceil(n_train / bs)
+    # A last batch of one sample is dropped: BatchNorm cannot train on it, and it would be a
+    # step on a single example's gradient.
+    drop_last = bs > 1 and n_train % bs == 1
+    steps_per_epoch = n_train // bs if drop_last else math.ceil(n_train / bs)
     base_lr = resolved.optimizer.lr
     stopped = False
     while state.epoch < resolved.epochs and not stopped:
@@ -424,6 +427,7 @@ def train(
                 shuffle=True,
                 generator=gen,
                 augment=resolved.augment,
+                drop_last=drop_last,
             )
         ):
             factor = lr_factor(

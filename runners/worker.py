@@ -19,17 +19,24 @@ FINAL_KEY = "bitsweep_final"
 
 
 def trainable(
-    config: dict[str, Any], data: Dataset, base: TrialConfig, export_weights: bool = True
+    config: dict[str, Any],
+    data: Dataset,
+    bases: dict[str, TrialConfig],
+    export_weights: bool = True,
 ) -> None:
     """One Tune trial: train with the sampled params, report every epoch with a checkpoint,
     then report the final result with the deployed weights.
 
-    `config` is what Tune sampled: the searched params, or a `seed` for seed replicates.
+    `config` is what the sweep's searcher drew: the trial's strategy (`bases` holds each
+    strategy's trial config), and its searched params or a `seed` for seed replicates.
     """
     import ray
 
+    from runners.sweep_search import split_config
+
     node = ray.get_runtime_context().get_node_id()
-    sampled = dict(config)
+    strategy, sampled = split_config(config)
+    base = bases[strategy or ""]
     seed = sampled.pop("seed", base.seed)
     trial = resolve(
         TrialConfig.model_validate(

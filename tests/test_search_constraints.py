@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from runners.search import ConstrainedSpace, SpecError, strategy_space
-from runners.sweep import _sampler, _Search, base_trial
+from runners.sweep import _sampler, base_trial
+from runners.sweep_search import StrategySearch
 from runners.trial import resolve
 from schemas.sweep import StrategySpec, SweepSpec
 from strategies import get_strategy
@@ -91,7 +92,7 @@ def test_ranges_that_only_ever_break_a_validator_are_refused_at_planning() -> No
 def searcher(spec: StrategySpec, storage: optuna.storages.BaseStorage, study: str, seed: int):
     """The sweep's searcher for one strategy, on a random sampler."""
     cls, space = strategy_space(spec, 0)
-    return _Search(
+    return StrategySearch(
         space=ConstrainedSpace(cls.name, space, dict(spec.params)),
         metric="test_accuracy",
         mode="max",

@@ -61,8 +61,43 @@ def test_trials_run_on_several_nodes_with_shared_storage(cluster: Cluster, tmp_p
     summary = run_sweep(plan, ray_address=cluster.address)
     nodes = {r.data.tags["bitsweep.node"] for r in trial_runs(plan, summary)}
     assert summary.completed == 4 and nodes == worker_ids(cluster)
-    assert (shared / summary.sweep_id / "00-full_precision").is_dir()
+    assert (shared / summary.sweep_id / "trials").is_dir()
     assert not (tmp_path / "data" / "ray").exists()
+
+
+def test_two_strategies_share_the_cluster_from_the_first_trial(cluster: Cluster, tmp_path):
+    # One Tune experiment for the whole sweep: with two one-CPU nodes, a trial of each
+    # strategy runs at once, and neither strategy waits for the other to finish.
+    spec = SweepSpec.model_validate(
+        {
+            "name": "together",
+            "epochs": 3,
+            "trials_per_strategy": 2,
+            "strategies": [
+                {"name": "full_precision", "params": {"batch_size": 4}},
+                {"name": "wrn_1bit", "params": {"batch_size": 4}},
+            ],
+        }
+    )
+    plan = plan_sweep(spec, home=tmp_path / "data")
+    summary = run_sweep(plan, ray_address=cluster.address)
+    runs = trial_runs(plan, summary)
+    spans = {
+        name: [
+            (r.info.start_time, r.info.end_time)
+            for r in runs
+            if r.data.tags["bitsweep.strategy"] == name
+        ]
+        for name in ("full_precision", "wrn_1bit")
+    }
+    overlaps = [
+        (a, b)
+        for a in spans["full_precision"]
+        for b in spans["wrn_1bit"]
+        if a[0] < b[1] and b[0] < a[1]
+    ]
+    assert summary.completed == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert overlaps, spans
 
 
 def test_trial_on_a_lost_node_resumes_elsewhere(cluster: Cluster, tmp_path):

@@ -189,3 +189,9 @@ def test_every_refusal_survives_pickling_with_its_field_and_reason():
         back = pickle.loads(pickle.dumps(e))
         assert isinstance(back, FieldError)
         assert (back.field, back.reason, str(back)) == (e.field, e.reason, f"{e.field}: {e.reason}")
+
+
+def test_a_last_batch_of_one_sample_is_dropped_so_batchnorm_trains() -> None:
+    # digits has 1293 training samples: batch 4 would leave one sample, which BatchNorm refuses.
+    result = run_trial(TrialConfig(strategy="wrn_1bit", epochs=1, batch_size=4))
+    assert result.status == "completed" and result.epochs_run == 1

@@ -1,0 +1,230 @@
+"""The searcher and the scheduler of a sweep's one Tune experiment.
+
+All strategies of a spec run in one experiment, their trials interleaved, so that a sweep fills
+the cluster by itself. Each strategy keeps its own Optuna study (its own space and sampler
+state) behind `SweepSearcher`, which hands Tune the next trial of the strategy that has issued
+the fewest so far, within each strategy's budget: no strategy waits for another to finish.
+`PerStrategyScheduler` gives each strategy its own ASHA brackets, so early stopping compares a
+trial only with trials of its own strategy. A trial's Tune config carries its strategy under
+`STRATEGY_KEY`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any
+
+import optuna
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from runners.search import ConstrainedSpace, SpecError, check_params
+from runners.tracking import TUNE_TRIAL_ATTR
+from strategies import get_strategy
+
+log = logging.getLogger(__name__)
+
+STRATEGY_KEY = "strategy"  # a reserved name: no strategy param can take it
+
+
+def split_config(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(strategy, sampled params and seed) of a trial's Tune config."""
+    sampled = dict(config)
+    return sampled.pop(STRATEGY_KEY, None), sampled
+
+
+class StrategySearch(OptunaSearch):
+    """OptunaSearch over a strategy's `ConstrainedSpace`, told only of finished trials, and
+    never handing Tune a combination the strategy refuses.
+
+    Per-epoch results would become Optuna intermediate values, which nothing reads here
+    (Tune turns Optuna's pruner off; early stopping is ASHA's job). Skipping them also keeps a
+    trial that finished before a sweep stopped, and reports again on resume, from writing to
+    an Optuna trial that is already complete.
+
+    The space's ranges follow the strategy's relations; a point that a validator of its own
+    still refuses is told to Optuna as FAIL (with the reason as a user attribute) and drawn
+    again, so it is never trained.
+    """
+
+    MAX_DRAWS = 50
+    MAX_REPEATS = 20
+
+    def __init__(self, *, space: ConstrainedSpace, **kw: Any) -> None:
+        super().__init__(space=space, **kw)
+        self._strategy = space.strategy
+        self._fixed = space.fixed
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        return None
+
+    def _setup_study(self, mode: str | list[str]) -> None:
+        super()._setup_study(mode)
+        assert self._ot_study is not None
+        metric = self._metric
+        self._ot_study.set_metric_names(list(metric) if isinstance(metric, list) else [metric])
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        cls = get_strategy(self._strategy)
+        for _ in range(self.MAX_DRAWS):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
+            try:
+                check_params(cls, {**self._fixed, **config}, where="params")
+            except SpecError as e:
+                self._redraw(trial_id, f"{e.field}: {e.reason}")
+                log.info("%s: drawn point refused (%s); drawing again", self._strategy, e)
+                continue
+            repeat = self._repeat_of(trial_id, config)
+            if repeat is not None:
+                self._redraw(trial_id, f"repeats trial {repeat}")
+                continue
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            return config
+        raise SpecError(
+            "search", f"{self.MAX_DRAWS} points drawn for {self._strategy} were all refused"
+        )
+
+    def _redraw(self, trial_id: str, why: str) -> None:
+        assert self._ot_study is not None
+        ot_trial = self._ot_trials.pop(trial_id)
+        ot_trial.set_user_attr("bitsweep.refused", why)
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+
+    def _repeat_of(self, trial_id: str, config: dict[str, Any]) -> int | None:
+        """The number of an earlier trial (not a refused one) drawn with exactly `config`; a
+        sampler may repeat a point (NSGA-II's crossover without mutation), which would spend a
+        trial learning nothing. Once the space seems exhausted, repeats are allowed."""
+        assert self._ot_study is not None
+        this = self._ot_trials[trial_id].number
+        trials = self._ot_study.get_trials(deepcopy=False)
+        refused = sum(
+            1 for t in trials if "repeats trial" in t.user_attrs.get("bitsweep.refused", "")
+        )
+        if refused >= self.MAX_REPEATS:
+            return None
+        for t in trials:
+            if t.number != this and "bitsweep.refused" not in t.user_attrs and t.params == config:
+                return t.number
+        return None
+
+
+class SweepSearcher(Searcher):
+    """One searcher for all strategies of a sweep: `searches[name]` draws that strategy's
+    params (None: nothing to search, its trials are replicates over `seeds[name]`), and
+    `budgets[name]` bounds its trials. The next trial goes to the strategy that has issued the
+    fewest (ties by the spec's order), so strategies share the cluster from the first trial."""
+
+    def __init__(
+        self,
+        *,
+        searches: dict[str, StrategySearch | None],
+        budgets: dict[str, int],
+        seeds: dict[str, list[int]],
+        metric: str | list[str],
+        mode: str | list[str],
+    ) -> None:
+        # The base class takes one metric and mode; each strategy's search holds the objectives.
+        super().__init__()
+        self.objectives = (metric, mode)
+        self.searches = searches
+        self.budgets = budgets
+        self.seeds = seeds
+        self.issued: dict[str, int] = dict.fromkeys(budgets, 0)
+        self.owner: dict[str, str] = {}  # Tune trial id -> strategy
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        return True  # each strategy's search was built with its space, metric and mode
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        waiting = False
+        for name in sorted(self.budgets, key=lambda n: self.issued[n]):
+            if self.issued[name] >= self.budgets[name]:
+                continue
+            search = self.searches[name]
+            if search is None:
+                config: dict[str, Any] | str | None = {"seed": self.seeds[name][self.issued[name]]}
+            else:
+                config = search.suggest(trial_id)
+            if config is None:
+                waiting = True  # this strategy cannot draw now; another may
+                continue
+            if not isinstance(config, dict):  # the strategy's search is exhausted
+                self.budgets[name] = self.issued[name]
+                continue
+            self.issued[name] += 1
+            self.owner[trial_id] = name
+            return {STRATEGY_KEY: name, **config}
+        # Tune's own searchers end a search by returning the FINISHED marker string.
+        return None if waiting else Searcher.FINISHED  # type: ignore[return-value]
+
+    def _search_of(self, trial_id: str) -> StrategySearch | None:
+        name = self.owner.get(trial_id)
+        return None if name is None else self.searches[name]
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        return None  # the strategies' searches are told of finished trials only
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        search = self._search_of(trial_id)
+        if search is not None:
+            search.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class PerStrategyScheduler(TrialScheduler):
+    """One scheduler per strategy (ASHA in a sweep with early stopping), each seeing only the
+    trials of its strategy, so that a strong strategy's trials never stop a weaker one's."""
+
+    def __init__(self, schedulers: dict[str, TrialScheduler]) -> None:
+        super().__init__()
+        self.schedulers = schedulers
+        self._first = next(iter(schedulers.values()))
+
+    def _of(self, trial: Trial) -> TrialScheduler:
+        name, _ = split_config(trial.config)
+        return self.schedulers.get(name or "", self._first)
+
+    @property
+    def supports_buffered_results(self) -> bool:
+        return all(s.supports_buffered_results for s in self.schedulers.values())
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return all(s.set_search_properties(metric, mode, **spec) for s in self.schedulers.values())
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        self._of(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        # Every strategy's scheduler is first-in first-out in what it starts: ask the first.
+        return self._first.choose_trial_to_run(tune_controller)
+
+    def debug_string(self) -> str:
+        return "; ".join(f"{n}: {s.debug_string()}" for n, s in self.schedulers.items())

@@ -1,0 +1,90 @@
+"""The searcher of a sweep's one Tune experiment: each strategy within its budget, strategies
+interleaved from the first trial, finished trials told to their own strategy's search, and its
+state carried through a save and restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from runners.sweep_search import STRATEGY_KEY, SweepSearcher, split_config
+
+
+class _Search:
+    """Stands in for a strategy's Optuna search: draws x = 0, 1, 2, ..., or nothing while
+    `busy`, and records what it is told."""
+
+    def __init__(self) -> None:
+        self.drawn = 0
+        self.busy = False
+        self.told: list[tuple[str, Any, bool]] = []
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.busy:
+            return None
+        self.drawn += 1
+        return {"x": self.drawn - 1}
+
+    def on_trial_complete(self, trial_id: str, result: Any = None, error: bool = False) -> None:
+        self.told.append((trial_id, result, error))
+
+
+def _searcher(a: _Search, budgets: dict[str, int]) -> SweepSearcher:
+    return SweepSearcher(
+        searches={"a": a, "b": None},  # type: ignore[dict-item]
+        budgets=budgets,
+        seeds={"a": [], "b": [7, 8, 9]},
+        metric="test_accuracy",
+        mode="max",
+    )
+
+
+def test_strategies_alternate_within_their_budgets_then_finish() -> None:
+    searcher = _searcher(_Search(), {"a": 3, "b": 2})
+    drawn = [searcher.suggest(f"t{i}") for i in range(6)]
+    assert drawn == [
+        {STRATEGY_KEY: "a", "x": 0},
+        {STRATEGY_KEY: "b", "seed": 7},
+        {STRATEGY_KEY: "a", "x": 1},
+        {STRATEGY_KEY: "b", "seed": 8},
+        {STRATEGY_KEY: "a", "x": 2},
+        Searcher.FINISHED,
+    ]
+    assert split_config({STRATEGY_KEY: "b", "seed": 8}) == ("b", {"seed": 8})
+
+
+def test_a_strategy_that_cannot_draw_does_not_hold_up_the_others() -> None:
+    a = _Search()
+    a.busy = True
+    searcher = _searcher(a, {"a": 2, "b": 3})
+    assert [searcher.suggest(f"t{i}") for i in range(4)] == [
+        {STRATEGY_KEY: "b", "seed": 7},
+        {STRATEGY_KEY: "b", "seed": 8},
+        {STRATEGY_KEY: "b", "seed": 9},
+        None,  # a may draw later: not finished
+    ]
+    a.busy = False
+    assert searcher.suggest("t4") == {STRATEGY_KEY: "a", "x": 0}
+
+
+def test_finished_trials_reach_their_own_strategys_search_only() -> None:
+    a = _Search()
+    searcher = _searcher(a, {"a": 1, "b": 1})
+    searcher.suggest("ta")
+    searcher.suggest("tb")
+    searcher.on_trial_complete("tb", {"test_accuracy": 0.5})
+    searcher.on_trial_complete("ta", {"test_accuracy": 0.9})
+    assert a.told == [("ta", {"test_accuracy": 0.9}, False)]
+
+
+def test_state_survives_save_and_restore(tmp_path: Path) -> None:
+    searcher = _searcher(_Search(), {"a": 2, "b": 2})
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = _searcher(_Search(), {"a": 2, "b": 2})
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.issued == {"a": 1, "b": 1} and restored.owner == {"t0": "a", "t1": "b"}
+    assert restored.suggest("t2") == {STRATEGY_KEY: "a", "x": 1}
