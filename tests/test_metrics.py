@@ -81,3 +81,260 @@ def test_empty_export_is_refused():
 def test_float32_layer_has_compression_one():
     m = weight_metrics({"w": layer([0.1, 0.2, 0.3], bits=32)})
     assert m.compression_ratio == pytest.approx(1.0)
+
+
+# -- the histogram from codes and per-layer merging against a plain reference -----------------
+#
+# The reference concatenates every deployed weight and takes one float unique over it (and one
+# per layer): the definition, written out. `weight_metrics` counts codes where a layer has them
+# and merges per-layer histograms; the two must agree exactly, entropies bit for bit.
+
+
+def _ref_entropy(counts: torch.Tensor) -> float:
+    counts = counts[counts > 0].to(torch.float64)
+    if counts.numel() == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return max(0.0, float(-(p * torch.log2(p)).sum()))
+
+
+def _ref_stats(values: torch.Tensor) -> tuple[int, int, float, float, float]:
+    n = values.numel()
+    if n == 0:
+        return 0, 0, 0.0, 0.0, 0.0
+    uniq, counts = torch.unique(values, sorted=True, return_counts=True)
+    zero = uniq == 0
+    return (
+        uniq.numel(),
+        int((~zero).sum()),
+        _ref_entropy(counts),
+        _ref_entropy(counts[~zero]),
+        int(counts[zero].sum()) / n,
+    )
+
+
+def reference_metrics(layers: dict[str, ExportedLayer], per_layer: bool = True) -> dict:
+    """The weight metrics by concatenating all deployed weights and one unique over them."""
+    flat = [lay.weight.detach().reshape(-1).to(torch.float32) for lay in layers.values()]
+    rows = []
+    total_bits = 0.0
+    for (name, lay), w in zip(layers.items(), flat, strict=True):
+        bits = float(w.numel()) * float(lay.bits) + 32.0 * lay.n_floats
+        total_bits += bits
+        u, unz, h, _, sp = _ref_stats(w)
+        row = dict(name=name, shape=list(lay.weight.shape), numel=w.numel(), bits=float(lay.bits))
+        row.update(unique_weights=u, unique_nonzero_weights=unz, weight_entropy_bits=h)
+        rows.append({**row, "sparsity": sp, "weight_bits": bits})
+    allw = torch.cat(flat)
+    n = allw.numel()
+    u, unz, h, hnz, sp = _ref_stats(allw)
+    return dict(
+        numel=n,
+        unique_weights=u,
+        unique_nonzero_weights=unz,
+        weight_entropy_bits=h,
+        weight_entropy_nonzero_bits=hnz,
+        sparsity=sp,
+        weight_bits=total_bits,
+        weight_bytes=total_bits / 8.0,
+        compression_ratio=(32.0 * n / total_bits) if total_bits > 0 else float("inf"),
+        mean_bits=total_bits / n if n else 0.0,
+        layers=rows if per_layer else [],
+    )
+
+
+def coded(codes: torch.Tensor, bits: int, **kw) -> ExportedLayer:
+    """A layer deploying exactly what its codes decode to (the contract's equality)."""
+    lay = ExportedLayer(weight=torch.empty(0), bits=float(bits), codes=codes, **kw)
+    lay.n_floats = lay.stored_floats()
+    lay.weight = lay.decode().reshape(codes.shape)
+    return lay
+
+
+def _shape(g: torch.Generator) -> tuple[int, ...]:
+    shapes = [(1,), (7,), (33, 5), (16, 3, 3, 3), (257,), (2, 1, 1, 1)]
+    return shapes[int(torch.randint(len(shapes), (1,), generator=g))]
+
+
+def _scale(g: torch.Generator) -> float:
+    # Negative scales too: code 0 then decodes to -0.0, which counts as zero with +0.0.
+    return float((torch.rand((), generator=g) - 0.3) * 0.2)
+
+
+def random_binary(g: torch.Generator) -> ExportedLayer:
+    codes = torch.where(torch.rand(_shape(g), generator=g) < 0.5, -1, 1).to(torch.int8)
+    return coded(codes, 1, scale=_scale(g), encoding="signed")
+
+
+def random_unsigned(g: torch.Generator, bits: int = 4) -> ExportedLayer:
+    top = 2**bits
+    dtype = torch.uint8 if bits <= 8 else torch.int16 if bits <= 15 else torch.int64
+    codes = torch.randint(0, top, _shape(g), generator=g).to(dtype)
+    return coded(
+        codes, bits, scale=abs(_scale(g)), offset=-0.05 * float(torch.rand((), generator=g))
+    )
+
+
+def random_signed(g: torch.Generator, bits: int = 3) -> ExportedLayer:
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    codes = torch.randint(lo, hi + 1, _shape(g), generator=g).to(torch.int8)
+    return coded(codes, bits, scale=_scale(g), encoding="signed")
+
+
+def random_sign_magnitude(g: torch.Generator) -> ExportedLayer:
+    bits = int(torch.randint(2, 9, (1,), generator=g))
+    # Both zero patterns (+0 and the sign bit over magnitude 0) occur, as bit_learning's do.
+    codes = torch.randint(0, 2**bits, _shape(g), generator=g).to(torch.int16)
+    codes.view(-1)[:2] = torch.tensor([0, 1 << (bits - 1)], dtype=torch.int16)[: codes.numel()]
+    return coded(codes, bits, scale=abs(_scale(g)), encoding="sign_magnitude")
+
+
+def random_codebook(g: torch.Generator, duplicates: bool = False) -> ExportedLayer:
+    """weight_fixing's export: a sorted codebook of the layer's values and indices into it;
+    with `duplicates`, entries repeat (and -0.0 beside 0.0), so codes share a value."""
+    w = torch.round(torch.randn(_shape(g), generator=g) * 4) / 8
+    if duplicates:
+        book = torch.tensor([0.25, -0.0, 0.25, 0.0, -0.5, 0.125, -0.5])
+        codes = torch.randint(0, book.numel(), w.shape, generator=g).to(torch.uint8)
+        return coded(codes, 3, codebook=book)
+    book, codes = torch.unique(w, sorted=True, return_inverse=True)
+    bits = max(1, math.ceil(math.log2(book.numel()))) if book.numel() > 1 else 1
+    return coded(codes.to(torch.uint8), bits, codebook=book)
+
+
+def random_float(g: torch.Generator) -> ExportedLayer:
+    w = torch.randn(_shape(g), generator=g) * 0.1
+    flat = w.view(-1)
+    # Exact zeros of both signs, and values shared with the coded layers' grids.
+    flat[torch.rand(flat.shape, generator=g) < 0.2] = 0.0
+    flat[torch.rand(flat.shape, generator=g) < 0.1] = -0.0
+    flat[torch.rand(flat.shape, generator=g) < 0.2] = 0.125
+    return ExportedLayer.float32(w)
+
+
+def random_wide(g: torch.Generator) -> ExportedLayer:
+    """BitNet's wide layers: up to 32-bit unsigned codes, int64, with scale and offset."""
+    bits = int(torch.randint(17, 33, (1,), generator=g))
+    codes = torch.randint(0, 2**bits, _shape(g), generator=g, dtype=torch.int64)
+    if float(torch.rand((), generator=g)) < 0.5:  # a narrow span of wide codes
+        codes = codes % 5 + 2 ** (bits - 1)
+    return coded(codes, bits, scale=abs(_scale(g)) * 2.0**-20, offset=-0.01)
+
+
+def bit_plane_layer(g: torch.Generator) -> ExportedLayer:
+    """Codes with a leading bit-plane dimension (not the weight's shape): counted from weight."""
+    bits = 3
+    shape = _shape(g)
+    planes = torch.randint(0, 2, (bits, *shape), generator=g).to(torch.uint8)
+    value = sum(planes[p].to(torch.int64) << p for p in range(bits))
+    return ExportedLayer(
+        weight=(value.to(torch.float32) * 0.25).reshape(shape),
+        bits=3.0,
+        n_floats=1,
+        codes=planes,
+        scale=0.25,
+    )
+
+
+MAKERS = (
+    random_binary,
+    random_unsigned,
+    random_signed,
+    random_sign_magnitude,
+    random_codebook,
+    lambda g: random_codebook(g, duplicates=True),
+    random_float,
+    random_wide,
+    bit_plane_layer,
+)
+
+
+def _same(layers: dict[str, ExportedLayer], per_layer: bool = True) -> None:
+    got = weight_metrics(layers, per_layer=per_layer).model_dump()
+    assert got == reference_metrics(layers, per_layer=per_layer)
+
+
+@pytest.mark.parametrize(
+    "maker",
+    [
+        random_binary,
+        random_unsigned,
+        random_signed,
+        random_sign_magnitude,
+        random_codebook,
+        lambda g: random_codebook(g, duplicates=True),
+        random_float,
+        random_wide,
+        bit_plane_layer,
+    ],
+    ids=[
+        "binary",
+        "unsigned_offset",
+        "signed",
+        "sign_magnitude",
+        "codebook",
+        "codebook_duplicates",
+        "float",
+        "wide_codes",
+        "bit_planes",
+    ],
+)
+def test_one_kind_of_layer_matches_the_reference(maker):
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        _same({f"l{i}": maker(g) for i in range(int(torch.randint(1, 5, (1,), generator=g)))})
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_mixed_networks_match_the_reference(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    n = int(torch.randint(1, 9, (1,), generator=g))
+    picks = torch.randint(len(MAKERS), (n,), generator=g).tolist()
+    layers = {f"layer{i}": MAKERS[k](g) for i, k in enumerate(picks)}
+    _same(layers)
+    _same(layers, per_layer=False)
+
+
+def test_codes_decoding_to_the_same_float_are_one_value():
+    # 1-bit at scale 0.5 and a 2-bit grid through 0.5, and a float layer holding 0.5: one value.
+    a = coded(torch.tensor([-1, 1, 1], dtype=torch.int8), 1, scale=0.5, encoding="signed")
+    b = coded(torch.tensor([0, 1, 2, 3], dtype=torch.uint8), 2, scale=0.5, offset=-0.5)
+    c = ExportedLayer.float32(torch.tensor([0.5, 0.0, -0.0]))
+    layers = {"a": a, "b": b, "c": c}
+    _same(layers)
+    assert weight_metrics(layers).unique_weights == 4  # -0.5, 0, 0.5, 1.0
+
+
+def test_negative_zero_from_codes_counts_as_zero():
+    # A negative scale decodes code 0 to -0.0; sign-magnitude has two zero codes.
+    a = coded(torch.tensor([0, 0, 1], dtype=torch.uint8), 1, scale=-0.25)
+    b = coded(
+        torch.tensor([0, 4, 1, 5], dtype=torch.int16), 3, scale=0.5, encoding="sign_magnitude"
+    )
+    layers = {"a": a, "b": b}
+    _same(layers)
+    m = weight_metrics(layers)
+    assert (m.unique_weights, m.sparsity, m.layers[1].unique_weights) == (4, 4 / 7, 3)
+
+
+def test_empty_layers_among_others_match_the_reference():
+    g = torch.Generator().manual_seed(7)
+    empty_codes = coded(torch.zeros(0, 3, dtype=torch.uint8), 2, scale=0.5)
+    empty_float = ExportedLayer.float32(torch.zeros(0))
+    _same({"e": empty_codes, "a": random_unsigned(g), "f": empty_float, "b": random_float(g)})
+    _same({"e": empty_codes, "f": empty_float})
+
+
+def test_histograms_merge_in_key_ranges(monkeypatch):
+    """Histograms are merged in ranges of keys: with a tiny range size the same merging runs
+    on a small network."""
+    import strategies.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_CHUNK", 128)
+    g = torch.Generator().manual_seed(3)
+    layers = {f"f{i}": random_float(g) for i in range(4)}
+    layers["big"] = ExportedLayer.float32(torch.round(torch.randn(5000, generator=g) * 300) / 64)
+    layers["codes"] = random_unsigned(g, bits=12)
+    layers["book"] = random_codebook(g, duplicates=True)
+    _same(layers)
+    _same(layers, per_layer=False)
