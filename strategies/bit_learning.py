@@ -108,12 +108,16 @@ class _ComposeBits(torch.autograd.Function):
         powers: torch.Tensor,
         alpha: torch.Tensor,
     ) -> torch.Tensor:
+        # In-place ops on fresh temporaries (the same values as the expressions in the
+        # docstring): each layer-sized allocation is a fresh page-faulted buffer on CPU.
         magnitude = frozen_magnitude
         if m.shape[0]:
-            magnitude = magnitude + (powers @ _bit(m).reshape(m.shape[0], -1)).view_as(s)
+            # sum_i b_i 2^i + frozen magnitude (addition commutes exactly)
+            magnitude = (powers @ _bit(m).reshape(m.shape[0], -1)).view_as(s)
+            magnitude.add_(frozen_magnitude)
         sign = _bit(s).mul_(-2.0).add_(1.0)
         ctx.save_for_backward(sign, magnitude, powers, alpha)
-        return alpha * sign * magnitude
+        return (sign * alpha).mul_(magnitude)  # alpha * sign * magnitude
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -123,7 +127,7 @@ class _ComposeBits(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_m = torch.outer(powers, (g * sign).reshape(-1)).view(powers.shape[0], *g.shape)
         if ctx.needs_input_grad[1]:
-            grad_s = -(g * magnitude)
+            grad_s = g.mul_(magnitude).neg_()  # -(g * magnitude); g is not needed after this
         return grad_m, grad_s, None, None, None
 
 

@@ -28,33 +28,41 @@ class _PowerMap(torch.autograd.Function):
         dL/dg_j = (dL/du_j) / m,  plus at the argmax k: sign(g_k) * sum_j -(dL/du_j) u_j / m.
     (Where two entries tie for the maximum, the function has no derivative; one of them takes
     the second term, a one-sided derivative.)
+    Each expression is evaluated in the order written above, with in-place ops on fresh
+    temporaries where possible: a new layer-sized tensor is a fresh allocation whose pages the
+    kernel must fault in, which on CPU cost more than the arithmetic.
     """
 
     @staticmethod
     def forward(ctx: Any, g: torch.Tensor, p: float, eps: float, scale: float) -> torch.Tensor:
         ctx.p, ctx.eps, ctx.scale = p, eps, scale
-        m, idx = g.abs().max(dim=1, keepdim=True)
+        a = g.abs()
+        m, idx = a.max(dim=1, keepdim=True)
         # An all-zero row maps to zeros (and gets a zero gradient) instead of 0/0.
         m = m.clamp_min(torch.finfo(g.dtype).tiny)
-        u = g / m
+        u = torch.div(g, m, out=a)  # |g| is no longer needed: u takes its memory
         if p == 1.0:
             ctx.save_for_backward(u, m, idx)
             return u * scale
-        q = u * u + eps * eps
+        q = (u * u).add_(eps * eps)
         r = q.pow((p - 1.0) / 2.0)
         ctx.save_for_backward(u, m, idx, q, r)
-        return u * r * scale
+        return (u * r).mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         p, eps, scale = ctx.p, ctx.eps, ctx.scale
         u, m, idx, *rest = ctx.saved_tensors
         gu = grad * scale
+        t: torch.Tensor | None = None
         if rest:
             q, r = rest
-            gu = gu * r * (p * u * u + eps * eps) / q
-        dm = -(gu * u).sum(dim=1, keepdim=True) / m
-        gv = gu / m
+            # gu * r * (p * u * u + eps^2) / q, left to right
+            t = (u * p).mul_(u).add_(eps * eps)
+            gu.mul_(r).mul_(t).div_(q)
+        gu_u = gu * u if t is None else torch.mul(gu, u, out=t)
+        dm = -gu_u.sum(dim=1, keepdim=True) / m
+        gv = gu.div_(m)
         gv.scatter_add_(1, idx, u.gather(1, idx) * dm)
         return gv, None, None, None
 

@@ -218,6 +218,36 @@ def soft_relative_distance(
 # -- the parametrization ------------------------------------------------------------------------
 
 
+# Integer types of the floats' widths, to select bit patterns with bitwise ops.
+_BITS_DTYPE: dict[torch.dtype, torch.dtype] = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+
+class _SelectFree(torch.autograd.Function):
+    """where(fixed, value, w) and its gradient where(fixed, 0, grad), bit for bit, as bitwise
+    ops on the floats' bit patterns: out = (w & keep) | fixed_bits, with keep all ones at a
+    free weight and all zeros at a fixed one, fixed_bits the value's bits at a fixed weight and
+    zero elsewhere. torch.where with a bool mask is about 8x slower than these on CPU, and it
+    ran twice per layer and step (forward and backward)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, w: torch.Tensor, keep: torch.Tensor, fixed_bits: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        out = torch.bitwise_and(w.view(keep.dtype), keep)
+        return out.bitwise_or_(fixed_bits).view(w.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return torch.bitwise_and(grad.view(keep.dtype), keep).view(grad.dtype), None, None
+
+
 class _Fixable(nn.Module):
     """w -> where(fixed, value, w): a fixed weight is exactly its centre and gets no gradient.
 
@@ -231,9 +261,31 @@ class _Fixable(nn.Module):
         super().__init__()
         self.register_buffer("fixed", torch.zeros_like(weight, dtype=torch.bool))
         self.register_buffer("value", torch.zeros_like(weight))
+        # (fixed, its version, value, its version, keep, fixed_bits): the masks of
+        # _SelectFree, rebuilt only when a buffer is replaced or changed in place (a fixing
+        # step, a checkpoint load), not at every step.
+        self._masks: tuple[Any, ...] | None = None
+
+    def _select_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        fixed, value, c = self.fixed, self.value, self._masks
+        if (
+            c is None
+            or c[0] is not fixed
+            or c[1] != fixed._version
+            or c[2] is not value
+            or c[3] != value._version
+        ):
+            bits = _BITS_DTYPE[value.dtype]
+            keep = fixed.to(bits) - 1  # 0 at a fixed weight, -1 (all bits set) at a free one
+            fixed_bits = torch.bitwise_and(value.view(bits), keep.bitwise_not())
+            c = self._masks = (fixed, fixed._version, value, value._version, keep, fixed_bits)
+        return c[4], c[5]
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.fixed, self.value, w)
+        if w.dtype != self.value.dtype or w.dtype not in _BITS_DTYPE or w.shape != self.fixed.shape:
+            return torch.where(self.fixed, self.value, w)
+        keep, fixed_bits = self._select_masks()
+        return _SelectFree.apply(w, keep, fixed_bits)
 
 
 def _fixables(model: nn.Module) -> list[tuple[str, torch.Tensor, _Fixable]]:
@@ -479,7 +531,10 @@ class WeightFixing(Strategy):
         for (_, w, _), (idx, c_lo, c_hi) in zip(_fixables(model), terms, strict=True):
             if idx.numel() == 0:
                 continue
-            s = soft_relative_distance(w.reshape(-1)[idx], c_lo, c_hi, tau, gamma0).sum()
+            # index_select gathers the same values as w[idx], and its backward (index_add_)
+            # scatters the same gradient, at a quarter of the time on CPU.
+            free_w = w.reshape(-1).index_select(0, idx)
+            s = soft_relative_distance(free_w, c_lo, c_hi, tau, gamma0).sum()
             total = s if total is None else total + s.to(total.device)
             free += idx.numel()
         return None if total is None else total / free
