@@ -1,14 +1,24 @@
 """What a bitsweep sweep costs beside a plain in-process Optuna loop doing the same trials.
 
-Both run the same trial engine on the same machine: N trials of one strategy, E epochs each,
-Optuna's TPE choosing the learning rate. The plain loop runs trials one after another in this
-process with an in-memory study; bitsweep runs them as Ray Tune trials (local Ray, as many at
-once as there are CPUs), with an Optuna RDB study and every trial logged to MLflow (SQLite).
+Both train the same trials with the same engine on the same machine: one strategy on
+`digits`/`mlp`, E epochs each, TPE choosing the learning rate. The plain loop runs them one
+after another in this process with an in-memory study and no records. bitsweep runs them as
+`bitsweep sweep SPEC`, a fresh process from command start to exit, as a user runs it: local
+Ray, an Optuna study and an MLflow store in SQLite, a checkpoint per epoch, the deployed
+weights, the leaderboard and the Pareto plot.
 
-Reports wall time of each, the speed-up, and the per-trial overhead of bitsweep:
-(bitsweep wall time x concurrency - the trials' own training and evaluation time) / N.
+Reported, side by side in one run:
+- wall time of each for the large trial count, and the speed-up;
+- bitsweep's fixed cost and marginal cost per trial, from sweeps of a small and a large trial
+  count in the same (already created) store: marginal = (T_large - T_small) / (large - small),
+  fixed = T_small - small x marginal; and the first sweep into a new store, which also creates
+  the MLflow and Optuna databases;
+- the share of bitsweep's wall time that trials spent training (their `train_seconds` summed,
+  over wall time x the trials that ran at once).
 
-    python benchmarks/bench_sweep_overhead.py --trials 8 --epochs 5
+    python benchmarks/bench_sweep_overhead.py                      # 4 and 16 trials, 1 epoch
+    python benchmarks/bench_sweep_overhead.py --small 4 --large 16 --epochs 3
+    python benchmarks/bench_sweep_overhead.py --smoke              # seconds: for the tests
 """
 
 from __future__ import annotations
@@ -16,19 +26,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import optuna
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def plain_optuna(strategy: str, trials: int, epochs: int, seed: int) -> tuple[float, float]:
-    """(wall seconds, seconds inside run_trial) of an in-process Optuna loop."""
+    """(wall seconds, seconds inside the trials) of an in-process Optuna loop."""
+    import optuna
+
     from runners.data import load_dataset
     from runners.trial import run_trial
     from schemas.trial import TrialConfig
 
+    t0 = time.perf_counter()
     data = load_dataset("digits")
     inside = 0.0
 
@@ -45,92 +60,132 @@ def plain_optuna(strategy: str, trials: int, epochs: int, seed: int) -> tuple[fl
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    t0 = time.perf_counter()
     study.optimize(objective, n_trials=trials)
     return time.perf_counter() - t0, inside
 
 
-def bitsweep_sweep(strategy: str, trials: int, epochs: int, seed: int, home: Path) -> dict:
-    """Wall seconds of a bitsweep sweep with Ray start-up and without it."""
-    import ray
-
-    from runners.sweep import plan_sweep, run_sweep
-    from schemas.sweep import SweepSpec
-
-    spec = SweepSpec.model_validate(
-        {
-            "name": "bench",
-            "epochs": epochs,
-            "trials_per_strategy": trials,
-            "seed": seed,
-            "export_weights": True,
-            "strategies": [
-                {"name": strategy, "search": {"lr": [1e-4, 3e-2]}, "search_defaults": False}
-            ],
-        }
-    )
+def sweep_command(
+    home: Path, name: str, strategy: str, trials: int, epochs: int, seed: int
+) -> dict[str, float]:
+    """`bitsweep sweep` of `trials` trials in a fresh process: wall seconds from command start
+    to exit, and what its trials spent training."""
+    spec = {
+        "name": name,
+        "dataset": "digits",
+        "model": "mlp",
+        "epochs": epochs,
+        "trials_per_strategy": trials,
+        "seed": seed,
+        "strategies": [
+            {"name": strategy, "search": {"lr": [1e-4, 3e-2]}, "search_defaults": False}
+        ],
+    }
+    path = home / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    env = {**os.environ, "BITSWEEP_HOME": str(home)}
     t0 = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
-    t1 = time.perf_counter()
-    summary = run_sweep(plan_sweep(spec, home=home))
-    t2 = time.perf_counter()
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    ray.shutdown()
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "sweep", str(path), "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"bitsweep sweep failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall": wall, "completed": summary["completed"], **_trial_times(summary)}
+
+
+def _trial_times(summary: dict) -> dict[str, float]:
+    """Training seconds of the sweep's trials, and how many ran at once, from its records."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(summary.tracking_uri)
+    client = MlflowClient(summary["tracking_uri"])
+    exp = client.get_experiment_by_name(summary["experiment"])
+    assert exp is not None
     runs = client.search_runs(
-        [client.get_experiment_by_name(summary.experiment).experiment_id],
-        filter_string=f"tags.`bitsweep.sweep_id` = '{summary.sweep_id}' "
+        [exp.experiment_id],
+        filter_string=f"tags.`bitsweep.sweep_id` = '{summary['sweep_id']}' "
         "and tags.`bitsweep.kind` = 'trial'",
     )
+    spans = sorted((r.info.start_time, r.info.end_time or r.info.start_time) for r in runs)
+    at_once = max((sum(1 for s, e in spans if s <= t < e) for t, _ in spans), default=1)
     return {
-        "ray_start_seconds": t1 - t0,
-        "sweep_seconds": t2 - t1,
-        "completed": summary.completed,
-        "concurrency": cpus,
-        "trial_train_seconds": sum(r.data.metrics.get("train_seconds", 0.0) for r in runs),
+        "train": sum(r.data.metrics.get("train_seconds", 0.0) for r in runs),
+        "at_once": float(max(at_once, 1)),
     }
 
 
-def main() -> None:
+def measure(
+    strategy: str, small: int, large: int, epochs: int, seed: int, *, new_store: bool = True
+) -> dict[str, float]:
+    """The numbers of the table. Without `new_store`, the first sweep into the new store is the
+    small one (three sweeps become two)."""
+    plain_wall, plain_inside = plain_optuna(strategy, large, epochs, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        first = sweep_command(home, "first", strategy, small, epochs, seed)
+        lo = sweep_command(home, "small", strategy, small, epochs, seed) if new_store else first
+        hi = sweep_command(home, "large", strategy, large, epochs, seed)
+    marginal = (hi["wall"] - lo["wall"]) / (large - small)
+    return {
+        "plain": plain_wall,
+        "plain_inside": plain_inside,
+        "first": first["wall"],
+        "small": lo["wall"],
+        "large": hi["wall"],
+        "completed": hi["completed"],
+        "speedup": plain_wall / hi["wall"],
+        "marginal": marginal,
+        "fixed": lo["wall"] - small * marginal,
+        "training_share": hi["train"] / (hi["wall"] * hi["at_once"]),
+        "at_once": hi["at_once"],
+    }
+
+
+def table(strategy: str, small: int, large: int, epochs: int, r: dict[str, float]) -> str:
+    head = (
+        "| run | plain Optuna | bitsweep | speed-up | fixed cost | marginal per trial "
+        f"| first sweep ({small} trials, new store) | training share |"
+    )
+    row = (
+        f"| {strategy}, {large} trials x {epochs} epoch(s) | {r['plain']:.1f} s "
+        f"| {r['large']:.1f} s | {r['speedup']:.2f}x | {r['fixed']:.1f} s "
+        f"| {r['marginal']:.2f} s | {r['first']:.1f} s "
+        f"| {100 * r['training_share']:.0f}% ({r['at_once']:.0f} at once) |"
+    )
+    return "\n".join([head, "| " + " | ".join(["---"] * 8) + " |", row])
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--strategy", default="full_precision")
-    ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--small", type=int, default=4, help="trials of the small sweep")
+    ap.add_argument("--large", type=int, default=16, help="trials of the large sweep")
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None, help="also write the numbers here (JSON)")
-    args = ap.parse_args()
-
-    plain_wall, plain_inside = plain_optuna(args.strategy, args.trials, args.epochs, args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["BITSWEEP_HOME"] = tmp
-        swept = bitsweep_sweep(args.strategy, args.trials, args.epochs, args.seed, Path(tmp))
-    n = args.trials
-    report = {
-        "strategy": args.strategy,
-        "trials": n,
-        "epochs": args.epochs,
-        "cpus": os.cpu_count(),
-        "plain_optuna_seconds": plain_wall,
-        "plain_seconds_per_trial": plain_wall / n,
-        "plain_run_trial_seconds": plain_inside,
-        **swept,
-        "speedup_excluding_ray_start": plain_wall / swept["sweep_seconds"],
-        "speedup_including_ray_start": plain_wall
-        / (swept["sweep_seconds"] + swept["ray_start_seconds"]),
-        "bitsweep_overhead_seconds_per_trial": (
-            swept["sweep_seconds"] * swept["concurrency"] - plain_inside
-        )
-        / n,
-    }
-    for k, v in report.items():
-        print(f"{k:40s} {v:.3f}" if isinstance(v, float) else f"{k:40s} {v}")
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2))
+    ap.add_argument(
+        "--smoke", action="store_true", help="1 and 2 trials, two sweeps: for the tests"
+    )
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.small, args.large, args.epochs = 1, 2, 1
+    if not 0 < args.small < args.large:
+        ap.error("--small must be at least 1 and below --large")
+    r = measure(
+        args.strategy, args.small, args.large, args.epochs, args.seed, new_store=not args.smoke
+    )
+    print(table(args.strategy, args.small, args.large, args.epochs, r))
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,12 +17,14 @@ from typing import Any
 
 import optuna
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from runners.search import ConstrainedSpace, SpecError, check_params
+from runners.sweep_plan import Plan
 from runners.tracking import TUNE_TRIAL_ATTR
+from schemas.sweep import SweepSpec
 from strategies import get_strategy
 
 log = logging.getLogger(__name__)
@@ -228,3 +230,94 @@ class PerStrategyScheduler(TrialScheduler):
 
     def debug_string(self) -> str:
         return "; ".join(f"{n}: {s.debug_string()}" for n, s in self.schedulers.items())
+
+
+# -- the searcher and scheduler of a sweep ----------------------------------------------------
+
+
+def objectives(spec: SweepSpec) -> tuple[str | list[str], str | list[str]]:
+    """(metric, mode) as Tune takes them: one of each, or lists for several objectives."""
+    metrics = [o.metric for o in spec.objectives]
+    modes: list[str] = [o.mode for o in spec.objectives]
+    return (metrics if len(metrics) > 1 else metrics[0]), (modes if len(modes) > 1 else modes[0])
+
+
+def sampler_for(spec: SweepSpec, trials: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of one strategy's study: the spec's, or for `auto` TPE with one
+    objective and NSGA-II with several."""
+    several = len(spec.objectives) > 1
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    if spec.sampler == "nsga2" or (spec.sampler == "auto" and several):
+        return optuna.samplers.NSGAIISampler(
+            population_size=max(2, min(50, trials // 2)), seed=spec.seed
+        )
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def study_name(sweep_id: str, strategy: str) -> str:
+    return f"{sweep_id}/{strategy}"
+
+
+def sweep_searcher(
+    plan: Plan, sweep_id: str, storage: optuna.storages.BaseStorage
+) -> SweepSearcher:
+    """The searcher of a sweep: one Optuna study per strategy with a space to search, seed
+    replicates for a strategy without one, each within its trial budget."""
+    spec = plan.spec
+    metric, mode = objectives(spec)
+    searches: dict[str, StrategySearch | None] = {
+        sp.name: (
+            StrategySearch(
+                space=ConstrainedSpace(sp.name, sp.space, dict(sp.spec.params)),
+                metric=metric,
+                mode=mode,
+                sampler=sampler_for(spec, sp.trials),
+                study_name=study_name(sweep_id, sp.name),
+                storage=storage,
+            )
+            if sp.space
+            else None
+        )
+        for sp in plan.strategies
+    }
+    return SweepSearcher(
+        searches=searches,
+        budgets={sp.name: sp.trials for sp in plan.strategies},
+        seeds={sp.name: [spec.seed + k for k in range(sp.trials)] for sp in plan.strategies},
+        metric=metric,
+        mode=mode,
+    )
+
+
+def sweep_scheduler(plan: Plan) -> PerStrategyScheduler | None:
+    """ASHA per strategy on validation accuracy when the spec asks for early stopping."""
+    spec = plan.spec
+    if not spec.early_stopping.enabled:
+        return None
+    return PerStrategyScheduler(
+        {
+            sp.name: ASHAScheduler(
+                time_attr="training_iteration",
+                metric="val_accuracy",
+                mode="max",
+                max_t=spec.epochs + 1,
+                grace_period=spec.early_stopping.grace_period,
+                reduction_factor=spec.early_stopping.reduction_factor,
+            )
+            for sp in plan.strategies
+        }
+    )
+
+
+def fail_lost_study_trials(storage: optuna.storages.BaseStorage, name: str) -> None:
+    """Mark FAIL the Optuna trials of a lost Tune trial, which would stay RUNNING forever.
+
+    Called once the sweep's experiment has ended, when every trial Tune knows has been told.
+    """
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return  # nothing was searched: the trials were seed replicates
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

@@ -54,3 +54,15 @@ def test_bench_step_cost_smoke_prints_a_table(capsys, monkeypatch):
         assert cells[0] == "mlp"
         assert float(cells[2]) > 0 and float(cells[4]) > 0
         assert cells[5].endswith("(ref)") or "x" in cells[5]
+
+
+def test_bench_sweep_overhead_smoke_prints_a_table(capsys):
+    bench = _load("bench_sweep_overhead")
+    assert bench.main(["--smoke"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert rows[0].startswith("| run | plain Optuna | bitsweep | speed-up |")
+    assert len(rows) == 3
+    cells = [c.strip() for c in rows[2].split("|")[1:-1]]
+    assert cells[0] == "full_precision, 2 trials x 1 epoch(s)"
+    assert float(cells[1].removesuffix(" s")) > 0 and float(cells[2].removesuffix(" s")) > 0
+    assert cells[7].endswith("at once)")

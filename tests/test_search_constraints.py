@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from runners.search import ConstrainedSpace, SpecError, strategy_space
-from runners.sweep import _sampler, base_trial
-from runners.sweep_search import StrategySearch
+from runners.sweep_plan import base_trial
+from runners.sweep_search import StrategySearch, sampler_for
 from runners.trial import resolve
 from schemas.sweep import StrategySpec, SweepSpec
 from strategies import get_strategy
@@ -30,7 +30,7 @@ def test_no_trial_drawn_for_an_example_spec_is_refused(path: Path) -> None:
         if not space:
             continue
         directions = ["maximize" if o.mode == "max" else "minimize" for o in spec.objectives]
-        study = optuna.create_study(directions=directions, sampler=_sampler(spec, 40))
+        study = optuna.create_study(directions=directions, sampler=sampler_for(spec, 40))
         draw = ConstrainedSpace(s.name, space, dict(s.params))
         for n in range(40):
             trial = study.ask()

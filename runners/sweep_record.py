@@ -1,0 +1,334 @@
+"""The MLflow records of a sweep, written from here alone: the experiment, the sweep's parent
+run, a child run per trial (through one `TrialLogger` per strategy), and at the end the
+leaderboard, the Pareto plot and the summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from runners.sweep_plan import Plan, StrategyPlan, base_trial
+from runners.sweep_progress import Progress
+from runners.sweep_search import split_config
+from runners.sweep_state import SweepState
+from runners.tracking import (
+    TrialLogger,
+    bitsweep_version,
+    describe_experiment,
+    ensure_experiment,
+    leaderboard_runs,
+    log_leaderboard,
+    nondominated,
+    q,
+    set_tracking,
+)
+from strategies import strategy_origin
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepSummary:
+    sweep_id: str
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    completed: int
+    failed: int
+    best: dict[str, dict[str, Any]]
+    leaderboard: list[dict[str, Any]]
+    artifact_uri: str = ""
+    failures: list[dict[str, str]] = field(default_factory=list)
+    objectives: list[str] = field(default_factory=list)
+    pareto: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def pareto_plot(self) -> str:
+        """Where the Pareto plot is: a local path for a local artifact store, else its URI."""
+        uri = f"{self.artifact_uri.rstrip('/')}/pareto.png"
+        return uri[len("file://") :] if uri.startswith("file://") else uri
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as JSON: one `best` trial per strategy for one objective, the Pareto
+        front per strategy (`pareto`) for several."""
+        out: dict[str, Any] = {
+            "sweep_id": self.sweep_id,
+            "experiment": self.experiment,
+            "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.parent_run_id,
+            "objectives": self.objectives,
+            "completed": self.completed,
+            "failed": self.failed,
+        }
+        if len(self.objectives) > 1:
+            out["pareto"] = self.pareto
+        else:
+            out["best"] = self.best
+        out["pareto_plot"] = self.pareto_plot
+        out["failures"] = self.failures
+        return out
+
+
+class SweepLogger(TrialLogger):
+    """The trial logger of one strategy of a sweep.
+
+    Tune pickles its callbacks into the experiment state and a resumed sweep runs the
+    unpickled copies: the MLflow client is made again from the tracking URI.
+    """
+
+    def __init__(self, *, tracking_uri: str, **kw: Any) -> None:
+        super().__init__(client=MlflowClient(tracking_uri), **kw)
+        self.tracking_uri = tracking_uri
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "client": None, "_optuna": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.client = MlflowClient(self.tracking_uri)
+
+
+class StrategyCallbacks(tune.Callback):
+    """Hands each trial's events to the logger of its strategy."""
+
+    def __init__(self, loggers: dict[str, SweepLogger]) -> None:
+        self.loggers = loggers
+
+    def _of(self, trial: Any) -> SweepLogger:
+        name, _ = split_config(trial.config)
+        return self.loggers[name or ""]
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._of(trial).on_trial_start(iteration, trials, trial, **info)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        self._of(trial).on_trial_result(iteration, trials, trial, result, **info)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._of(trial).on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._of(trial).on_trial_recover(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._of(trial).on_trial_error(iteration, trials, trial, **info)
+
+
+class SweepRecord:
+    """The sweep's experiment in MLflow, and everything a sweep writes there."""
+
+    def __init__(self, plan: Plan) -> None:
+        spec = plan.spec
+        self.plan = plan
+        self.client = set_tracking(plan.tracking_uri)
+        self.experiment_id = ensure_experiment(self.client, spec.benchmark, plan.artifact_root)
+        describe_experiment(self.client, self.experiment_id, dataset=spec.dataset, model=spec.model)
+
+    # -- the parent run ------------------------------------------------------------------------
+
+    def start(self, sweep_id: str | None) -> SweepState:
+        """Create the sweep's parent run (with its spec, params and dataset): a new state."""
+        spec, client = self.plan.spec, self.client
+        sweep_id = (
+            sweep_id or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        )
+        parent = client.create_run(
+            self.experiment_id,
+            run_name=sweep_id,
+            tags={
+                "bitsweep.kind": "sweep",
+                "bitsweep.sweep_id": sweep_id,
+                "bitsweep.dataset": spec.dataset,
+                "bitsweep.model": spec.model,
+                "bitsweep.version": bitsweep_version(),
+                "bitsweep.strategies": ",".join(s.name for s in spec.strategies),
+                "bitsweep.objectives": ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives),
+            },
+        )
+        run_id = parent.info.run_id
+        client.log_inputs(run_id, datasets=[self.plan.dataset_input])
+        for k, v in {
+            "name": spec.name,
+            "epochs": spec.epochs,
+            "trials_per_strategy": spec.trials_per_strategy,
+            "seed": spec.seed,
+        }.items():
+            client.log_param(run_id, k, str(v))
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "spec.json"
+            p.write_text(spec.model_dump_json(indent=2))
+            client.log_artifact(run_id, str(p))
+        return SweepState(
+            sweep_id=sweep_id,
+            spec=json.loads(spec.model_dump_json()),
+            experiment_id=self.experiment_id,
+            parent_run_id=run_id,
+            tracking_uri=self.plan.tracking_uri,
+            optuna_url=self.plan.optuna_url,
+            strategies={s.name: "pending" for s in self.plan.strategies},
+        )
+
+    def reopen(self, state: SweepState) -> None:
+        """Mark a resumed sweep's parent run RUNNING again."""
+        self.client.update_run(state.parent_run_id, status="RUNNING")
+
+    # -- trial runs ----------------------------------------------------------------------------
+
+    def callbacks(self, state: SweepState) -> StrategyCallbacks:
+        """The Tune callback that logs each trial as a child run of the parent run."""
+        return StrategyCallbacks({sp.name: self._logger(state, sp) for sp in self.plan.strategies})
+
+    def _logger(self, state: SweepState, sp: StrategyPlan) -> SweepLogger:
+        spec = self.plan.spec
+        origin = strategy_origin(sp.name)
+        return SweepLogger(
+            tracking_uri=self.plan.tracking_uri,
+            experiment_id=state.experiment_id,
+            parent_run_id=state.parent_run_id,
+            sweep_id=state.sweep_id,
+            strategy=sp.name,
+            tags={
+                "bitsweep.sweep_id": state.sweep_id,
+                "bitsweep.dataset": spec.dataset,
+                "bitsweep.model": spec.model,
+                "bitsweep.version": bitsweep_version(),
+                "bitsweep.strategy_distribution": origin.distribution,
+                "bitsweep.strategy_version": origin.version,
+            },
+            base=base_trial(spec, sp.spec),
+            export_weights=spec.export_weights,
+            optuna_url=self.plan.optuna_url if sp.space else None,
+            inputs=[self.plan.dataset_input],
+            study_name=f"{state.sweep_id}/{sp.name}",
+        )
+
+    def trial_runs(
+        self, state: SweepState, *, strategy: str | None = None, status: str | None = None
+    ) -> list[Any]:
+        """The trial runs of the sweep, optionally of one strategy and in one status."""
+        flt = f"tags.`bitsweep.sweep_id` = {q(state.sweep_id)} and tags.`bitsweep.kind` = 'trial'"
+        if strategy is not None:
+            flt += f" and tags.`bitsweep.strategy` = {q(strategy)}"
+        if status is not None:
+            flt += f" and attributes.status = {q(status)}"
+        return list(
+            self.client.search_runs([state.experiment_id], filter_string=flt, max_results=10000)
+        )
+
+    def count_into(self, progress: Progress, state: SweepState) -> None:
+        """Count into `progress` the trials a resumed sweep already finished or failed."""
+        for run in self.trial_runs(state):
+            tags, status = run.data.tags, run.info.status
+            if status not in ("FINISHED", "FAILED") or tags.get("bitsweep.strategy") not in (
+                progress.strategies
+            ):
+                continue
+            progress.finish(
+                tags["bitsweep.strategy"],
+                tags.get("bitsweep.trial_id", run.info.run_id),
+                failed=status == "FAILED",
+                value=run.data.metrics.get(progress.objective),
+            )
+
+    def drop_lost_runs(self, state: SweepState) -> None:
+        """Delete the runs of trials that Tune lost when the sweep was killed.
+
+        A trial started less than one experiment snapshot before a kill is unknown to the
+        restored experiment: Tune runs a new trial in its place, and the old run would stay
+        RUNNING forever. Once the experiment has ended, every run still RUNNING is such a run;
+        it is deleted (MLflow keeps deleted runs restorable) with a tag saying why.
+        """
+        for run in self.trial_runs(state, status="RUNNING"):
+            log.warning(
+                "trial %s was lost when the sweep stopped; its run is deleted", run.info.run_id
+            )
+            self.client.set_tag(
+                run.info.run_id, "bitsweep.lost", "started before the sweep was killed"
+            )
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            self.client.delete_run(run.info.run_id)
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def finish(self, state: SweepState) -> SweepSummary:
+        """Log the leaderboard, the Pareto plot and the trial counts to the parent run, mark it
+        FINISHED, and return the summary."""
+        spec, client = self.plan.spec, self.client
+        objective = spec.objectives[0]
+        strategies = [s.name for s in self.plan.strategies]
+        tiebreak = [(o.metric, o.mode) for o in spec.objectives[1:]]
+        board = log_leaderboard(
+            client,
+            state.experiment_id,
+            state.parent_run_id,
+            metric=objective.metric,
+            mode=objective.mode,
+            title=f"{spec.benchmark}: test accuracy against weight memory",
+            tiebreak=tiebreak,
+        )
+        runs = self.trial_runs(state)
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        failed_runs = [r for r in runs if r.info.status == "FAILED"]
+        failures = [
+            {
+                "run_id": r.info.run_id,
+                "strategy": r.data.tags.get("bitsweep.strategy", ""),
+                "trial_id": r.data.tags.get("bitsweep.trial_id", ""),
+                "error": r.data.tags.get("bitsweep.error", ""),
+            }
+            for r in failed_runs
+        ]
+        best: dict[str, dict[str, Any]] = {}
+        for run in leaderboard_runs(
+            client,
+            state.experiment_id,
+            metric=objective.metric,
+            mode=objective.mode,
+            strategies=strategies,
+            sweep_id=state.sweep_id,
+            tiebreak=tiebreak,
+        ):
+            best[run.data.tags["bitsweep.strategy"]] = {
+                "run_id": run.info.run_id,
+                "metrics": run.data.metrics,
+            }
+        pareto: dict[str, list[dict[str, Any]]] = {}
+        if len(spec.objectives) > 1:
+            objs = [(o.metric, o.mode) for o in spec.objectives]
+            for name in strategies:
+                mine = [r for r in finished if r.data.tags.get("bitsweep.strategy") == name]
+                pareto[name] = [
+                    {"run_id": r.info.run_id, "metrics": r.data.metrics}
+                    for r in nondominated(mine, objs)
+                ]
+        client.log_metric(state.parent_run_id, "completed_trials", len(finished))
+        client.log_metric(state.parent_run_id, "failed_trials", len(failed_runs))
+        client.set_terminated(state.parent_run_id, status="FINISHED")
+        return SweepSummary(
+            sweep_id=state.sweep_id,
+            experiment=spec.benchmark,
+            tracking_uri=self.plan.tracking_uri,
+            parent_run_id=state.parent_run_id,
+            completed=len(finished),
+            failed=len(failed_runs),
+            best=best,
+            leaderboard=board["rows"],
+            artifact_uri=board["artifact_uri"],
+            failures=failures,
+            objectives=[f"{o.metric}:{o.mode}" for o in spec.objectives],
+            pareto=pareto,
+        )
+
+
+__all__ = ["StrategyCallbacks", "SweepLogger", "SweepRecord", "SweepSummary"]

@@ -1,0 +1,58 @@
+"""The saved state of a sweep: what it wrote so far, kept under the data directory so that an
+interrupted sweep can resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runners.search import SpecError
+from schemas.sweep import SweepSpec
+
+
+@dataclass
+class SweepState:
+    """What a sweep wrote so far, kept beside its Ray results so that it can resume."""
+
+    sweep_id: str
+    spec: dict[str, Any]
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    optuna_url: str
+    status: str = "running"
+    strategies: dict[str, str] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+    def save(self, home: Path) -> None:
+        path = home / "sweeps" / f"{self.sweep_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> SweepState:
+        return cls(**json.loads(path.read_text()))
+
+
+def find_resumable(home: Path, spec: SweepSpec, sweep_id: str | None) -> SweepState:
+    """The sweep to resume: `sweep_id`, or the newest unfinished sweep of the spec's name."""
+    folder = home / "sweeps"
+    if sweep_id is not None:
+        path = folder / f"{sweep_id}.json"
+        if not path.exists():
+            raise SpecError("sweep_id", f"no sweep {sweep_id!r} under {home}")
+        state = SweepState.load(path)
+    else:
+        states = [SweepState.load(p) for p in folder.glob("*.json")] if folder.is_dir() else []
+        states = [s for s in states if s.spec.get("name") == spec.name and s.status != "finished"]
+        if not states:
+            raise SpecError("--resume", f"no unfinished sweep named {spec.name!r} under {home}")
+        state = max(states, key=lambda s: s.created)
+    if state.spec != json.loads(spec.model_dump_json()):
+        raise SpecError("--resume", f"the spec changed since sweep {state.sweep_id} started")
+    return state
