@@ -56,12 +56,16 @@ TUNE_DEFAULTS = {
 }
 
 
+PENDING_TRIALS = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
 @contextlib.contextmanager
-def tune_environment() -> Iterator[None]:
+def tune_environment(defaults: dict[str, str] | None = None) -> Iterator[None]:
     """Tune's environment for the time an experiment runs: `TUNE_REQUIRED`, and
-    `TUNE_DEFAULTS` where the user has not set them; restored after."""
-    saved = {k: os.environ.get(k) for k in (*TUNE_REQUIRED, *TUNE_DEFAULTS)}
-    for k, v in TUNE_DEFAULTS.items():
+    `TUNE_DEFAULTS` and `defaults` where the user has not set them; restored after."""
+    defaults = {**TUNE_DEFAULTS, **(defaults or {})}
+    saved = {k: os.environ.get(k) for k in (*TUNE_REQUIRED, *defaults)}
+    for k, v in defaults.items():
         os.environ.setdefault(k, v)
     os.environ.update(TUNE_REQUIRED)
     try:
@@ -86,6 +90,25 @@ def start_ray(address: str | None) -> None:
         logging_level=logging.WARNING,
         include_dashboard=False,
     )
+
+
+def pending_trials(plan: Plan) -> int:
+    """How many trials Tune may start at once: as many as the cluster fits now (by CPUs, and
+    GPUs where a trial asks for them), within the spec's limit and trial count.
+
+    With a searcher of its own Tune keeps one trial pending at a time. A trial is pending until
+    its worker has started (seconds: it imports torch), and trials shorter than that would all
+    run one after another on the first worker, which Tune reuses, leaving the rest of the
+    cluster idle; with one pending trial per free slot, every slot's worker starts at once.
+    """
+    import ray
+
+    spec, have = plan.spec, ray.cluster_resources()
+    fits = have.get("CPU", 0.0) / spec.resources.cpu
+    if spec.resources.gpu > 0:
+        fits = min(fits, have.get("GPU", 0.0) / spec.resources.gpu)
+    n = min(max(1, int(fits)), sum(sp.trials for sp in plan.strategies))
+    return min(n, spec.max_concurrent_trials) if spec.max_concurrent_trials else n
 
 
 def run_sweep(
@@ -119,11 +142,12 @@ def run_sweep(
         record.count_into(progress, state)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start_ray(ray_address)
+    pending = pending_trials(plan)
     storage = optuna.storages.RDBStorage(plan.optuna_url)
     for sp in plan.strategies:
         state.strategies[sp.name] = "running"
     state.save(home)
-    with tune_environment():
+    with tune_environment({PENDING_TRIALS: str(pending)}):
         _run_experiment(plan, state, record, storage, progress, resume)
     record.drop_lost_runs(state)
     for sp in plan.strategies:

@@ -66,3 +66,12 @@ def test_bench_sweep_overhead_smoke_prints_a_table(capsys):
     assert cells[0] == "full_precision, 2 trials x 1 epoch(s)"
     assert float(cells[1].removesuffix(" s")) > 0 and float(cells[2].removesuffix(" s")) > 0
     assert cells[7].endswith("at once)")
+
+
+def test_bench_weight_fixing_smoke_prints_a_table(capsys):
+    bench = _load("bench_weight_fixing")
+    assert bench.main(["--smoke"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert rows[0].startswith("| weights | threads | largest step |") and len(rows) == 3
+    cells = [c.strip() for c in rows[2].split("|")[1:-1]]
+    assert cells[0] == "2000" and int(cells[1]) >= 1 and int(cells[4]) > 1
