@@ -27,12 +27,16 @@ device. `weight_fixing` runs its fixing phase: no float pre-training and one fix
 every epoch end (`pretrain_epochs=0, epochs_per_step=1`), so its regularizer is active and
 each round's epoch end is a fixing step.
 
-Memory: on CUDA the peak allocated during a run's steps (torch.cuda.max_memory_allocated);
-on CPU the bytes of the model's parameters and buffers and the optimizer's state (the
-activations, equal across runs of one model, are not counted).
+Memory: on CUDA the peak allocated during a run's steps and epoch end
+(torch.cuda.max_memory_allocated, activations included); on CPU, where tracemalloc does not
+see torch's allocations, the bytes of the model's parameters, buffers and gradients and the
+optimizer's state after a round's last step, before the epoch end (activations, about equal
+across the runs of one model, and tensors a strategy caches outside its buffers are not
+counted).
 
 Prints a Markdown table: per model and run the median step time, the epoch-end time, the
-amortized step time, its ratio to the float run of the same model and the project's target.
+amortized step time, its ratio to the float run of the same model, the project's target and the
+memory of the run (see Memory; the header says which is measured).
 """
 
 from __future__ import annotations
@@ -156,8 +160,14 @@ class Run:
         self.start_epoch()
 
     def state_bytes(self) -> int:
+        """Bytes of parameters, buffers, gradients and optimizer state."""
         n = sum(t.numel() * t.element_size() for t in self.model.parameters())
         n += sum(t.numel() * t.element_size() for t in self.model.buffers())
+        n += sum(
+            t.grad.numel() * t.grad.element_size()
+            for t in self.model.parameters()
+            if t.grad is not None
+        )
         for state in self.optimizer.state.values():
             for v in state.values():
                 if isinstance(v, torch.Tensor):
@@ -303,16 +313,14 @@ def measure(runs: list[Run], args: argparse.Namespace, device: torch.device) -> 
                 run.step(xb, yb)
                 sync(device)
                 run.step_times.append(time.perf_counter() - t0)
+            if device.type != "cuda":  # before the epoch end may build a fresh optimizer
+                run.peak_bytes = max(run.peak_bytes, run.state_bytes())
             t0 = time.perf_counter()
             run.end_epoch()
             sync(device)
             run.epoch_times.append(time.perf_counter() - t0)
-            peak = (
-                torch.cuda.max_memory_allocated(device)
-                if device.type == "cuda"
-                else run.state_bytes()
-            )
-            run.peak_bytes = max(run.peak_bytes, peak)
+            if device.type == "cuda":
+                run.peak_bytes = max(run.peak_bytes, torch.cuda.max_memory_allocated(device))
 
 
 def amortized(run: Run) -> float:
@@ -323,7 +331,7 @@ def amortized(run: Run) -> float:
 
 def table(model_name: str, runs: list[Run], device: torch.device) -> str:
     by_label = {r.label: r for r in runs}
-    mem = "peak CUDA MiB" if device.type == "cuda" else "params+buffers+opt state MiB"
+    mem = "peak CUDA MiB" if device.type == "cuda" else "params+buffers+grads+opt state MiB"
     lines = [
         f"| model | run | step ms (median) | epoch end ms | amortized ms | vs float | target "
         f"| met | {mem} |",

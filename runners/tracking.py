@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,22 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run,
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+# The leaderboard lives in runners.leaderboard (no Ray, no torch); its names stay importable here.
+from runners.leaderboard import (  # noqa: F401
+    LEADERBOARD_COLUMNS,
+    finite,
+    format_cell,
+    leaderboard_rows,
+    leaderboard_runs,
+    log_leaderboard,
+    nondominated,
+    pareto_front,
+    pareto_plot,
+    q,
+    rows_to_csv,
+    rows_to_markdown,
+    trial_strategies,
+)
 from runners.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE
 from schemas.errors import FieldError
 from schemas.trial import TrialConfig, TrialResult
@@ -52,11 +66,6 @@ def bitsweep_version() -> str:
         return version("bitsweep")
     except PackageNotFoundError:
         return "unknown"
-
-
-def q(value: str) -> str:
-    """A string literal for an MLflow filter."""
-    return "'" + value.replace("'", "\\'") + "'"
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
@@ -134,14 +143,6 @@ def log_in_batches(
         client.log_batch(run_id, params=ps[i : i + 100])
     for i in range(0, len(ts), 100):
         client.log_batch(run_id, tags=ts[i : i + 100])
-
-
-def finite(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 def param_metric_key(name: str, result_keys: set[str]) -> str:
@@ -418,259 +419,6 @@ def _error_line(trial: Any) -> str:
         lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
         text = lines[-1] if lines else ""
     return text[:5000] or "trial failed"
-
-
-# -- leaderboard -----------------------------------------------------------------------------
-
-
-def leaderboard_runs(
-    client: MlflowClient,
-    experiment_id: str,
-    *,
-    metric: str,
-    mode: str,
-    strategies: Iterable[str] | None,
-    every_trial: bool = False,
-    sweep_id: str | None = None,
-    limit: int = 1000,
-    tiebreak: Sequence[tuple[str, str]] = (),
-) -> list[Run]:
-    """Finished trial runs, best first: the best per strategy, or every trial.
-
-    Ties are broken by the `tiebreak` objectives (`(metric, mode)`) in turn, then by test
-    accuracy. Reads with filter queries (one per strategy for the best), never by loading
-    every run.
-    """
-    keys = _ranking(metric, mode, tiebreak)
-    order = [f"metrics.`{m}` {'DESC' if md == 'max' else 'ASC'}" for m, md in keys]
-    base = "tags.`bitsweep.kind` = 'trial' and attributes.status = 'FINISHED'"
-    if sweep_id:
-        base += f" and tags.`bitsweep.sweep_id` = {q(sweep_id)}"
-    if every_trial:
-        return list(
-            client.search_runs(
-                [experiment_id], filter_string=base, order_by=order, max_results=limit
-            )
-        )
-    names = list(strategies) if strategies is not None else trial_strategies(client, experiment_id)
-    best: list[Run] = []
-    for name in names:
-        runs = client.search_runs(
-            [experiment_id],
-            filter_string=f"{base} and tags.`bitsweep.strategy` = {q(name)}",
-            order_by=order,
-            max_results=1,
-        )
-        if runs and metric in runs[0].data.metrics:
-            best.append(runs[0])
-    return sorted(best, key=lambda r: _rank_key(r, keys))
-
-
-def _ranking(metric: str, mode: str, tiebreak: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    keys = [(metric, mode), *tiebreak]
-    if "test_accuracy" not in [m for m, _ in keys]:
-        keys.append(("test_accuracy", "max"))
-    return keys
-
-
-def _rank_key(run: Run, keys: list[tuple[str, str]]) -> tuple[float, ...]:
-    m = run.data.metrics
-    return tuple(
-        (-1 if mode == "max" else 1) * float(m.get(k, -math.inf if mode == "max" else math.inf))
-        for k, mode in keys
-    )
-
-
-def trial_strategies(client: MlflowClient, experiment_id: str) -> list[str]:
-    """Every strategy swept in the experiment, from its sweeps' parent runs."""
-    names: set[str] = set()
-    for run in client.search_runs(
-        [experiment_id], filter_string="tags.`bitsweep.kind` = 'sweep'", max_results=1000
-    ):
-        names.update(s for s in run.data.tags.get("bitsweep.strategies", "").split(",") if s)
-    return sorted(names)
-
-
-LEADERBOARD_COLUMNS = (
-    "test_accuracy",
-    "weight_bytes",
-    "weight_bits",
-    "compression_ratio",
-    "unique_weights",
-    "unique_nonzero_weights",
-    "weight_entropy_bits",
-    "sparsity",
-    "train_seconds",
-)
-
-
-def leaderboard_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    rows = []
-    for rank, run in enumerate(runs, 1):
-        m = run.data.metrics
-        rows.append(
-            {
-                "rank": rank,
-                "strategy": run.data.tags.get("bitsweep.strategy", ""),
-                "run_id": run.info.run_id,
-                "run_name": run.info.run_name,
-                "trial_id": run.data.tags.get("bitsweep.trial_id", ""),
-                "sweep_id": run.data.tags.get("bitsweep.sweep_id", ""),
-                **{k: m.get(k) for k in LEADERBOARD_COLUMNS},
-            }
-        )
-    return rows
-
-
-def rows_to_csv(rows: list[dict[str, Any]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
-
-
-def rows_to_markdown(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no finished trials)\n"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(v: Any) -> str:
-    return format_cell(v)
-
-
-def format_cell(v: Any) -> str:
-    """A table cell: integers as integers (also when MLflow holds them as floats), other
-    numbers to 4 significant digits."""
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points not dominated when memory (x) goes down and accuracy (y) up,
-    ordered by memory."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
-
-
-def nondominated(runs: list[Run], objectives: Sequence[tuple[str, str]]) -> list[Run]:
-    """The runs no other run beats on every objective (`(metric, 'max' | 'min')`), ordered by
-    the first objective, best first. Runs missing an objective are left out."""
-    signs = [1.0 if mode == "max" else -1.0 for _, mode in objectives]
-    scored = [
-        (r, [s * float(r.data.metrics[m]) for (m, _), s in zip(objectives, signs, strict=True)])
-        for r in runs
-        if all(finite(r.data.metrics.get(m)) for m, _ in objectives)
-    ]
-
-    def beats(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
-
-    front = [(r, v) for r, v in scored if not any(beats(w, v) for _, w in scored)]
-    return [r for r, _ in sorted(front, key=lambda rv: [-x for x in rv[1]])]
-
-
-def pareto_plot(runs: list[Run], path: Path, title: str) -> None:
-    """Test accuracy against weight memory (log scale), one colour per strategy, front drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [
-        (
-            r.data.metrics["weight_bytes"],
-            r.data.metrics["test_accuracy"],
-            r.data.tags.get("bitsweep.strategy", "?"),
-        )
-        for r in runs
-        if finite(r.data.metrics.get("weight_bytes"))
-        and finite(r.data.metrics.get("test_accuracy"))
-    ]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    names = sorted({p[2] for p in pts})
-    cmap = plt.get_cmap("tab10")
-    for i, name in enumerate(names):
-        xs = [p[0] for p in pts if p[2] == name]
-        ys = [p[1] for p in pts if p[2] == name]
-        ax.scatter(xs, ys, s=28, color=cmap(i % 10), label=name, alpha=0.85, edgecolors="none")
-    front = pareto_front([(p[0], p[1]) for p in pts])
-    if front:
-        ax.step(
-            [pts[i][0] for i in front],
-            [pts[i][1] for i in front],
-            where="post",
-            color="black",
-            linewidth=1,
-            label="Pareto front",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("weight memory (bytes, log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    if pts:
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def log_leaderboard(
-    client: MlflowClient,
-    experiment_id: str,
-    parent_run_id: str,
-    *,
-    metric: str,
-    mode: str,
-    title: str,
-    tiebreak: Sequence[tuple[str, str]] = (),
-) -> dict[str, Any]:
-    """Write the benchmark's leaderboard (CSV, markdown) and Pareto plot to the parent run."""
-    best = leaderboard_runs(
-        client, experiment_id, metric=metric, mode=mode, strategies=None, tiebreak=tiebreak
-    )
-    every = leaderboard_runs(
-        client,
-        experiment_id,
-        metric=metric,
-        mode=mode,
-        strategies=None,
-        every_trial=True,
-        limit=5000,
-        tiebreak=tiebreak,
-    )
-    rows = leaderboard_rows(best)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "leaderboard.csv").write_text(rows_to_csv(rows))
-        (folder / "leaderboard.md").write_text(rows_to_markdown(rows))
-        (folder / "trials.csv").write_text(rows_to_csv(leaderboard_rows(every)))
-        pareto_plot(every, folder / "pareto.png", title)
-        for name in ("leaderboard.csv", "leaderboard.md", "trials.csv", "pareto.png"):
-            client.log_artifact(parent_run_id, str(folder / name))
-    return {
-        "rows": rows,
-        "trials": len(every),
-        "artifact_uri": client.get_run(parent_run_id).info.artifact_uri,
-    }
 
 
 def set_tracking(uri: str) -> MlflowClient:

@@ -15,7 +15,7 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,13 +172,53 @@ def resolve(config: TrialConfig) -> ResolvedTrial:
 # -- building blocks -------------------------------------------------------------------------
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else CPU; an explicit CUDA device must exist."""
+def pick_device(name: str, gpu_ids: Sequence[int | str] | None = None) -> torch.device:
+    """The device of a trial asking for `name` (see `choose_device`) on this machine.
+
+    `gpu_ids` are the GPUs Ray assigned to the trial (`ray.get_gpu_ids()`), None outside Ray.
+    """
+    available = torch.cuda.is_available()
+    return choose_device(
+        name,
+        gpu_ids=gpu_ids,
+        cuda_available=available,
+        cuda_count=torch.cuda.device_count() if available else 0,
+    )
+
+
+def choose_device(
+    name: str,
+    *,
+    gpu_ids: Sequence[int | str] | None,
+    cuda_available: bool,
+    cuda_count: int,
+) -> torch.device:
+    """`auto` is CUDA when present, else CPU; an explicit CUDA device must exist.
+
+    Under Ray (`gpu_ids` not None) a trial uses only the GPUs it was assigned: Ray makes
+    them the visible devices (CUDA_VISIBLE_DEVICES), so `auto` with some is `cuda`, the
+    first of them; with none, `auto` is the CPU even where the node has GPUs (Ray leaves a
+    trial without GPUs every device visible, and those belong to the trials that asked for
+    them), and an explicit CUDA device is refused.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if gpu_ids is not None and not gpu_ids:
+            return torch.device("cpu")
+        if gpu_ids and not cuda_available:
+            log.warning("GPUs %s were assigned but torch sees no CUDA device: CPU it is", gpu_ids)
+        return torch.device("cuda" if cuda_available else "cpu")
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "CUDA was asked for but is not available")
+    if dev.type == "cuda":
+        if not cuda_available:
+            raise ConfigError("device", "CUDA was asked for but is not available")
+        if gpu_ids is not None and not gpu_ids:
+            raise ConfigError(
+                "device", f"{name} was asked for but the trial was assigned no GPU (resources.gpu)"
+            )
+        if (dev.index or 0) >= cuda_count:
+            raise ConfigError(
+                "device", f"{name} was asked for but {cuda_count} CUDA device(s) are visible"
+            )
     return dev
 
 
@@ -190,11 +230,34 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+# Devices with fused SGD, Adam and AdamW kernels in every supported torch (CPU since 2.4).
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
 def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or Adam/AdamW, fused or foreach where the device allows."""
+    """SGD (momentum, Nesterov) or Adam/AdamW, fused where the device allows, else foreach.
+
+    Fused (`fused=True`: one kernel per parameter for the whole update) is used when every
+    parameter is a floating-point tensor on CPU or CUDA, the same condition torch checks.
+    It computes the same update as foreach (`foreach=True`, the fallback) with the
+    floating-point operations in another order, so weights can differ from a foreach run in
+    the last bits after a step: a trial is reproducible against itself and its resumed
+    checkpoints, not bit for bit against a foreach optimizer. On CPU the fused Adam step of
+    an MLP's 266k weights takes 141 us against 363 us with foreach, and it has no slow path
+    for all-zero gradients, where foreach Adam's `sqrt` of zero second moments (the weights
+    `weight_fixing` has fixed) is about 5x slower than of positive ones.
+    A fused step changes the parameters in place without bumping their version counter
+    (`Tensor._version`): a strategy must not key a cache on a parameter's version.
+    """
     for g in groups:
+        ps = g["params"]
+        g["params"] = [ps] if isinstance(ps, torch.Tensor) else list(ps)
         g.setdefault("lr", cfg.lr)
         g["base_lr"] = g["lr"]
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params)
+    # One of the two is set (True), the other left to torch (None).
+    use_fused, use_foreach = (True, None) if fused else (None, True)
     opt: torch.optim.Optimizer
     if cfg.name == "sgd":
         opt = torch.optim.SGD(
@@ -203,12 +266,25 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch
             momentum=cfg.momentum,
             nesterov=cfg.nesterov and cfg.momentum > 0,
             weight_decay=cfg.weight_decay,
-            foreach=True,
+            foreach=use_foreach,
+            fused=use_fused,
         )
     elif cfg.name == "adam":
-        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        opt = torch.optim.Adam(
+            groups,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            foreach=use_foreach,
+            fused=use_fused,
+        )
     else:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        opt = torch.optim.AdamW(
+            groups,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            foreach=use_foreach,
+            fused=use_fused,
+        )
     return opt
 
 
@@ -247,15 +323,17 @@ def evaluate(
         return float("nan"), float("nan")
     was_training = model.training
     model.eval()
-    correct = 0
-    loss = 0.0
+    # Summed on the device and read once: no batch waits on the host. In float64, each
+    # batch's float32 sum adds exactly as it would to a Python float.
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], batch_size):
         out = model(x[i : i + batch_size])
         yb = y[i : i + batch_size]
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
+        loss += F.cross_entropy(out, yb, reduction="sum").to(torch.float64)
+        correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
-    return correct / x.shape[0], loss / x.shape[0]
+    return int(correct) / x.shape[0], float(loss) / x.shape[0]
 
 
 def environment(device: torch.device, origin: Origin | None = None) -> EnvironmentInfo:
@@ -329,9 +407,12 @@ def run_trial(
     dataset: Dataset | None = None,
     on_epoch: EpochCallback | None = None,
     resume_from: Path | None = None,
+    device: torch.device | str | None = None,
 ) -> TrialResult:
     """Train one trial and return its result (see `train`)."""
-    return train(config, dataset=dataset, on_epoch=on_epoch, resume_from=resume_from).result
+    return train(
+        config, dataset=dataset, on_epoch=on_epoch, resume_from=resume_from, device=device
+    ).result
 
 
 def train(
@@ -340,17 +421,21 @@ def train(
     dataset: Dataset | None = None,
     on_epoch: EpochCallback | None = None,
     resume_from: Path | None = None,
+    device: torch.device | str | None = None,
 ) -> Trained:
     """Train one trial and measure its deployed weights.
 
-    `dataset` may be passed preloaded (a sweep loads it once per worker). `resume_from` is a
-    folder written by the checkpoint function given to `on_epoch`. Raises `ConfigError` for a
-    config that cannot run and `TrialDiverged` when the loss stops being finite.
+    `dataset` may be passed preloaded (a sweep loads it once per worker); it is moved to the
+    trial's device once, and batched and augmented there. `resume_from` is a folder written by
+    the checkpoint function given to `on_epoch`. `device`, when given, replaces the config's
+    (a sweep worker passes the one its Ray assignment allows, see `pick_device`). Raises
+    `ConfigError` for a config that cannot run and `TrialDiverged` when the loss stops being
+    finite.
     """
     trial = config if isinstance(config, ResolvedTrial) else resolve(config)
     resolved, cls, params = trial.config, trial.strategy, trial.params
     assert resolved.optimizer and resolved.schedule and resolved.batch_size
-    device = pick_device(resolved.device)
+    device = pick_device(resolved.device if device is None else str(device))
     seed_everything(resolved.seed)
     data = (
         dataset
@@ -368,7 +453,9 @@ def train(
     strategy = cls(params)
     model = strategy.prepare(model).to(device)
     optimizer = build_optimizer(strategy.param_groups(model), resolved.optimizer)
-    gen = torch.Generator(device=device).manual_seed(resolved.seed)
+    # Shuffles and augmentations are drawn on the CPU and moved once per epoch (`batches`):
+    # a seed gives the same batches on any device, and a checkpoint resumes on any.
+    gen = torch.Generator().manual_seed(resolved.seed)
     state = _State()
     history: list[EpochRecord] = []
 
@@ -381,7 +468,10 @@ def train(
         optimizer = build_optimizer(strategy.param_groups(model), resolved.optimizer)
         optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["generator"].to(gen.get_state().device))
-        torch.set_rng_state(ckpt["torch_rng"])
+        # map_location moved every tensor to the device; generator states live on the CPU.
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
         state = _State(**ckpt["state"])
         history = [EpochRecord(**h) for h in ckpt["history"]]
 
@@ -395,6 +485,8 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "generator": gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
+                # Dropout on a GPU draws from the device's generator.
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "state": state.__dict__,
                 "history": [h.model_dump() for h in history],
             },

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 
 from runners.data import Dataset
-from runners.trial import resolve, train
+from runners.trial import pick_device, resolve, train
 from schemas.trial import TrialConfig, TrialResult
 
 RESULT_FILE = "result.json"
@@ -73,7 +74,8 @@ def trainable(
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         return False
 
-    trained = train(trial, dataset=data, on_epoch=on_epoch, resume_from=resume_dir)
+    device = trial_device(trial.config.device)
+    trained = train(trial, dataset=data, on_epoch=on_epoch, resume_from=resume_dir, device=device)
     result = trained.result
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -85,6 +87,37 @@ def trainable(
                 folder / WEIGHTS_FILE, trained, data.input_shape, data.num_classes, packed=True
             )
         tune.report(final_metrics(result, node), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def trial_device(requested: str) -> torch.device:
+    """The device of the trial running in this Ray worker, from what Ray assigned it.
+
+    A trial without GPUs runs on the CPU (see `runners.trial.choose_device`); one holding part
+    of a GPU may allocate that fraction of its memory (`gpu_memory_fraction`).
+    """
+    import ray
+
+    device = pick_device(requested, gpu_ids=ray.get_gpu_ids())
+    if device.type == "cuda":
+        cap_gpu_memory(device, ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    return device
+
+
+def cap_gpu_memory(device: torch.device, gpus: float) -> float | None:
+    """Cap this process's CUDA allocations on `device` at the share of `gpus` it holds (see
+    `gpu_memory_fraction`); returns the cap, None when there is none."""
+    share = gpu_memory_fraction(gpus)
+    if device.type == "cuda" and share is not None:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(share, index)
+    return share
+
+
+def gpu_memory_fraction(gpus: float) -> float | None:
+    """The share of its GPU's memory that a trial holding `gpus` GPUs may allocate: that
+    fraction when it holds part of one (trials packed on a GPU each keep to their share, and
+    one that outgrows it fails alone, out of memory), None (no cap) for one or more GPUs."""
+    return float(gpus) if 0 < gpus < 1 else None
 
 
 def extra_key(name: str) -> str:

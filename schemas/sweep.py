@@ -61,8 +61,16 @@ class Objective(Strict):
     mode: Literal["max", "min"] = "max"
 
 
+# The smallest share of a resource Ray schedules: a smaller nonzero request fails every trial.
+_GPU_UNIT = 0.0001
+
+
 class Resources(Strict):
-    """Resources of each trial; a fraction of a GPU lets small trials share one."""
+    """Resources of each trial; a fraction of a GPU lets small trials share one.
+
+    `gpu: 0.25` packs four trials on a GPU: Ray assigns each the same device and each may
+    allocate a quarter of its memory. A trial with `gpu: 0` runs on the CPU, on any node.
+    """
 
     cpu: float = Field(1.0, gt=0, le=256)
     gpu: float = Field(0.0, ge=0, le=16)
@@ -72,6 +80,8 @@ class Resources(Strict):
     def _gpu(cls, v: float) -> float:
         if v > 1 and not float(v).is_integer():
             raise ValueError("more than one GPU must be a whole number")
+        if 0 < v < _GPU_UNIT:
+            raise ValueError(f"a fraction of a GPU must be at least {_GPU_UNIT} (Ray's unit)")
         return v
 
 

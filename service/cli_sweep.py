@@ -21,22 +21,18 @@ out = Console()
 err = Console(stderr=True)
 
 
-def tracking_store(given: str | None, *, must_exist: bool = False) -> str:
+def tracking_store(given: str | None, *, must_exist: bool = True) -> str:
     """The MLflow store a read command uses: `given`, or the embedded default, which must
-    already exist; `must_exist` also refuses a SQLite file that does not (a read never
-    creates a store). Refuses, naming `tracking_uri`, a store that cannot be reached."""
-    from runners.stores import check_store, default_uris
-    from runners.sweep import data_home
+    already exist. Refuses, naming `tracking_uri`, a store that cannot be read: a SQLite file
+    that does not exist (a read never creates a store, whatever `must_exist` says), a server or
+    database that cannot be reached. Imports neither Ray nor torch."""
+    from runners.leaderboard import check_read_store, default_store
 
-    home = data_home()
-    uri = given or default_uris(home)[0]
-    if given is None and not (home / "mlflow.db").exists():
-        raise InputRefused(
-            "tracking_uri", f"no leaderboard yet: {home / 'mlflow.db'} does not exist"
-        )
-    if must_exist and uri.startswith("sqlite:///") and not Path(uri[10:]).is_file():
-        raise InputRefused("tracking_uri", f"{uri} does not exist (a read never creates a store)")
-    check_store("tracking_uri", uri, mlflow_store=True)
+    path, uri = default_store()
+    if given is None and not path.exists():
+        raise InputRefused("tracking_uri", f"no leaderboard yet: {path} does not exist")
+    uri = given or uri
+    check_read_store(uri)
     return uri
 
 
@@ -136,7 +132,10 @@ def sweep(
     if as_json:
         sys.stdout.write(json.dumps(summary.to_json()) + "\n")
         return
-    show_rows(summary.leaderboard, f"leaderboard of {summary.experiment} (best per strategy)")
+    show_rows(
+        summary.leaderboard,
+        f"leaderboard of sweep {summary.sweep_id} on {summary.experiment} (best per strategy)",
+    )
     out.print(f"{summary.completed} trials completed, {summary.failed} failed")
     for f in summary.failures:
         out.print(
@@ -164,24 +163,39 @@ BOARD_COLUMNS = (
     ("sparsity", "sparsity"),
     ("trial_id", "trial"),
 )
+# With rows from several sweeps the table shows each row's sweep and epochs in place of its
+# trial id (which repeats across sweeps; the JSON and leaderboard.md keep it), and is wider.
+SWEEP_COLUMNS = (("sweep_id", "sweep"), ("epochs", "ep"))
+WIDTH, SWEEPS_WIDTH = 100, 130  # of the table in a file or a pipe
 
 
 def show_rows(rows: list[dict[str, Any]], title: str) -> None:
-    from runners.tracking import format_cell
+    """A leaderboard as a table; with the sweep and epochs of each row when the rows come
+    from several sweeps."""
+    from runners.leaderboard import format_cell, several_sweeps
 
+    columns = list(BOARD_COLUMNS)
+    several = several_sweeps(rows)
+    if several:
+        columns = [*columns[:2], *SWEEP_COLUMNS, *columns[2:-1]]
     table = Table(title=title, title_justify="left")
-    for key, header in BOARD_COLUMNS:
+    for key, header in columns:
+        fold = key in ("trial_id", "sweep_id")
         table.add_column(
             header,
-            justify="left" if key in ("strategy", "trial_id") else "right",
-            no_wrap=True,
-            overflow="fold" if key == "trial_id" else "ellipsis",
+            justify="left" if key == "strategy" or fold else "right",
+            no_wrap=not fold,
+            overflow="fold" if fold else "ellipsis",
         )
     for r in rows:
-        table.add_row(*[format_cell(r.get(key)) for key, _ in BOARD_COLUMNS])
+        table.add_row(*[format_cell(r.get(key)) for key, _ in columns])
     if not out.is_terminal:
-        out.width = 100  # a file or a pipe: rich would assume 80
+        out.width = SWEEPS_WIDTH if several else WIDTH  # rich would assume 80
     out.print(table)
+
+
+# The query's fields, as this command's options.
+OPTION_OF = {"metric": "--metric", "mode": "--mode", "limit": "--limit", "sweep_id": "--sweep-id"}
 
 
 def leaderboard(
@@ -192,48 +206,37 @@ def leaderboard(
     every: Annotated[
         bool, typer.Option("--all", help="every trial, not the best per strategy")
     ] = False,
-    sweep_id: Annotated[str | None, typer.Option(help="only this sweep's trials")] = None,
+    sweep_id: Annotated[
+        str | None,
+        typer.Option(help="the board of this sweep alone (default: every sweep of a benchmark)"),
+    ] = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow store (default: under BITSWEEP_HOME)")
     ] = None,
     limit: Annotated[int, typer.Option(help="rows at most with --all")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
 ) -> None:
-    """The leaderboard of each benchmark: its best trial per strategy, or every trial."""
-    from mlflow.tracking import MlflowClient
+    """The leaderboard of each benchmark: its best trial per strategy, or every trial, over
+    every sweep of it, or of one sweep with --sweep-id."""
+    from runners.leaderboard import check_query, query_leaderboard
+    from schemas.errors import FieldError
 
-    from runners.tracking import leaderboard_rows, leaderboard_runs, q
-    from schemas.sweep import OBJECTIVE_METRICS
-
-    if metric not in OBJECTIVE_METRICS:
-        raise InputRefused("--metric", f"must be one of {', '.join(OBJECTIVE_METRICS)}")
-    if mode not in ("max", "min"):
-        raise InputRefused("--mode", "must be max or min")
-    if limit < 1:
-        raise InputRefused("--limit", "must be at least 1")
-    uri = tracking_store(tracking_uri)
-    client = MlflowClient(uri)
-    name = f"bitsweep/{dataset or '%'}/{model or '%'}"
-    exps = client.search_experiments(filter_string=f"name LIKE {q(name)}", max_results=1000)
-    if not exps:
-        raise InputRefused("dataset", f"no benchmark matches {name.replace('%', '*')} in {uri}")
-    result: dict[str, list[dict[str, Any]]] = {}
-    for exp in sorted(exps, key=lambda e: e.name):
-        runs = leaderboard_runs(
-            client,
-            exp.experiment_id,
+    try:
+        check_query(metric=metric, mode=mode, limit=limit, sweep_id=sweep_id)
+        boards = query_leaderboard(
+            tracking_store(tracking_uri),
+            dataset=dataset,
+            model=model,
             metric=metric,
             mode=mode,
-            strategies=None,
             every_trial=every,
-            sweep_id=sweep_id,
             limit=limit,
+            sweep_id=sweep_id,
         )
-        result[exp.name] = leaderboard_rows(runs)
+    except FieldError as e:
+        raise InputRefused(OPTION_OF.get(e.field, e.field), e.reason) from None
     if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.write(json.dumps({b.benchmark: b.to_json() for b in boards}) + "\n")
         return
-    for exp_name, rows in result.items():
-        show_rows(
-            rows, f"{exp_name} — {'every trial' if every else 'best per strategy'} by {metric}"
-        )
+    for board in boards:
+        show_rows(board.to_json(), board.title())

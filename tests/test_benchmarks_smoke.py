@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -75,3 +78,152 @@ def test_bench_weight_fixing_smoke_prints_a_table(capsys):
     assert rows[0].startswith("| weights | threads | largest step |") and len(rows) == 3
     cells = [c.strip() for c in rows[2].split("|")[1:-1]]
     assert cells[0] == "2000" and int(cells[1]) >= 1 and int(cells[4]) > 1
+
+
+def test_bench_leaderboard_smoke_prints_a_table_and_writes_its_section(
+    capsys, monkeypatch, tmp_path
+):
+    spec = importlib.util.spec_from_file_location(
+        "bench_leaderboard", BENCHMARKS / "bench_leaderboard.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_leaderboard", bench)
+    spec.loader.exec_module(bench)
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Leaderboard\n\nold\n\n## Step cost\n\nkept\n")
+    argv = ["--smoke", "--store", str(tmp_path / "store"), "--doc", str(doc)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "wrote 50 trial runs and 5 sweeps" in out
+    rows = [line for line in out.splitlines() if line.startswith("|")]
+    assert rows[0] == "| read | scope | rows | seconds |" and rows[1].startswith("| --- |")
+    body = [[c.strip() for c in row.split("|")[1:-1]] for row in rows[2:]]
+    # Four query shapes, two through MLflow's search, a fresh process, three CLI runs.
+    assert len(body) == 10
+    assert all(len(cells) == 4 and int(cells[2]) > 0 and float(cells[3]) > 0 for cells in body)
+    assert {cells[1] for cells in body} == {"benchmark", "one sweep"}
+    assert sum("bitsweep leaderboard" in cells[0] for cells in body) == 3
+    assert "none of the heavy modules" in out
+    text = doc.read_text()
+    assert "old" not in text and text.count("## Leaderboard") == 1
+    assert text.endswith("## Step cost\n\nkept\n") and "| read | scope | rows | seconds |" in text
+    assert bench.main(argv) == 0  # the store is built once, then reused
+    assert "trial runs and" not in capsys.readouterr().out
+
+
+@pytest.fixture
+def benchmark_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The benchmarks importable by name, as when a script runs; sys.modules as it was after."""
+    names = ("bench_step_cost", "bench_loader", "bench_gpu")
+    before = {name: sys.modules[name] for name in names if name in sys.modules}
+    for name in names:
+        sys.modules.pop(name, None)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    yield
+    for name in names:
+        sys.modules.pop(name, None)
+    sys.modules.update(before)
+
+
+def _rows(out: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.split("|")[1:-1]]
+        for line in out.splitlines()
+        if line.startswith("|")
+    ]
+
+
+def test_bench_loader_smoke_compares_on_device_batches_with_dataloaders(
+    capsys: pytest.CaptureFixture[str], benchmark_modules: None
+) -> None:
+    import bench_loader
+
+    assert bench_loader.main(["--smoke", "--workers", "0,1"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows[0][:3] == ["data", "augmentation", "loader"] and rows[1][0] == "---"
+    body = rows[2:]
+    # Two datasets, each: the on-device batches, then a DataLoader with 0 and with 1 worker.
+    assert [r[2] for r in body] == [
+        "on-device `batches`",
+        "DataLoader, 0 workers",
+        "DataLoader, 1 worker",
+    ] * 2
+    assert {r[0] for r in body} == {"CIFAR-shaped 3x32x32", "MNIST-shaped 1x28x28"}
+    assert all(float(r[3].replace(",", "")) > 0 for r in body)
+    assert [r[4] for r in body if r[2].startswith("on-device")] == ["1.00x (ref)"] * 2
+
+
+def test_host_augmentation_of_the_dataloader_is_the_same_transform(
+    benchmark_modules: None,
+) -> None:
+    import random
+
+    import bench_loader
+    import torch
+
+    from runners.data import _apply, _Draws
+    from schemas.trial import AugmentConfig
+
+    aug = AugmentConfig(crop_padding=3, flip=True, cutout=4)
+    img = torch.randn(3, 10, 12)
+    rng = random.Random(5)
+    got = bench_loader.augment_sample(img, aug, rng)
+    # The same draws, replayed for the batch implementation.
+    replay = random.Random(5)
+    dy, dx = replay.randrange(7), replay.randrange(7)
+    flip = replay.random() < 0.5
+    top, left = replay.randrange(7), replay.randrange(9)
+    draws = _Draws(*(torch.tensor([v]) for v in (dy, dx, flip, top, left)))
+    assert torch.equal(got, _apply(img[None], aug, draws)[0])
+
+
+def test_write_section_rewrites_only_its_marked_block(
+    tmp_path: Path, benchmark_modules: None
+) -> None:
+    import bench_loader
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Other\n\nkeep me\n\n## Last\n\nme too\n")
+    bench_loader.write_section("Mine", "mine", "| a |\n| - |", "How to run.", path=doc)
+    first = doc.read_text()
+    assert first.startswith("# Benchmarks\n\n## Other\n\nkeep me\n\n## Last\n\nme too\n")
+    assert first.endswith(
+        "## Mine\n\nHow to run.\n\n<!-- mine: start -->\n| a |\n| - |\n<!-- mine: end -->\n"
+    )
+    # Hand-written text around the block stays; only the block changes.
+    doc.write_text(first.replace("How to run.", "How to run, edited.") + "\n## After\n\nx\n")
+    bench_loader.write_section("Mine", "mine", "| b |", "ignored", path=doc)
+    second = doc.read_text()
+    assert "How to run, edited." in second and "| a |" not in second and "| b |" in second
+    assert second.endswith("<!-- mine: end -->\n\n## After\n\nx\n")
+    bench_loader.write_section("Mine", "mine", "| b |", "ignored", path=doc)
+    assert doc.read_text() == second
+
+
+def test_bench_gpu_smoke_runs_step_cost_and_packed_trials(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    benchmark_modules: None,
+) -> None:
+    import bench_gpu
+    import torch
+
+    written: list[str] = []
+    monkeypatch.setattr(
+        bench_gpu, "write_section", lambda title, name, body, intro: written.append(body)
+    )
+    assert bench_gpu.main(["--smoke", "--pack", "1,2", "--write-docs"]) == 0
+    out = capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert out.startswith(bench_gpu.NO_GPU) and "without a GPU" in out
+        assert written[0].startswith(bench_gpu.NO_GPU)
+    rows = _rows(out)
+    models = {r[0] for r in rows if r[0] in ("wrn", "mlp")}
+    assert models == {"wrn", "mlp"}
+    assert {r[1] for r in rows if r[0] == "wrn"} >= {"full_precision", "wrn_1bit"}
+    packed = [r for r in rows if r[0] in ("1", "2")]
+    assert [r[0] for r in packed] == ["1", "2"]
+    assert all(float(r[2].replace(",", "")) > 0 for r in packed)
+    assert packed[0][3] == "1.00x"
+    assert len(written) == 1 and "| trials on one" in written[0] and "| wrn |" in written[0]

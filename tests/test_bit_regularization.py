@@ -270,3 +270,56 @@ def test_digits_mlp_reaches_90_percent_with_learned_bits_in_band() -> None:
         == [result.strategy_info[f"layer.{lm.name}.bits"] for lm in result.weights.layers]
         and result.weights.unique_weights <= sum(2 ** int(b) for b in layer_bits)
     )
+
+
+def test_bit_update_of_all_layers_at_once_equals_one_layer_at_a_time() -> None:
+    # mu * lambda1 * dQ/dB and mu * lambda2 * 2^B near eps: the stacked update must take
+    # each layer's step exactly as a per-layer update does.
+    for seed in range(5):
+        strategy, model = _prepared(lambda1=1e-3, lambda2=1e-6, mu=1e-3, eps=3e-8, init_bits=6)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for _, w, _ in strategy._layers(model):
+                w.mul_(torch.rand(()) * 4)
+        expected = {}
+        for name, w, quant in strategy._layers(model):
+            q, z, _, delta = _quantize(w.detach(), quant.bits)
+            dq_db = -delta * torch.dot((q - w.detach()).reshape(-1), z.reshape(-1))
+            expected[name] = int(strategy._new_bits(quant.bits, dq_db, 1e-3, w.dtype))
+        strategy.on_step(model, _progress(lr=0.0))  # lr 0: mu stays mu
+        assert _bits(strategy, model) == expected
+
+
+def test_regularizer_gradient_is_lambda1_times_w_minus_its_grid_point() -> None:
+    strategy, model = _prepared(lambda1=0.5, lambda2=0.0, init_bits=3)
+    x, _ = tiny_data()
+    model(x[:8])  # the forward's W~
+    reg = strategy.regularizer(model, torch.tensor(0.0))
+    assert reg is not None
+    reg.backward()
+    for _, w, quant in strategy._layers(model):
+        q, _, _, _ = _quantize(w.detach(), quant.bits)
+        assert w.grad is not None and torch.equal(w.grad, 0.5 * (w.detach() - q))
+
+
+def test_bit_update_drops_the_forwards_quantization() -> None:
+    # The trial's fused optimizer changes W without bumping its version counter: after the
+    # step the forward's W~ must not be taken for the updated W's.
+    from runners.trial import build_optimizer
+    from schemas.trial import OptimizerConfig
+
+    strategy, model = _prepared(eps=1.0)  # B stays: only W's change could show
+    opt = build_optimizer(strategy.param_groups(model), OptimizerConfig(name="sgd", lr=0.5))
+    x, y = tiny_data()
+    loss = F.cross_entropy(model(x[:8]), y[:8])
+    reg = strategy.regularizer(model, loss)
+    assert reg is not None
+    model(x[:8])  # a forward whose W~ stays cached until the bit update
+    (loss + reg).backward()
+    versions = [w._version for _, w, _ in strategy._layers(model)]
+    opt.step()
+    strategy.on_step(model, _progress())
+    for (_, w, quant), version in zip(strategy._layers(model), versions, strict=True):
+        assert w._version == version  # the fused step did not bump it
+        q, _, _, _ = quant.last_forward(w)
+        assert torch.equal(q, _quantize(w, quant.bits)[0])

@@ -242,7 +242,7 @@ def test_cifar_folder_without_batches_says_what_it_expected(tmp_path: Path) -> N
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stubs type **kwds as bool
     return path
 
 
@@ -548,3 +548,89 @@ def test_cutout_zeros_the_same_square_in_every_channel() -> None:
 def test_cutout_larger_than_the_image_clears_it() -> None:
     out = augment_batch(images(h=4, w=4), AugmentConfig(cutout=6))
     assert bool((out == 0).all())
+
+
+def test_digits_are_scikit_learns_digits_sample_for_sample() -> None:
+    from sklearn.datasets import load_digits
+
+    from runners.data import _digits, _fixed_test_split
+
+    bunch = load_digits()
+    x = np.asarray(bunch.data, dtype=np.float32).reshape(-1, 1, 8, 8)
+    expected = _fixed_test_split(x, np.asarray(bunch.target, dtype=np.int64), 10)
+    got = _digits()
+    assert got.num_classes == expected.num_classes == 10
+    for a, b in zip(got[:4], expected[:4], strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_batches_draw_the_whole_pass_when_called_as_augment_batch_would() -> None:
+    # Each batch gets the draws augment_batch makes for it with the same generator after the
+    # permutation: the pass's batches do not depend on where the data lives.
+    x, y = images(n=50), torch.arange(50)
+    aug = AugmentConfig(crop_padding=2, flip=True, cutout=3)
+    gen = torch.Generator().manual_seed(7)
+    it = batches(x, y, 16, shuffle=True, generator=gen, augment=aug)
+    after_call = gen.get_state()
+    got = list(it)
+    # Every draw was made when batches() was called; iterating draws nothing more.
+    assert torch.equal(gen.get_state(), after_call)
+    ref = torch.Generator().manual_seed(7)
+    order = torch.randperm(50, generator=ref)
+    assert len(got) == 4
+    for i, (xb, yb) in enumerate(got):
+        idx = order[16 * i : 16 * (i + 1)]
+        assert torch.equal(yb, y[idx])
+        assert torch.equal(xb, augment_batch(x[idx], aug, ref))
+    assert torch.equal(ref.get_state(), after_call)
+
+
+def test_dropped_last_batch_draws_no_augmentation() -> None:
+    x, y = images(n=10), torch.arange(10)
+    aug = AugmentConfig(flip=True)
+    gen = torch.Generator().manual_seed(1)
+    assert (
+        len(list(batches(x, y, 4, shuffle=False, generator=gen, augment=aug, drop_last=True))) == 2
+    )
+    ref = torch.Generator().manual_seed(1)
+    torch.rand(8, generator=ref)
+    assert torch.equal(gen.get_state(), ref.get_state())
+
+
+def _augment_step_by_step(x: torch.Tensor, augment: AugmentConfig, d: object) -> torch.Tensor:
+    """Crop, then flip, then cutout, each as its own pass: what the one gather must equal."""
+    n, c, h, w = x.shape
+    if d.dy is not None:  # type: ignore[attr-defined]
+        p = augment.crop_padding
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        rows = d.dy[:, None] + torch.arange(h)  # type: ignore[attr-defined]
+        cols = d.dx[:, None] + torch.arange(w)  # type: ignore[attr-defined]
+        padded = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * p))
+        x = padded.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+    if d.flip is not None:  # type: ignore[attr-defined]
+        x = torch.where(d.flip[:, None, None, None], x.flip(3), x)  # type: ignore[attr-defined]
+    if d.top is not None:  # type: ignore[attr-defined]
+        sh, sw = min(augment.cutout, h), min(augment.cutout, w)
+        top, left = d.top, d.left  # type: ignore[attr-defined]
+        ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
+        in_rows = (ys >= top[:, None]) & (ys < top[:, None] + sh)
+        in_cols = (xs >= left[:, None]) & (xs < left[:, None] + sw)
+        x = x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
+    return x
+
+
+@pytest.mark.parametrize("crop", [0, 1, 3])
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("cutout", [0, 2, 9])
+def test_one_gather_equals_crop_flip_and_cutout_done_one_after_another(
+    crop: int, flip: bool, cutout: int
+) -> None:
+    from runners.data import _apply, _draw
+
+    aug = AugmentConfig(crop_padding=crop, flip=flip, cutout=cutout)
+    x = torch.randn(40, 2, 7, 5, generator=torch.Generator().manual_seed(crop + 10 * cutout))
+    x[0, 0, 0, 0] = -0.0
+    d = _draw(40, 7, 5, aug, torch.Generator().manual_seed(int(flip)), x.device)
+    got, want = _apply(x, aug, d), _augment_step_by_step(x, aug, d)
+    # Bit for bit, signed zeros included.
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))

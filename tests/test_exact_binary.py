@@ -235,3 +235,38 @@ def test_training_forward_and_deployed_forward_agree_after_training(digits_run: 
     data = load_dataset("digits")
     trained_acc, _ = evaluate(digits_run.model, data.x_test, data.y_test, 4096)
     assert abs(trained_acc - digits_run.result.test_accuracy) <= 0.01
+
+
+def _plain_power_map(v: torch.Tensor, p: float, eps: float, scale: float) -> torch.Tensor:
+    """The row-wise map in plain torch ops, differentiated by autograd (amax shares its
+    gradient evenly among tied maxima)."""
+    g = v.reshape(v.shape[0], -1)
+    u = g / g.abs().amax(dim=1, keepdim=True)
+    return (scale * u * (u * u + eps * eps) ** ((p - 1) / 2)).reshape(v.shape)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.3, 0.005])
+def test_hand_written_gradient_matches_autograd_of_the_plain_map(p: float) -> None:
+    torch.manual_seed(0)
+    v = torch.randn(6, 9, dtype=torch.float64)
+    v[1, 3] = -v[1].abs().max()  # a row whose maximum is negative
+    v[2, 4] = v[2, 7] = v[2].abs().max()  # a tie for the maximum: shared evenly, as amax
+    v[3, 5] = 0.0
+    up = torch.randn(6, 9, dtype=torch.float64)
+    a = v.clone().requires_grad_(True)
+    b = v.clone().requires_grad_(True)
+    out_a = group_power_map(a, p, eps=1e-3, scale=0.7)
+    out_b = _plain_power_map(b, p, 1e-3, 0.7)
+    out_a.backward(up)
+    out_b.backward(up)
+    assert torch.allclose(out_a, out_b, rtol=1e-12, atol=0)
+    assert a.grad is not None and b.grad is not None
+    assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_map_stays_within_a_few_ulp_of_pow() -> None:
+    torch.manual_seed(0)
+    v = torch.randn(300, 784)
+    fast = group_power_map(v, 0.02, eps=1e-3, scale=1.0)
+    exact = _plain_power_map(v.double(), 0.02, 1e-3, 1.0)
+    assert torch.allclose(fast.double(), exact, rtol=2e-6, atol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -135,6 +136,53 @@ def test_leaderboard_cli_lists_every_trial_with_all(sqlite_sweep, monkeypatch, c
     monkeypatch.setenv("BITSWEEP_HOME", str(home))
     assert main(["leaderboard", "--all", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["bitsweep/digits/mlp"]) == 3
+
+
+def test_a_sweeps_board_is_its_own_and_the_benchmarks_spans_its_sweeps(
+    tmp_path, monkeypatch, capsys
+):
+    """Two sweeps of one benchmark at 1 and 2 epochs: the second's printed board and its
+    leaderboard.md hold its trials alone; `bitsweep leaderboard` shows both, saying which sweep
+    and how many epochs each row is, and `--sweep-id` one of them."""
+    home = tmp_path / "data"
+    monkeypatch.setenv("BITSWEEP_HOME", str(home))
+    base = {
+        "trials_per_strategy": 2,
+        "max_failures": 0,
+        "strategies": [{"name": "full_precision", "search": {"lr": [0.001, 0.01]}}],
+    }
+    first = run_sweep(
+        plan_sweep(SweepSpec.model_validate({**base, "name": "one", "epochs": 1}), home=home)
+    )
+    spec = tmp_path / "two.json"
+    spec.write_text(json.dumps({**base, "name": "two", "epochs": 2}))
+    assert main(["sweep", str(spec)]) == 0
+    printed = capsys.readouterr().out
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("bitsweep/digits/mlp")
+    assert exp is not None
+    flt = "tags.`bitsweep.kind` = 'sweep' and tags.`bitsweep.sweep_id` LIKE 'two-%'"
+    (second,) = client.search_runs([exp.experiment_id], flt)
+    sid = second.data.tags["bitsweep.sweep_id"]
+    mine = {r.data.tags["bitsweep.trial_id"] for r in children(client, second.info.run_id)}
+    theirs = {r.data.tags["bitsweep.trial_id"] for r in children(client, first.parent_run_id)}
+    assert f"leaderboard of sweep {sid}" in printed
+    assert any(t in printed for t in mine) and not any(t in printed for t in theirs)
+    md = (
+        Path(client.download_artifacts(second.info.run_id, "leaderboard.md", str(tmp_path)))
+    ).read_text()
+    assert f"sweep {sid}, 2 epochs" in md.splitlines()[0]
+    assert first.sweep_id not in md and any(t in md for t in mine)
+
+    assert main(["leaderboard", "--all", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["bitsweep/digits/mlp"]
+    assert {(r["sweep_id"], r["epochs"]) for r in rows} == {(first.sweep_id, 1), (sid, 2)}
+    assert main(["leaderboard", "--all"]) == 0
+    table = capsys.readouterr().out
+    assert "from 2 sweeps, 1-2 epochs" in table and first.sweep_id in table and sid in table
+    assert main(["leaderboard", "--all", "--sweep-id", first.sweep_id, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["bitsweep/digits/mlp"]
+    assert len(rows) == 2 and {r["sweep_id"] for r in rows} == {first.sweep_id}
 
 
 def test_failing_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path):

@@ -7,13 +7,14 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from runners.trial import ConfigError, resolve, train
-from schemas.trial import TrialConfig
+from runners.trial import ConfigError, build_optimizer, resolve, train
+from schemas.trial import OptimizerConfig, TrialConfig
 from strategies.base import Progress
 from strategies.layers import parametrizations
 from strategies.metrics import weight_metrics
@@ -24,9 +25,13 @@ from strategies.weight_fixing import (
     STEPS,
     WeightFixing,
     _Fixable,
+    _select,
+    _SoftDistanceSum,
+    bracket,
     centre_magnitudes,
     fix_weights,
     geometric_grid,
+    soft_relative_distance,
 )
 
 GAMMA0 = 2.0**-7
@@ -442,3 +447,144 @@ def test_a_trial_too_short_for_epochs_per_step_is_refused_naming_the_param() -> 
     assert e.value.field == "params.epochs_per_step"
     assert "need 29 epochs; the trial has 20" in e.value.reason
     resolve(config.model_copy(update={"epochs": 29}))
+
+
+# -- the fast paths against the plain expressions ------------------------------------------------
+
+
+def _select_plain(
+    w: torch.Tensor, mags: torch.Tensor, allowed: float, gamma0: float, needed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy pick of `_select` in plain torch ops (bool masks, indexing, a float sort)."""
+    n, k = w.numel(), mags.numel()
+    a = w.abs()
+    small = a < gamma0
+    j = torch.searchsorted(mags, a)
+    lo = (j - 1).clamp(0, k - 1)
+    hi = j.clamp(0, k - 1)
+    near = torch.where((a - mags[lo]).abs() <= (mags[hi] - a).abs(), lo, hi)
+    value = torch.where(small, torch.zeros_like(w), torch.copysign(mags[near], w))
+    dist = torch.where(small, torch.zeros_like(w), (a - mags[near]).abs() / a.clamp_min(gamma0))
+    group = torch.where(
+        small, torch.full_like(near, k), torch.where(w > 0, k + 1 + near, k - 1 - near)
+    )
+    counts = torch.bincount(group, minlength=2 * k + 1)
+    rank = torch.empty_like(counts)
+    rank[torch.argsort(counts, descending=True, stable=True)] = torch.arange(counts.numel())
+    scale = float(dist.max()) + 1.0
+    key, order = torch.sort(
+        rank[group].to(torch.float64) + dist.to(torch.float64) / scale, stable=True
+    )
+    r = key.floor()
+    d = (key - r) * scale
+    r = r.long()
+    sizes = counts[torch.argsort(rank)]
+    starts = torch.cumsum(sizes, 0) - sizes
+    csum = torch.cumsum(d, 0)
+    base = (csum - d)[starts.clamp(max=n - 1)]
+    pos = torch.arange(1, n + 1) - starts[r]
+    ok = (csum - base[r]) / pos <= allowed
+    picked = order[torch.nonzero(ok).squeeze(1)[:needed]]
+    return picked, value[picked]
+
+
+@pytest.mark.parametrize("terms", [1, 2, 3])
+@pytest.mark.parametrize("grid", [False, True])
+def test_select_equals_the_plain_greedy_pick_bit_for_bit(terms: int, grid: bool) -> None:
+    w = gaussian(30_000, seed=terms)
+    if grid:  # many exact ties in distance, weights exactly at centres and at +-gamma0
+        w = torch.round(w * 256) / 256
+    mags = centre_magnitudes(float(w.abs().max()), 0.05, terms, GAMMA0, w.device)
+    for needed in (100, 9_000, 30_000):
+        got = _select(w, mags, 0.05, GAMMA0, needed)
+        want = _select_plain(w, mags, 0.05, GAMMA0, needed)
+        assert torch.equal(got[0], want[0])
+        # Bit patterns: a weight fixed to zero gets +0, as the plain where gives.
+        assert torch.equal(got[1].view(torch.int32), want[1].view(torch.int32))
+
+
+def _free_layers(dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor], Any]:
+    torch.manual_seed(0)
+    centres = torch.tensor([-0.25, -0.125, -4 * GAMMA0, 0.0, 2**-5, 0.0625, 0.125, 0.5])
+    centres = centres.to(dtype)
+    ws = [torch.randn(30, 40, dtype=dtype) * 0.1, torch.randn(7, 9, dtype=dtype) * 0.1]
+    idx = [torch.randperm(1200)[:800], torch.randperm(63)[:50]]
+    pairs = [bracket(w.reshape(-1)[i], centres) for w, i in zip(ws, idx, strict=True)]
+    lo, hi = [p[0] for p in pairs], [p[1] for p in pairs]
+    with torch.no_grad():
+        flat = ws[0].view(-1)
+        flat[idx[0][:3]] = torch.cat(lo)[:3]  # exactly at a centre
+        flat[idx[0][3]], flat[idx[0][4]], flat[idx[0][5]] = GAMMA0, -GAMMA0, 0.0
+        for w in ws:
+            w.add_(torch.randn_like(w) * 3e-3)  # some leave their bracket
+    return ws, idx, (torch.cat(lo), torch.cat(hi))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_soft_distance_sum_and_gradient_equal_autograd_of_the_expression(
+    dtype: torch.dtype,
+) -> None:
+    ws, idx, (c_lo, c_hi) = _free_layers(dtype)
+    a = [w.clone().requires_grad_(True) for w in ws]
+    b = [w.clone().requires_grad_(True) for w in ws]
+    free = torch.cat([w.reshape(-1)[i] for w, i in zip(a, idx, strict=True)])
+    plain = soft_relative_distance(free, c_lo, c_hi, 0.05, GAMMA0).sum()
+    fast = _SoftDistanceSum.apply(c_lo, c_hi, 0.05, GAMMA0, *idx, *b)
+    plain.backward()
+    fast.backward()
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert float(fast) == pytest.approx(float(plain), rel=rtol)
+    for ga, gb in zip(a, b, strict=True):
+        assert ga.grad is not None and gb.grad is not None
+        scale = float(ga.grad.abs().max())
+        assert torch.allclose(gb.grad, ga.grad, rtol=rtol, atol=rtol * scale)
+
+
+def test_soft_distance_sum_passes_gradcheck() -> None:
+    ws, idx, (c_lo, c_hi) = _free_layers(torch.float64)
+    inputs = tuple(w.detach().clone().requires_grad_(True) for w in ws)
+    assert torch.autograd.gradcheck(
+        lambda x, y: _SoftDistanceSum.apply(c_lo, c_hi, 0.05, GAMMA0, *idx, x, y), inputs
+    )
+
+
+def test_regularizer_of_zero_distance_is_a_zero_term_with_zero_gradient() -> None:
+    # Every free weight below gamma0: distance 0, decided on the device (no NaN from 0/0).
+    strategy = WeightFixing(WeightFixing.Params(pretrain_epochs=0))
+    model = strategy.prepare(TinyNet())
+    with torch.no_grad():
+        for _, latent, p in strategy_layers(model):
+            latent.copy_(torch.where(p.fixed, latent, latent * 0 + GAMMA0 / 4))
+    strategy._brackets = None
+    x, y = tiny_data()
+    loss = F.cross_entropy(model(x), y)
+    reg = strategy.regularizer(model, loss)
+    assert reg is not None and float(reg) == 0.0
+    reg.backward()
+    for _, latent, _ in strategy_layers(model):
+        assert latent.grad is not None and bool((latent.grad == 0).all())
+
+
+def test_fixed_weights_stay_exact_under_the_trials_fused_adam() -> None:
+    torch.manual_seed(0)
+    strategy = WeightFixing(WeightFixing.Params(pretrain_epochs=0))
+    model = strategy.prepare(TinyNet())
+    opt = build_optimizer(
+        strategy.param_groups(model), OptimizerConfig(name="adam", lr=0.05, grad_clip=0.5)
+    )
+    before = [(p.fixed.clone(), p.value.clone()) for _, _, p in strategy_layers(model)]
+    x, y = tiny_data()
+    for _ in range(5):
+        loss = F.cross_entropy(model(x), y)
+        reg = strategy.regularizer(model, loss)
+        opt.zero_grad()
+        (loss if reg is None else loss + reg).backward()
+        opt.step()
+    after = [layer.weight.detach() for _, layer, _ in parametrizations(model, _Fixable)]
+    assert all(torch.equal(w[m], v[m]) for (m, v), w in zip(before, after, strict=True))
+
+
+def strategy_layers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor, _Fixable]]:
+    from strategies.weight_fixing import _fixables
+
+    return _fixables(model)

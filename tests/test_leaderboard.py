@@ -1,0 +1,394 @@
+"""The leaderboard query (runners/leaderboard.py) and `bitsweep leaderboard`, on small MLflow
+stores shaped like a sweep's (written by benchmarks/bench_leaderboard.py's store builder)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from runners.leaderboard import (
+    check_query,
+    leaderboard_runs,
+    log_leaderboard,
+    query_leaderboard,
+)
+from schemas.errors import FieldError
+from service.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = "bitsweep/digits/mlp"
+
+
+def _bench() -> ModuleType:
+    if "bench_leaderboard" in sys.modules:
+        return sys.modules["bench_leaderboard"]
+    spec = importlib.util.spec_from_file_location(
+        "bench_leaderboard", ROOT / "benchmarks" / "bench_leaderboard.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_leaderboard"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+SHAPE = {"sweeps": 3, "trials": 8, "strategies": 3}
+
+
+def _experiment_id(client: MlflowClient) -> str:
+    exp = client.get_experiment_by_name(BENCH)
+    assert exp is not None
+    return str(exp.experiment_id)
+
+
+def _sweep_ids() -> list[str]:
+    bench = _bench()
+    return [p.tags["bitsweep.sweep_id"] for p, _ in bench.sweep_records(bench.Shape(**SHAPE))]
+
+
+def _add_edge_runs(uri: str) -> dict[str, str]:
+    """Runs that test the ranking's edges, added to the first sweep: a NaN accuracy, two runs
+    tied above every other (the newer must rank first), one without weight_bytes, and two
+    that no board may show (KILLED, deleted)."""
+    client = MlflowClient(uri)
+    eid = _experiment_id(client)
+    sid = _sweep_ids()[0]
+    parent = client.search_runs(
+        [eid],
+        f"tags.`bitsweep.kind` = 'sweep' and tags.`bitsweep.sweep_id` = '{sid}'",
+    )[0]
+    strategy = parent.data.tags["bitsweep.strategies"].split(",")[0]
+    made = {}
+    for n, (name, status, acc, start) in enumerate(
+        [
+            ("nan", "FINISHED", math.nan, 10),
+            ("tie_old", "FINISHED", 0.99995, 20),
+            ("tie_new", "FINISHED", 0.99995, 30),
+            ("nobytes", "FINISHED", 0.5, 40),
+            ("killed", "KILLED", 1.0, 50),
+            ("deleted", "FINISHED", 1.0, 60),
+        ]
+    ):
+        run = client.create_run(
+            eid,
+            start_time=1_800_000_000_000 + start,
+            run_name=f"edge-{name}",
+            tags={
+                "mlflow.parentRunId": parent.info.run_id,
+                "bitsweep.kind": "trial",
+                "bitsweep.trial_id": f"edge_{n:05d}",
+                "bitsweep.strategy": strategy,
+                "bitsweep.sweep_id": sid,
+            },
+        )
+        rid = run.info.run_id
+        metrics = {"test_accuracy": acc, "test_loss": 0.3, "sparsity": 0.5}
+        if name != "nobytes":
+            metrics["weight_bytes"] = 1000.0 + n
+        client.log_batch(
+            rid,
+            metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+            params=[Param("epochs", parent.data.params["epochs"])],
+        )
+        client.set_terminated(rid, status=status)
+        if name == "deleted":
+            client.delete_run(rid)
+        made[name] = rid
+    return made
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """(client-written store, bulk-written store, edge runs of each) of the same shape."""
+    bench = _bench()
+    folder = tmp_path_factory.mktemp("stores")
+    out = {}
+    for writer in ("client", "bulk"):
+        uri = bench.build_store(folder, bench.Shape(**SHAPE, writer=writer), log=lambda _: None)
+        out[writer] = (uri, _add_edge_runs(uri))
+    return out
+
+
+@pytest.fixture(scope="module")
+def uri(stores):
+    return stores["client"][0]
+
+
+@pytest.fixture(scope="module")
+def edges(stores):
+    return stores["client"][1]
+
+
+def _comparable(board) -> list[dict]:
+    """The rows but their run ids (which differ between stores), NaN as a string."""
+    return [
+        {k: "nan" if v != v else v for k, v in r.to_dict().items() if k != "run_id"}
+        for r in board.rows
+    ]
+
+
+# -- imports ---------------------------------------------------------------------------------
+
+
+def test_the_module_imports_neither_ray_nor_torch():
+    code = (
+        "import sys, runners.leaderboard, service.cli_sweep; "
+        "bad = [m for m in ('ray', 'torch', 'mlflow') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_leaderboard_command_imports_neither_ray_nor_torch(uri):
+    code = (
+        "import sys; from service.cli import main; "
+        f"assert main(['leaderboard', '--tracking-uri', {uri!r}, '--json']) == 0; "
+        "heavy = ('ray', 'torch', 'optuna', 'strategies', 'runners.trial', 'runners.sweep'); "
+        "bad = [m for m in heavy if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert BENCH in json.loads(done.stdout)
+
+
+# -- the store the benchmark builds -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"every_trial": True, "limit": 1000},
+        {"metric": "weight_bytes", "mode": "min", "every_trial": True},
+        {"sweep_id": "SWEEP1"},
+    ],
+)
+def test_bulk_written_store_reads_as_the_client_written_one(stores, kw):
+    if kw.get("sweep_id") == "SWEEP1":
+        kw = {**kw, "sweep_id": _sweep_ids()[1]}
+    (a,) = query_leaderboard(stores["client"][0], **kw)
+    (b,) = query_leaderboard(stores["bulk"][0], **kw)
+    assert a.rows and _comparable(a) == _comparable(b)
+
+
+# -- ranking ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("every", [False, True])
+@pytest.mark.parametrize("scoped", [False, True])
+@pytest.mark.parametrize(
+    ("metric", "mode", "tiebreak"),
+    [
+        ("test_accuracy", "max", ()),
+        ("weight_bytes", "min", ()),
+        ("test_loss", "min", (("weight_bytes", "min"),)),
+        ("sparsity", "max", (("test_loss", "min"),)),
+    ],
+)
+def test_sql_ranking_is_mlflows_search_ranking(uri, every, scoped, metric, mode, tiebreak):
+    client = MlflowClient(uri)
+    eid = _experiment_id(client)
+    kw = {
+        "metric": metric,
+        "mode": mode,
+        "strategies": None,
+        "every_trial": every,
+        "sweep_id": _sweep_ids()[0] if scoped else None,
+        "limit": 1000,
+        "tiebreak": tiebreak,
+    }
+    by_sql = [r.info.run_id for r in leaderboard_runs(client, eid, use_sql=True, **kw)]
+    by_search = [r.info.run_id for r in leaderboard_runs(client, eid, use_sql=False, **kw)]
+    assert by_sql and by_sql == by_search
+
+
+def test_ranking_puts_ties_newest_first_nan_last_and_hides_killed_and_deleted(uri, edges):
+    (board,) = query_leaderboard(uri, every_trial=True, limit=1000)
+    ids = [r.run_id for r in board.rows]
+    assert ids[:2] == [edges["tie_new"], edges["tie_old"]]
+    assert ids[-1] == edges["nan"]
+    assert edges["killed"] not in ids and edges["deleted"] not in ids
+    (by_bytes,) = query_leaderboard(uri, metric="weight_bytes", mode="min", every_trial=True)
+    assert by_bytes.rows[-1].run_id == edges["nobytes"]  # no value: after every value
+    (best,) = query_leaderboard(uri)
+    assert best.rows[0].run_id == edges["tie_new"]
+    assert len({r.strategy for r in best.rows}) == len(best.rows) == SHAPE["strategies"]
+
+
+def test_query_refuses_bad_arguments_naming_the_field(uri):
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"metric": "accuracy"}, "metric"),
+        ({"mode": "up"}, "mode"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 10**6}, "limit"),
+        ({"sweep_id": "x' or '1'='1"}, "sweep_id"),
+        ({"sweep_id": "no-such-sweep"}, "sweep_id"),
+        ({"model": "nope"}, "dataset"),
+        ({"tiebreak": [("lr", "max")]}, "tiebreak.0"),
+    ]
+    for kw, name in cases:
+        with pytest.raises(FieldError) as e:
+            query_leaderboard(uri, **kw)
+        assert e.value.field == name, kw
+    with pytest.raises(FieldError, match="limit"):
+        check_query(metric="test_accuracy", mode="max", limit=True)
+
+
+def test_a_missing_sqlite_store_is_refused_and_not_created(tmp_path):
+    path = tmp_path / "none.db"
+    with pytest.raises(FieldError) as e:
+        query_leaderboard(f"sqlite:///{path}")
+    assert e.value.field == "tracking_uri" and not path.exists()
+
+
+# -- scope -----------------------------------------------------------------------------------
+
+
+def test_the_benchmarks_board_spans_its_sweeps_and_says_so(uri):
+    (board,) = query_leaderboard(uri, every_trial=True, limit=1000)
+    assert board.scope == "benchmark" and board.several_sweeps
+    assert set(board.sweeps) == set(_sweep_ids())
+    assert {r.epochs for r in board.rows} == {1, 2, 3}
+    assert "from 3 sweeps, 1-3 epochs" in board.title()
+    header = board.markdown().splitlines()[2]
+    assert header.startswith("| rank | strategy | sweep_id | epochs | test_accuracy |")
+    assert all({"sweep_id", "epochs"} <= set(row) for row in board.to_json())
+
+
+def test_a_sweeps_board_holds_that_sweep_alone(uri):
+    sid = _sweep_ids()[1]
+    (board,) = query_leaderboard(uri, sweep_id=sid, every_trial=True, limit=1000)
+    assert board.scope == "sweep" and board.sweeps == [sid] and not board.several_sweeps
+    assert board.epochs == 2 and {r.epochs for r in board.rows} == {2}
+    assert len(board.rows) == SHAPE["trials"]
+    assert f"sweep {sid}, 2 epochs" in board.title()
+    md = board.markdown()
+    assert "sweep_id" not in md.splitlines()[2] and sid in md.splitlines()[0]
+    (best,) = query_leaderboard(uri, sweep_id=sid)
+    names = [r.strategy for r in best.rows]
+    assert len(names) == len(set(names)) >= 2 and all(r.sweep_id == sid for r in best.rows)
+
+
+def test_log_leaderboard_writes_the_sweeps_own_board(uri, tmp_path):
+    client = MlflowClient(uri)
+    eid = _experiment_id(client)
+    sid = _sweep_ids()[2]
+    parent = client.search_runs(
+        [eid], f"tags.`bitsweep.kind` = 'sweep' and tags.`bitsweep.sweep_id` = '{sid}'"
+    )[0]
+    board = log_leaderboard(
+        client, eid, parent.info.run_id, metric="test_accuracy", mode="max", title=BENCH
+    )
+    assert board["rows"] and {r["sweep_id"] for r in board["rows"]} == {sid}
+    assert board["trials"] == SHAPE["trials"]
+    folder = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path)))
+    md = (folder / "leaderboard.md").read_text()
+    assert md.startswith(f"**{BENCH} — best per strategy by test_accuracy, sweep {sid}, 3 epochs")
+    assert "sweep_id" not in md  # one sweep: no sweep column
+    trials = (folder / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + SHAPE["trials"] and all(sid in ln for ln in trials[1:])
+    assert {"leaderboard.csv", "pareto.png"} <= {p.name for p in folder.iterdir()}
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def test_cli_json_is_the_whole_benchmark_with_sweep_and_epochs(uri, capsys):
+    assert main(["leaderboard", "--tracking-uri", uri, "--all", "--limit", "1000", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)[BENCH]
+    assert {r["sweep_id"] for r in rows} == set(_sweep_ids())
+    assert {r["epochs"] for r in rows} == {1, 2, 3}
+
+
+def test_cli_sweep_id_gives_that_sweeps_board(uri, capsys):
+    sid = _sweep_ids()[0]
+    assert main(["leaderboard", "--tracking-uri", uri, "--sweep-id", sid, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)[BENCH]
+    assert rows and {r["sweep_id"] for r in rows} == {sid}
+
+
+def test_cli_table_shows_sweep_and_epochs_only_for_several_sweeps(uri, capsys):
+    assert main(["leaderboard", "--tracking-uri", uri, "--all", "--limit", "1000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(ln for ln in lines if ln.startswith("┃") and "strategy" in ln)
+    assert [c.strip() for c in header.strip("┃").split("┃")][:4] == ["#", "strategy", "sweep", "ep"]
+    assert max(len(ln) for ln in lines) <= 130
+    text = "\n".join(lines)
+    assert all(sid in text for sid in _sweep_ids())  # whole, one line each
+    sid = _sweep_ids()[1]
+    assert main(["leaderboard", "--tracking-uri", uri, "--sweep-id", sid]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(ln for ln in lines if ln.startswith("┃") and "strategy" in ln)
+    assert "sweep" not in header and "trial" in header
+    assert max(len(ln) for ln in lines) <= 100
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--sweep-id", "no-such-sweep"], "error: --sweep-id: no sweep no-such-sweep"),
+        (["--sweep-id", "a'b"], "error: --sweep-id:"),
+        (["--metric", "lr"], "error: --metric: must be one of"),
+        (["--limit", "0"], "error: --limit:"),
+        (["--model", "nope"], "error: dataset: no benchmark matches bitsweep/*/nope"),
+    ],
+)
+def test_cli_refusals_exit_2_naming_the_option(uri, capsys, args, line):
+    assert main(["leaderboard", "--tracking-uri", uri, *args]) == 2
+    assert capsys.readouterr().err.startswith(line)
+
+
+def test_cli_refuses_a_missing_store_without_creating_it(tmp_path, capsys):
+    path = tmp_path / "missing.db"
+    assert main(["leaderboard", "--tracking-uri", f"sqlite:///{path}"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not path.exists()
+
+
+def test_default_store_is_where_a_sweep_writes(tmp_path, monkeypatch):
+    from runners.leaderboard import default_store
+    from runners.stores import default_uris
+    from runners.sweep import data_home
+
+    monkeypatch.setenv("BITSWEEP_HOME", str(tmp_path / "home"))
+    assert default_store()[1] == default_uris(data_home())[0]
+    monkeypatch.delenv("BITSWEEP_HOME")
+    assert default_store()[1] == default_uris(data_home())[0]
+
+
+def test_postgres_store_ranks_as_sqlite(pg_database, tmp_path):
+    """The same runs in PostgreSQL: the SQL ranking equals MLflow's there, and the boards equal
+    the SQLite store's."""
+    bench = _bench()
+    pg = pg_database("leaderboard")
+    bench.write_store(pg, bench.Shape(**SHAPE, writer="bulk"), tmp_path / "artifacts")
+    client = MlflowClient(pg)
+    eid = _experiment_id(client)
+    queries: list[dict[str, Any]] = [
+        {"metric": "test_accuracy", "mode": "max"},
+        {"metric": "weight_bytes", "mode": "min", "every_trial": True},
+        {"metric": "test_loss", "mode": "min", "sweep_id": _sweep_ids()[1]},
+    ]
+    for kw in queries:
+        args: dict[str, Any] = {"strategies": None, "limit": 1000, **kw}
+        by_sql = [r.info.run_id for r in leaderboard_runs(client, eid, use_sql=True, **args)]
+        by_search = [r.info.run_id for r in leaderboard_runs(client, eid, use_sql=False, **args)]
+        assert by_sql and by_sql == by_search
+    sqlite = bench.build_store(tmp_path, bench.Shape(**SHAPE), log=lambda _: None)  # no edges
+    boards: list[dict[str, Any]] = [{}, {"every_trial": True}, {"sweep_id": _sweep_ids()[2]}]
+    for kw in boards:
+        (a,) = query_leaderboard(pg, **kw)
+        (b,) = query_leaderboard(sqlite, **kw)
+        assert a.rows and _comparable(a) == _comparable(b)
