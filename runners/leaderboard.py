@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runners.reach import database_problem, server_problem
 from schemas.errors import FieldError
 from schemas.sweep import NAME_PATTERN, OBJECTIVE_METRICS
 
@@ -136,17 +137,9 @@ def check_read_store(uri: str, field_name: str = "tracking_uri") -> None:
     (refused by MLflow 3), a SQLite file that does not exist (a read never creates a store),
     a server that does not answer its health check, a database that refuses a connection."""
     if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-                if r.status != 200:
-                    raise FieldError(field_name, f"MLflow server at {uri} answered {r.status}")
-        except (urllib.error.URLError, OSError) as e:
-            raise FieldError(
-                field_name, f"MLflow server at {uri} is unreachable ({_reason(e)})"
-            ) from None
+        problem = server_problem(uri)
+        if problem is not None:
+            raise FieldError(field_name, problem)
         return
     if uri.startswith("file:") or "://" not in uri:
         raise FieldError(field_name, "a file store is refused by MLflow 3; use sqlite:///PATH")
@@ -165,24 +158,9 @@ def check_read_store(uri: str, field_name: str = "tracking_uri") -> None:
         if not Path(url.database).expanduser().is_file():
             raise FieldError(field_name, f"{uri} does not exist (a read never creates a store)")
         return
-    backend = url.get_backend_name()
-    args = {"connect_timeout": 5} if backend in ("postgresql", "mysql") else {}
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args=args)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except ModuleNotFoundError as e:
-        raise FieldError(field_name, f"no driver for {backend} ({e.name})") from None
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        raise FieldError(
-            field_name, f"cannot connect to {url.render_as_string()} ({_reason(e)})"
-        ) from None
-
-
-def _reason(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or getattr(e, "reason", None) or e)
-    return " ".join(text.split())[:300]
+    problem = database_problem(url)
+    if problem is not None:
+        raise FieldError(field_name, problem)
 
 
 # -- the query -------------------------------------------------------------------------------

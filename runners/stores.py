@@ -6,13 +6,12 @@ one for Optuna (both keep an `alembic_version` table, so they never share a data
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from runners.reach import database_problem, reason, server_problem
 from runners.search import SpecError
 
 
@@ -28,14 +27,9 @@ def check_store(field: str, uri: str, *, mlflow_store: bool) -> None:
             raise SpecError(
                 field, "Optuna storage must be a database URL (sqlite, postgresql, mysql)"
             )
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-                if r.status != 200:
-                    raise SpecError(field, f"MLflow server at {uri} answered {r.status}")
-        except (urllib.error.URLError, OSError) as e:
-            raise SpecError(
-                field, f"MLflow server at {uri} is unreachable ({_reason(e)})"
-            ) from None
+        problem = server_problem(uri)
+        if problem is not None:
+            raise SpecError(field, problem)
         return
     if uri.startswith("file:") or "://" not in uri:
         raise SpecError(field, "a file store is refused by MLflow 3; use sqlite:///PATH")
@@ -53,17 +47,9 @@ def check_store(field: str, uri: str, *, mlflow_store: bool) -> None:
         if not existing.is_dir() or not _writable(existing):
             raise SpecError(field, f"cannot create the SQLite file under {folder}")
         return
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args=_timeout_args(url.get_backend_name()))
-        with engine.connect():
-            pass
-        engine.dispose()
-    except ModuleNotFoundError as e:
-        raise SpecError(field, f"no driver for {url.get_backend_name()} ({e.name})") from None
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        raise SpecError(
-            field, f"cannot connect to {url.render_as_string()} ({_reason(e)})"
-        ) from None
+    problem = database_problem(url)
+    if problem is not None:
+        raise SpecError(field, problem)
 
 
 def check_storage_path(raw: str | None, home: Path) -> str:
@@ -77,7 +63,7 @@ def check_storage_path(raw: str | None, home: Path) -> str:
         try:
             pyarrow.fs.FileSystem.from_uri(raw)
         except (pyarrow.lib.ArrowException, ValueError, OSError) as e:
-            raise SpecError("storage_path", f"cannot open {raw} ({_reason(e)})") from None
+            raise SpecError("storage_path", f"cannot open {raw} ({reason(e)})") from None
         return raw.rstrip("/")
     path = Path(raw).expanduser().resolve()
     existing = path
@@ -88,16 +74,7 @@ def check_storage_path(raw: str | None, home: Path) -> str:
     return str(path)
 
 
-def _timeout_args(backend: str) -> dict[str, int]:
-    return {"connect_timeout": 5} if backend in ("postgresql", "mysql") else {}
-
-
 def _writable(path: Path) -> bool:
     import os
 
     return os.access(path, os.W_OK)
-
-
-def _reason(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or getattr(e, "reason", None) or e)
-    return " ".join(text.split())[:300]

@@ -13,16 +13,24 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def load(monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """Load a benchmark script as a module, registered in `sys.modules` while the test runs
+    (dataclasses look their module up there)."""
+
+    def _load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    yield _load
 
 
-def test_bench_weight_metrics_smoke_prints_a_table(capsys):
-    bench = _load("bench_weight_metrics")
+def test_bench_weight_metrics_smoke_prints_a_table(load, capsys):
+    bench = load("bench_weight_metrics")
     assert bench.main(["--smoke"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("|")]
@@ -34,15 +42,8 @@ def test_bench_weight_metrics_smoke_prints_a_table(capsys):
     assert all(row.rstrip(" |").endswith("yes") for row in body)
 
 
-def test_bench_step_cost_smoke_prints_a_table(capsys, monkeypatch):
-    # Registered as a module while it loads: its dataclasses look their module up there.
-    spec = importlib.util.spec_from_file_location(
-        "bench_step_cost", BENCHMARKS / "bench_step_cost.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_step_cost", bench)
-    spec.loader.exec_module(bench)
+def test_bench_step_cost_smoke_prints_a_table(load, capsys, monkeypatch):
+    bench = load("bench_step_cost")
     assert bench.main(["--smoke", "--models", "mlp", "--own-optimizer"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("|")]
@@ -59,8 +60,8 @@ def test_bench_step_cost_smoke_prints_a_table(capsys, monkeypatch):
         assert cells[5].endswith("(ref)") or "x" in cells[5]
 
 
-def test_bench_sweep_overhead_smoke_prints_a_table(capsys):
-    bench = _load("bench_sweep_overhead")
+def test_bench_sweep_overhead_smoke_prints_a_table(load, capsys):
+    bench = load("bench_sweep_overhead")
     assert bench.main(["--smoke"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert rows[0].startswith("| run | plain Optuna | bitsweep | speed-up |")
@@ -71,8 +72,8 @@ def test_bench_sweep_overhead_smoke_prints_a_table(capsys):
     assert cells[7].endswith("at once)")
 
 
-def test_bench_weight_fixing_smoke_prints_a_table(capsys):
-    bench = _load("bench_weight_fixing")
+def test_bench_weight_fixing_smoke_prints_a_table(load, capsys):
+    bench = load("bench_weight_fixing")
     assert bench.main(["--smoke"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert rows[0].startswith("| weights | threads | largest step |") and len(rows) == 3
@@ -81,15 +82,9 @@ def test_bench_weight_fixing_smoke_prints_a_table(capsys):
 
 
 def test_bench_leaderboard_smoke_prints_a_table_and_writes_its_section(
-    capsys, monkeypatch, tmp_path
+    load, capsys, monkeypatch, tmp_path
 ):
-    spec = importlib.util.spec_from_file_location(
-        "bench_leaderboard", BENCHMARKS / "bench_leaderboard.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_leaderboard", bench)
-    spec.loader.exec_module(bench)
+    bench = load("bench_leaderboard")
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Leaderboard\n\nold\n\n## Step cost\n\nkept\n")
     argv = ["--smoke", "--store", str(tmp_path / "store"), "--doc", str(doc)]
