@@ -152,8 +152,8 @@ def table(strategy: str, small: int, large: int, epochs: int, r: dict[str, float
         f"| first sweep ({small} trials, new store) | training share |"
     )
     row = (
-        f"| {strategy}, {large} trials x {epochs} epoch(s) | {r['plain']:.1f} s "
-        f"| {r['large']:.1f} s | {r['speedup']:.2f}x | {r['fixed']:.1f} s "
+        f"| {strategy}, {large} trials x {epochs} epoch(s) | {r['plain']:.3g} s "
+        f"| {r['large']:.3g} s | {r['speedup']:.2f}x | {r['fixed']:.1f} s "
         f"| {r['marginal']:.2f} s | {r['first']:.1f} s "
         f"| {100 * r['training_share']:.0f}% ({r['at_once']:.0f} at once) |"
     )
