@@ -49,6 +49,8 @@ if str(BENCHMARKS) not in sys.path:
 import bench_step_cost  # noqa: E402
 from bench_loader import write_section  # noqa: E402
 
+from runners.trial import pick_device  # noqa: E402
+
 SECTION = "GPU"
 NO_GPU = (
     "not measured here: this machine has no GPU; run `python benchmarks/bench_gpu.py` on a GPU "
@@ -254,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return child(json.loads(args.child))
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = pick_device(args.device)
     gpu = device.type == "cuda"
     if not gpu:
         args.smoke = True

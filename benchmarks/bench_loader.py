@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from runners.data import batches
+from runners.trial import pick_device
 from schemas.trial import AugmentConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -252,10 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         args.samples, args.batch, args.repeats = 96, 32, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = pick_device(args.device)
     header = (
         f"{machine(device)}; {args.samples} samples, batch {args.batch}, best of "
         f"{args.repeats} epochs{' (smoke)' if args.smoke else ''}"

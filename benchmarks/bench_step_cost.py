@@ -54,7 +54,7 @@ from torch import nn
 
 import strategies
 from runners.models import build_model, model_options
-from runners.trial import ResolvedTrial, build_optimizer, lr_factor, resolve
+from runners.trial import ResolvedTrial, build_optimizer, lr_factor, pick_device, resolve
 from schemas.trial import OptimizerConfig, TrialConfig
 from strategies.base import Progress, Strategy
 from strategies.full_precision import FullPrecision
@@ -384,10 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.rounds, args.warmup, args.batch, args.train_size = 3, 1, 1, 8, 32
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = pick_device(args.device)
     names = [s for s in args.strategies.split(",") if s] or list(strategies.list_strategies())
     print(
         f"device {device}, {torch.get_num_threads()} threads, batch {args.batch}, "

@@ -40,45 +40,47 @@ from strategies.metrics import weight_metrics
 SMOKE_SIZES = "10k,100k"
 
 
-def reference_weight_metrics(layers: dict[str, ExportedLayer]) -> WeightMetrics:
-    """The previous implementation: every deployed weight concatenated, one float unique over
-    them, and one per layer."""
+def _entropy(counts: torch.Tensor) -> float:
+    counts = counts[counts > 0].to(torch.float64)
+    if counts.numel() == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return max(0.0, float(-(p * torch.log2(p)).sum()))
 
-    def entropy(counts: torch.Tensor) -> float:
-        counts = counts[counts > 0].to(torch.float64)
-        if counts.numel() == 0:
-            return 0.0
-        p = counts / counts.sum()
-        return max(0.0, float(-(p * torch.log2(p)).sum()))
 
-    def stats(values: torch.Tensor) -> tuple[int, int, float, float, float]:
-        n = values.numel()
-        if n == 0:
-            return 0, 0, 0.0, 0.0, 0.0
-        uniq, counts = torch.unique(values, sorted=True, return_counts=True)
-        zero = uniq == 0
-        nz = counts[~zero]
-        return (
-            uniq.numel(),
-            int((~zero).sum()),
-            entropy(counts),
-            entropy(nz),
-            int(counts[zero].sum()) / n,
-        )
+def _stats(values: torch.Tensor) -> tuple[int, int, float, float, float]:
+    n = values.numel()
+    if n == 0:
+        return 0, 0, 0.0, 0.0, 0.0
+    uniq, counts = torch.unique(values, sorted=True, return_counts=True)
+    zero = uniq == 0
+    return (
+        uniq.numel(),
+        int((~zero).sum()),
+        _entropy(counts),
+        _entropy(counts[~zero]),
+        int(counts[zero].sum()) / n,
+    )
 
-    flat, rows, total_bits = [], [], 0.0
-    for name, layer in layers.items():
-        w = layer.weight.detach().reshape(-1).to(torch.float32)
-        flat.append(w)
-        bits = float(w.numel()) * float(layer.bits) + 32.0 * layer.n_floats
+
+def reference_weight_metrics(
+    layers: dict[str, ExportedLayer], per_layer: bool = True
+) -> WeightMetrics:
+    """The definition written out, and the previous implementation: every deployed weight
+    concatenated, one float unique over them, and one per layer. `weight_metrics` must agree
+    with it exactly (tests/test_metrics.py), entropies bit for bit."""
+    flat = [lay.weight.detach().reshape(-1).to(torch.float32) for lay in layers.values()]
+    rows, total_bits = [], 0.0
+    for (name, lay), w in zip(layers.items(), flat, strict=True):
+        bits = float(w.numel()) * float(lay.bits) + 32.0 * lay.n_floats
         total_bits += bits
-        u, unz, h, _, sp = stats(w)
+        u, unz, h, _, sp = _stats(w)
         rows.append(
             LayerMetrics(
                 name=name,
-                shape=list(layer.weight.shape),
+                shape=list(lay.weight.shape),
                 numel=w.numel(),
-                bits=float(layer.bits),
+                bits=float(lay.bits),
                 unique_weights=u,
                 unique_nonzero_weights=unz,
                 weight_entropy_bits=h,
@@ -88,7 +90,7 @@ def reference_weight_metrics(layers: dict[str, ExportedLayer]) -> WeightMetrics:
         )
     allw = torch.cat(flat)
     n = allw.numel()
-    u, unz, h, hnz, sp = stats(allw)
+    u, unz, h, hnz, sp = _stats(allw)
     return WeightMetrics(
         numel=n,
         unique_weights=u,
@@ -98,9 +100,9 @@ def reference_weight_metrics(layers: dict[str, ExportedLayer]) -> WeightMetrics:
         sparsity=sp,
         weight_bits=total_bits,
         weight_bytes=total_bits / 8.0,
-        compression_ratio=32.0 * n / total_bits,
-        mean_bits=total_bits / n,
-        layers=rows,
+        compression_ratio=(32.0 * n / total_bits) if total_bits > 0 else float("inf"),
+        mean_bits=total_bits / n if n else 0.0,
+        layers=rows if per_layer else [],
     )
 
 

@@ -269,16 +269,9 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch
             foreach=use_foreach,
             fused=use_fused,
         )
-    elif cfg.name == "adam":
-        opt = torch.optim.Adam(
-            groups,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            foreach=use_foreach,
-            fused=use_fused,
-        )
     else:
-        opt = torch.optim.AdamW(
+        adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        opt = adam(
             groups,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
 from strategies.base import ExportedLayer
-from strategies.metrics import entropy_bits, weight_metrics
+from strategies.metrics import WeightMetrics, entropy_bits, weight_metrics
 
 
 def layer(values: list[float], bits: float, n_floats: int = 0) -> ExportedLayer:
@@ -90,57 +93,17 @@ def test_float32_layer_has_compression_one():
 # and merges per-layer histograms; the two must agree exactly, entropies bit for bit.
 
 
-def _ref_entropy(counts: torch.Tensor) -> float:
-    counts = counts[counts > 0].to(torch.float64)
-    if counts.numel() == 0:
-        return 0.0
-    p = counts / counts.sum()
-    return max(0.0, float(-(p * torch.log2(p)).sum()))
+def _load_reference() -> Callable[..., WeightMetrics]:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_weight_metrics.py"
+    spec = importlib.util.spec_from_file_location("bench_weight_metrics", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reference_weight_metrics
 
 
-def _ref_stats(values: torch.Tensor) -> tuple[int, int, float, float, float]:
-    n = values.numel()
-    if n == 0:
-        return 0, 0, 0.0, 0.0, 0.0
-    uniq, counts = torch.unique(values, sorted=True, return_counts=True)
-    zero = uniq == 0
-    return (
-        uniq.numel(),
-        int((~zero).sum()),
-        _ref_entropy(counts),
-        _ref_entropy(counts[~zero]),
-        int(counts[zero].sum()) / n,
-    )
-
-
-def reference_metrics(layers: dict[str, ExportedLayer], per_layer: bool = True) -> dict:
-    """The weight metrics by concatenating all deployed weights and one unique over them."""
-    flat = [lay.weight.detach().reshape(-1).to(torch.float32) for lay in layers.values()]
-    rows = []
-    total_bits = 0.0
-    for (name, lay), w in zip(layers.items(), flat, strict=True):
-        bits = float(w.numel()) * float(lay.bits) + 32.0 * lay.n_floats
-        total_bits += bits
-        u, unz, h, _, sp = _ref_stats(w)
-        row = dict(name=name, shape=list(lay.weight.shape), numel=w.numel(), bits=float(lay.bits))
-        row.update(unique_weights=u, unique_nonzero_weights=unz, weight_entropy_bits=h)
-        rows.append({**row, "sparsity": sp, "weight_bits": bits})
-    allw = torch.cat(flat)
-    n = allw.numel()
-    u, unz, h, hnz, sp = _ref_stats(allw)
-    return dict(
-        numel=n,
-        unique_weights=u,
-        unique_nonzero_weights=unz,
-        weight_entropy_bits=h,
-        weight_entropy_nonzero_bits=hnz,
-        sparsity=sp,
-        weight_bits=total_bits,
-        weight_bytes=total_bits / 8.0,
-        compression_ratio=(32.0 * n / total_bits) if total_bits > 0 else float("inf"),
-        mean_bits=total_bits / n if n else 0.0,
-        layers=rows if per_layer else [],
-    )
+# The benchmark measures `weight_metrics` against the same reference.
+reference_weight_metrics = _load_reference()
 
 
 def coded(codes: torch.Tensor, bits: int, **kw) -> ExportedLayer:
@@ -251,22 +214,12 @@ MAKERS = (
 
 def _same(layers: dict[str, ExportedLayer], per_layer: bool = True) -> None:
     got = weight_metrics(layers, per_layer=per_layer).model_dump()
-    assert got == reference_metrics(layers, per_layer=per_layer)
+    assert got == reference_weight_metrics(layers, per_layer=per_layer).model_dump()
 
 
 @pytest.mark.parametrize(
     "maker",
-    [
-        random_binary,
-        random_unsigned,
-        random_signed,
-        random_sign_magnitude,
-        random_codebook,
-        lambda g: random_codebook(g, duplicates=True),
-        random_float,
-        random_wide,
-        bit_plane_layer,
-    ],
+    MAKERS,
     ids=[
         "binary",
         "unsigned_offset",
