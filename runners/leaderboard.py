@@ -812,7 +812,8 @@ def log_leaderboard(
 ) -> dict[str, Any]:
     """Write the sweep's leaderboard (CSV, markdown), its every trial (trials.csv) and its
     Pareto plot to its parent run: the board of that sweep alone (`sweep_id`, by default the
-    parent run's), not of the other sweeps of the benchmark."""
+    parent run's), not of the other sweeps of the benchmark. Returns the board's flat `rows`,
+    its ranked runs (`best`), the number of `trials` and the parent run's `artifact_uri`."""
     parent = client.get_run(parent_run_id)
     sweep_id = sweep_id or parent.data.tags.get("bitsweep.sweep_id")
     strategies = _sweep_strategies(parent) or None
@@ -849,4 +850,9 @@ def log_leaderboard(
         pareto_plot(every, folder / "pareto.png", plot_title)
         for name in ("leaderboard.csv", "leaderboard.md", "trials.csv", "pareto.png"):
             client.log_artifact(parent_run_id, str(folder / name))
-    return {"rows": rows, "trials": len(every), "artifact_uri": parent.info.artifact_uri}
+    return {
+        "rows": rows,
+        "best": best,
+        "trials": len(every),
+        "artifact_uri": parent.info.artifact_uri,
+    }

@@ -25,7 +25,6 @@ from runners.tracking import (
     bitsweep_version,
     describe_experiment,
     ensure_experiment,
-    leaderboard_runs,
     log_leaderboard,
     nondominated,
     q,
@@ -276,6 +275,7 @@ class SweepRecord:
             mode=objective.mode,
             title=f"{spec.benchmark}: test accuracy against weight memory",
             tiebreak=tiebreak,
+            sweep_id=state.sweep_id,
         )
         runs = self.trial_runs(state)
         finished = [r for r in runs if r.info.status == "FINISHED"]
@@ -289,20 +289,13 @@ class SweepRecord:
             }
             for r in failed_runs
         ]
-        best: dict[str, dict[str, Any]] = {}
-        for run in leaderboard_runs(
-            client,
-            state.experiment_id,
-            metric=objective.metric,
-            mode=objective.mode,
-            strategies=strategies,
-            sweep_id=state.sweep_id,
-            tiebreak=tiebreak,
-        ):
-            best[run.data.tags["bitsweep.strategy"]] = {
+        best = {
+            run.data.tags["bitsweep.strategy"]: {
                 "run_id": run.info.run_id,
                 "metrics": run.data.metrics,
             }
+            for run in board["best"]
+        }
         pareto: dict[str, list[dict[str, Any]]] = {}
         if len(spec.objectives) > 1:
             objs = [(o.metric, o.mode) for o in spec.objectives]
