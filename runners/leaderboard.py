@@ -309,13 +309,7 @@ def query_leaderboard(
     for name, value in (("dataset", dataset), ("model", model)):
         if value is not None and (not value or len(value) > 500):
             raise FieldError(name, "must be a name of 1 to 500 characters")
-    if isinstance(store, str):
-        from mlflow.tracking import MlflowClient
-
-        check_read_store(store)
-        client = MlflowClient(store)
-    else:
-        client = store
+    client = _client(store)
     exps = _benchmarks(client, dataset, model)
     pattern = f"bitsweep/{dataset or '*'}/{model or '*'}"
     if not exps:
@@ -794,6 +788,83 @@ def pareto_plot(runs: list[Run], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def pareto_png(
+    store: str | MlflowClient, *, dataset: str, model: str, sweep_id: str | None = None
+) -> bytes:
+    """The Pareto plot (PNG) of one benchmark's every finished trial, or of one sweep's, as
+    `log_leaderboard` draws it. Raises FieldError as `query_leaderboard` does."""
+    client = _client(store)
+    boards = query_leaderboard(client, dataset=dataset, model=model, sweep_id=sweep_id, limit=1)
+    exps = [b for b in boards if b.dataset == dataset and b.model == model]
+    if not exps:
+        raise FieldError("dataset", f"no benchmark bitsweep/{dataset}/{model}")
+    board = exps[0]
+    runs = leaderboard_runs(
+        client,
+        board.experiment_id,
+        metric="test_accuracy",
+        mode="max",
+        strategies=None,
+        every_trial=True,
+        sweep_id=sweep_id,
+        limit=MAX_LIMIT,
+    )
+    title = f"{board.benchmark}: test accuracy against weight memory"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pareto.png"
+        pareto_plot(runs, path, title if sweep_id is None else f"{title}\nsweep {sweep_id}")
+        return path.read_bytes()
+
+
+@dataclass(frozen=True)
+class SweepRuns:
+    """What MLflow holds of one sweep: its parent run and its trial runs by status."""
+
+    experiment_id: str
+    parent_run_id: str
+    parent_status: str
+    trials: dict[str, int]
+    """Trial runs by MLflow status (FINISHED, RUNNING, FAILED, KILLED)."""
+
+
+def sweep_runs(store: str | MlflowClient, sweep_id: str) -> SweepRuns | None:
+    """The parent run and trial counts of `sweep_id` in any benchmark of `store`, or None when
+    the sweep has not yet written there."""
+    check_query(metric="test_accuracy", mode="max", limit=1, sweep_id=sweep_id)
+    client = _client(store)
+    exps = [str(e.experiment_id) for e in _benchmarks(client, None, None)]
+    parent = _sweep_run(client, exps, sweep_id) if exps else None
+    if parent is None:
+        return None
+    flt = f"tags.`bitsweep.kind` = 'trial' and tags.`bitsweep.sweep_id` = {q(sweep_id)}"
+    counts: dict[str, int] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id], filter_string=flt, max_results=MAX_LIMIT, page_token=token
+        )
+        for run in page:
+            counts[run.info.status] = counts.get(run.info.status, 0) + 1
+        token = page.token
+        if not token:
+            break
+    return SweepRuns(
+        experiment_id=parent.info.experiment_id,
+        parent_run_id=parent.info.run_id,
+        parent_status=parent.info.status,
+        trials=counts,
+    )
+
+
+def _client(store: str | MlflowClient) -> MlflowClient:
+    if not isinstance(store, str):
+        return store
+    from mlflow.tracking import MlflowClient
+
+    check_read_store(store)
+    return MlflowClient(store)
 
 
 # -- the sweep's artifacts -------------------------------------------------------------------

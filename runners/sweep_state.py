@@ -13,6 +13,11 @@ from runners.search import SpecError
 from schemas.sweep import SweepSpec
 
 
+def state_path(home: Path, sweep_id: str) -> Path:
+    """Where the state of sweep `sweep_id` is kept under the data directory `home`."""
+    return home / "sweeps" / f"{sweep_id}.json"
+
+
 @dataclass
 class SweepState:
     """What a sweep wrote so far, kept beside its Ray results so that it can resume."""
@@ -28,7 +33,7 @@ class SweepState:
     created: float = field(default_factory=time.time)
 
     def save(self, home: Path) -> None:
-        path = home / "sweeps" / f"{self.sweep_id}.json"
+        path = state_path(home, self.sweep_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True))
@@ -43,7 +48,7 @@ def find_resumable(home: Path, spec: SweepSpec, sweep_id: str | None) -> SweepSt
     """The sweep to resume: `sweep_id`, or the newest unfinished sweep of the spec's name."""
     folder = home / "sweeps"
     if sweep_id is not None:
-        path = folder / f"{sweep_id}.json"
+        path = state_path(home, sweep_id)
         if not path.exists():
             raise SpecError("sweep_id", f"no sweep {sweep_id!r} under {home}")
         state = SweepState.load(path)

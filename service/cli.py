@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 from service.cli_payload import app as payload_app  # noqa: E402
 from service.cli_records import remove, rerun  # noqa: E402
+from service.cli_service import serve, status, submit  # noqa: E402
 from service.cli_sweep import leaderboard, sweep  # noqa: E402
 
 app.add_typer(payload_app, name="payload")
@@ -37,6 +38,9 @@ app.command()(sweep)
 app.command()(leaderboard)
 app.command()(rerun)
 app.command()(remove)
+app.command()(serve)
+app.command()(submit)
+app.command()(status)
 out = Console()
 err = Console(stderr=True)
 

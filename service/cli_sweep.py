@@ -79,7 +79,8 @@ def sweep(
         bool, typer.Option("--resume", help="continue the newest unfinished sweep of this spec")
     ] = False,
     sweep_id: Annotated[
-        str | None, typer.Option(help="the sweep to resume (with --resume)")
+        str | None,
+        typer.Option(help="the sweep to resume (with --resume), or the id of the new sweep"),
     ] = None,
     ray_address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="join this Ray cluster")
@@ -89,16 +90,20 @@ def sweep(
     ] = False,
 ) -> None:
     """Sweep every strategy of SPEC: Ray Tune trials, Optuna search, MLflow leaderboard."""
+    from runners.leaderboard import SWEEP_ID_PATTERN
     from runners.sweep import plan_sweep, run_sweep
+    from runners.sweep_state import state_path
 
     spec = load_spec(spec_path)
-    if sweep_id is not None and not resume:
-        raise InputRefused("--sweep-id", "only applies with --resume")
+    if sweep_id is not None and not SWEEP_ID_PATTERN.match(sweep_id):
+        raise InputRefused("--sweep-id", f"{sweep_id!r} is not a sweep id")
     plan = plan_sweep(spec)
     if resume:
         from runners.sweep import find_resumable
 
         find_resumable(plan.home, spec, sweep_id)
+    elif sweep_id is not None and state_path(plan.home, sweep_id).exists():
+        raise InputRefused("--sweep-id", f"sweep {sweep_id} exists; continue it with --resume")
     live = Live(console=err, auto_refresh=False, transient=False) if err.is_terminal else None
 
     def on_progress(progress: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -26,13 +27,8 @@ def _admin():
     return sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
 
-@pytest.fixture
-def pg_database() -> Iterator[callable]:
-    """A factory of throwaway PostgreSQL databases on 127.0.0.1; dropped after the test.
-
-    PostgreSQL is part of the test environment (CI runs on a machine with it): a test that
-    needs it fails, with the connection error, when it is absent.
-    """
+@contextlib.contextmanager
+def _pg_databases() -> Iterator[callable]:
     import sqlalchemy
 
     engine = _admin()
@@ -45,11 +41,31 @@ def pg_database() -> Iterator[callable]:
         created.append(name)
         return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
-    yield make
-    with engine.connect() as conn:
-        for name in created:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
+    try:
+        yield make
+    finally:
+        with engine.connect() as conn:
+            for name in created:
+                conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[callable]:
+    """A factory of throwaway PostgreSQL databases on 127.0.0.1; dropped after the test.
+
+    PostgreSQL is part of the test environment (CI runs on a machine with it): a test that
+    needs it fails, with the connection error, when it is absent.
+    """
+    with _pg_databases() as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_pg_database() -> Iterator[callable]:
+    """`pg_database` for a module's fixtures: dropped after the module."""
+    with _pg_databases() as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

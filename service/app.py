@@ -1,0 +1,776 @@
+"""The bitsweep service: a REST API (FastAPI) that launches sweeps on a Ray cluster as Ray jobs,
+follows them, and serves the leaderboards MLflow holds, with a page for people at `/`.
+
+`create_app(settings)` builds the app; `bitsweep serve` runs it with uvicorn. At start the app
+brings its database to the newest schema, starts (or finds) the Ray head of the embedded
+default, and runs the scheduler (`service.scheduler`) every `poll_seconds`. docs/service.md
+describes the API, the settings and the security model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy import func, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schemas.errors import FieldError
+from schemas.sweep import OBJECTIVE_METRICS, SweepSpec
+from service.api import (
+    BestTrial,
+    BoardView,
+    ErrorBody,
+    Health,
+    Leaderboard,
+    Links,
+    StrategyView,
+    SweepDetail,
+    SweepPage,
+    SweepView,
+    TrialCounts,
+)
+from service.db import LIVE, Status, SweepRow, engine_for, migrate, sessions, utcnow
+from service.jobs import LocalHead, RayJobs
+from service.scheduler import Scheduler
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+SWEEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:/+-]{0,499}$"
+STORE_FIELDS = {
+    "tracking_uri": "BITSWEEP_TRACKING_URI",
+    "optuna_storage": "BITSWEEP_OPTUNA_STORAGE",
+    "storage_path": "BITSWEEP_STORAGE_PATH",
+}
+CANCEL_WAIT_S = 20.0
+
+
+class NotFound(FieldError):
+    """A request naming something the service does not have (404)."""
+
+
+class Conflict(FieldError):
+    """A request the thing it names is in no state for (409)."""
+
+
+class Unauthorized(FieldError):
+    """A state-changing request without a valid token (401)."""
+
+
+def _error(status: int, field: str, reason: str, headers: dict[str, str] | None = None) -> Any:
+    body = ErrorBody(field=field, reason=reason, detail=f"{field}: {reason}")
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorBody, "description": "a field is invalid"},
+}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no valid bearer token"},
+    413: {"model": ErrorBody, "description": "the request body is too large"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such sweep"}
+}
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes (413), by their Content-Length or, when
+    chunked, as they arrive, before the app reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _error(413, "body", f"is larger than {self.limit} bytes")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Service:
+    """What the routes share: settings, database, Ray jobs, scheduler."""
+
+    def __init__(self, settings: ServiceSettings, run_jobs: bool) -> None:
+        self.settings = settings
+        self.run_jobs = run_jobs
+        self.engine = engine_for(settings.database)
+        self.sessions = sessions(self.engine)
+        self.head: LocalHead | None = None
+        self._jobs: RayJobs | None = None
+        self.scheduler = Scheduler(
+            self.sessions,
+            lambda: self.jobs,
+            max_running=settings.max_concurrent_sweeps,
+            finalize=self.finalize,
+            locate=self.locate,
+        )
+
+    # -- Ray -----------------------------------------------------------------------------------
+
+    def start_ray(self) -> None:
+        s = self.settings
+        address = s.ray_address
+        if address is None:
+            self.head = LocalHead(s.home, cpus=s.ray_cpus)
+            address = self.head.start()
+        python = s.job_python or (sys.executable if s.embedded_ray else "python")
+        self._jobs = RayJobs(address, python=python, env={"BITSWEEP_HOME": str(s.home)})
+
+    @property
+    def ray_address(self) -> str:
+        return self._jobs.address if self._jobs is not None else (self.settings.ray_address or "")
+
+    @property
+    def jobs(self) -> RayJobs:
+        if self._jobs is None:
+            raise RuntimeError("this service runs no Ray jobs")
+        return self._jobs
+
+    # -- MLflow --------------------------------------------------------------------------------
+
+    def locate(self, sweep_id: str) -> tuple[str, str, str] | None:
+        found = self.read_runs(sweep_id)
+        if found is None:
+            return None
+        return found.experiment_id, found.parent_run_id, found.parent_status
+
+    def read_runs(self, sweep_id: str) -> Any:
+        from runners.leaderboard import sweep_runs
+
+        try:
+            return sweep_runs(self.settings.tracking, sweep_id)
+        except FieldError as e:
+            if e.field == "tracking_uri" and not self.store_exists():
+                return None  # no sweep has written yet
+            raise
+
+    def init_stores(self) -> None:
+        """Create the MLflow store and the Optuna storage of the sweeps before any sweep runs:
+        a sweep's job and the service reading a store it is still creating would both run its
+        migrations."""
+        from mlflow.tracking import MlflowClient
+
+        from runners.leaderboard import is_database_uri
+
+        s = self.settings
+        if is_database_uri(s.tracking):
+            if s.tracking.startswith("sqlite:///"):
+                Path(s.tracking.removeprefix("sqlite:///")).parent.mkdir(
+                    parents=True, exist_ok=True
+                )
+            MlflowClient(s.tracking).search_experiments(max_results=1)
+        import optuna
+
+        if s.optuna.startswith("sqlite:///"):
+            Path(s.optuna.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        optuna.storages.RDBStorage(s.optuna)
+
+    def store_exists(self) -> bool:
+        uri = self.settings.tracking
+        return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
+
+    def finalize(self, row: SweepRow, status: Status) -> None:
+        """A sweep that ended without finishing (cancelled, failed, lost): its parent run and
+        every trial run left RUNNING are marked KILLED (FAILED for the parent of a failed
+        sweep), and its Optuna trials left RUNNING are failed, so that nothing stays RUNNING."""
+        if status == Status.succeeded:
+            return
+        found = self.read_runs(row.id)
+        if found is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        from runners.leaderboard import q
+
+        client = MlflowClient(self.settings.tracking)
+        flt = f"tags.`bitsweep.sweep_id` = {q(row.id)} and attributes.status = 'RUNNING'"
+        for run in client.search_runs([found.experiment_id], filter_string=flt, max_results=50000):
+            end = (
+                "FAILED"
+                if status == Status.failed and run.info.run_id == found.parent_run_id
+                else "KILLED"
+            )
+            client.set_tag(
+                run.info.run_id, "bitsweep.ended_by", f"the service: sweep {status.value}"
+            )
+            client.set_terminated(run.info.run_id, status=end)
+        self._fail_study_trials(row)
+
+    def _fail_study_trials(self, row: SweepRow) -> None:
+        import optuna
+
+        storage = optuna.storages.RDBStorage(self.settings.optuna)
+        for strategy in row.spec.get("strategies", []):
+            name = f"{row.id}/{strategy['name']}"
+            try:
+                study = optuna.load_study(study_name=name, storage=storage)
+            except KeyError:
+                continue
+            running = (optuna.trial.TrialState.RUNNING,)
+            for trial in study.get_trials(deepcopy=False, states=running):
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+    def links(self, row: SweepRow) -> Links:
+        ui = self.settings.mlflow_ui_url
+        exp = f"{ui}/#/experiments/{row.experiment_id}" if ui and row.experiment_id else None
+        run = f"{exp}/runs/{row.parent_run_id}" if exp and row.parent_run_id else None
+        return Links(
+            experiment=exp,
+            parent_run=run,
+            leaderboard=f"/leaderboard?sweep={row.id}",
+            logs=f"/sweeps/{row.id}/logs",
+        )
+
+    def run_link(self, experiment_id: str | None, run_id: str) -> str | None:
+        ui = self.settings.mlflow_ui_url
+        return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" if ui and experiment_id else None
+
+    def view(self, row: SweepRow) -> SweepView:
+        return SweepView(
+            id=row.id,
+            name=row.name,
+            status=row.status.value,
+            benchmark=row.benchmark,
+            submitted_by=row.submitted_by,
+            ray_job_id=row.ray_job_id,
+            experiment_id=row.experiment_id,
+            parent_run_id=row.parent_run_id,
+            cancel_requested=row.cancel_requested,
+            error=row.error,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            links=self.links(row),
+        )
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def admit(self, spec: SweepSpec) -> SweepSpec:
+        """The spec as the sweep will run it, after the checks the CLI makes (`plan_sweep`)
+        and the service's own: its limits, its stores, its data roots. Raises FieldError."""
+        s = self.settings
+        for name, env in STORE_FIELDS.items():
+            if getattr(spec, name) is not None:
+                raise FieldError(name, f"is the service's to choose ({env}); leave it out")
+        counts = [st.trials or spec.trials_per_strategy for st in spec.strategies]
+        if sum(counts) > s.max_trials_per_sweep:
+            over = next((i for i, st in enumerate(spec.strategies) if st.trials), None)
+            name = f"strategies.{over}.trials" if over is not None else "trials_per_strategy"
+            raise FieldError(
+                name,
+                f"the sweep asks for {sum(counts)} trials; this service runs at most "
+                f"{s.max_trials_per_sweep} per sweep",
+            )
+        dataset = checked_dataset(spec.dataset, s.data_roots)
+        data = spec.model_dump(mode="json")
+        data.update(
+            dataset=dataset,
+            tracking_uri=s.tracking,
+            optuna_storage=s.optuna,
+            storage_path=s.tune_storage,
+        )
+        filled = SweepSpec.model_validate(data)
+        from runners.sweep_plan import plan_sweep
+
+        plan_sweep(filled, home=s.home, check_stores=False)
+        return filled
+
+
+def checked_dataset(ref: str, roots: list[Path]) -> str:
+    """A dataset reference a request may give: a built-in, or a format and a path under one of
+    the data roots (after symlinks; no '..', no '~'). Returns it with the path resolved."""
+    kind, sep, arg = ref.partition(":")
+    if not sep:
+        return ref
+    raw = Path(arg)
+    if arg.startswith("~") or ".." in raw.parts:
+        raise FieldError("dataset", "a dataset path may not contain '..' or start with '~'")
+    if not roots:
+        raise FieldError(
+            "dataset", "this service takes no dataset files (no BITSWEEP_DATA_ROOTS set)"
+        )
+    candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
+    for candidate in candidates:
+        real = candidate.resolve()
+        if any(real.is_relative_to(root) for root in roots) and real.exists():
+            return f"{kind}:{real}"
+    raise FieldError("dataset", f"{arg} is not a file or folder under the service's data roots")
+
+
+def create_app(settings: ServiceSettings, *, run_jobs: bool = True) -> FastAPI:
+    """The service's app. `run_jobs=False` serves the API and the page without Ray: sweeps are
+    stored and stay queued (for tests of the API alone)."""
+    service = Service(settings, run_jobs)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        migrate(service.engine)
+        await asyncio.to_thread(service.init_stores)
+        task = None
+        if run_jobs:
+            await asyncio.to_thread(service.start_ray)
+            task = asyncio.create_task(_follow_forever(service))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if service.head is not None:
+                await asyncio.to_thread(service.head.stop)
+            service.engine.dispose()
+
+    app = FastAPI(
+        title="bitsweep",
+        summary="Sweeps of low-bit weight training on a Ray cluster; leaderboards from MLflow.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    _errors(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    _routes(app, service)
+    from service.page import add_page
+
+    add_page(app, service)
+    return app
+
+
+async def _follow_forever(service: Service) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(service.scheduler.step)
+        except Exception:
+            log.exception("a pass of the scheduler failed; the next one runs as usual")
+        await asyncio.sleep(service.settings.poll_seconds)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitsweep")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, e: RequestValidationError) -> Any:
+        err = e.errors()[0]
+        loc = [str(p) for p in err.get("loc", ())]
+        where = loc[0] if loc else "body"
+        loc = loc[1:] if where in ("body", "query", "path", "header") else loc
+        if err.get("type") == "json_invalid":
+            return _error(422, "body", f"is not valid JSON ({err.get('ctx', {}).get('error', '')})")
+        field = ".".join(loc) or where
+        reason = str(err.get("msg", "is invalid"))
+        for noise in ("Value error, ", "Assertion failed, "):
+            reason = reason.removeprefix(noise)
+        return _error(422, field, " ".join(reason.split()))
+
+    @app.exception_handler(FieldError)
+    async def refused(_request: Request, e: FieldError) -> Any:
+        status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 422
+        if isinstance(e, Unauthorized):
+            return _error(401, e.field, e.reason, {"WWW-Authenticate": "Bearer"})
+        return _error(status, e.field, e.reason)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http(_request: Request, e: StarletteHTTPException) -> Any:
+        field = "path" if e.status_code in (404, 405) else "request"
+        return _error(e.status_code, field, str(e.detail).lower(), getattr(e, "headers", None))
+
+
+def token_name(request: Request) -> str:
+    """The name of the request's token; every state change needs one when tokens are set."""
+    settings = request.app.state.service.settings
+    if not settings.tokens:
+        return "anonymous"
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("authorization", "a bearer token is required")
+    given_bytes = given.strip().encode()
+    found = None
+    for name, token in settings.tokens.items():  # every token compared, in constant time
+        if hmac.compare_digest(given_bytes, token.encode()):
+            found = name
+    if found is None:
+        raise Unauthorized("authorization", "the token is not valid")
+    return found
+
+
+Caller = Annotated[str, Depends(token_name)]
+SweepId = Annotated[str, PathParam(pattern=SWEEP_ID, max_length=128)]
+Metric = Literal[OBJECTIVE_METRICS]  # type: ignore[valid-type]
+
+
+def _routes(app: FastAPI, service: Service) -> None:
+    settings = service.settings
+
+    def get_row(sweep_id: str) -> SweepRow:
+        with service.sessions() as s:
+            row = s.get(SweepRow, sweep_id)
+        if row is None:
+            raise NotFound("sweep_id", f"no sweep {sweep_id}")
+        return row
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """The service answers, with its database, Ray and MLflow addresses and its sweeps."""
+        with service.sessions() as s:
+            rows = s.execute(select(SweepRow.status, func.count()).group_by(SweepRow.status))
+            counts = {st.value: 0 for st in Status}
+            counts.update({st.value: n for st, n in rows})
+        return Health(
+            version=_version(),
+            database=service.engine.dialect.name,
+            ray=service.ray_address,
+            tracking_uri=_public_uri(settings.tracking),
+            sweeps=counts,  # type: ignore[arg-type]
+        )
+
+    @app.get("/strategies", response_model=list[StrategyView], tags=["strategies"])
+    def list_strategies() -> list[dict[str, Any]]:
+        """Every registered strategy: paper, params with bounds, search ranges (numbers)."""
+        import strategies
+
+        return [cls.describe() for cls in strategies.list_strategies().values()]
+
+    @app.post(
+        "/sweeps",
+        status_code=202,
+        response_model=SweepView,
+        tags=["sweeps"],
+        responses={**ERRORS, **AUTH_ERRORS},
+    )
+    def submit(spec: SweepSpec, caller: Caller) -> SweepView:
+        """Queue a sweep: validated as `bitsweep sweep` validates it, stored, then run as a
+        Ray job when a slot is free."""
+        import secrets
+
+        admitted = service.admit(spec)
+        for _ in range(5):
+            sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            with service.sessions() as s, s.begin():
+                seq = (s.scalar(select(func.max(SweepRow.seq))) or 0) + 1
+                row = SweepRow(
+                    id=sweep_id,
+                    seq=seq,
+                    name=spec.name,
+                    spec=admitted.model_dump(mode="json"),
+                    status=Status.queued,
+                    benchmark=spec.benchmark,
+                    submitted_by=caller,
+                    cancel_requested=False,
+                    created_at=utcnow(),
+                )
+                try:
+                    s.add(row)
+                    s.flush()
+                except Exception as e:  # two submissions took the same seq or id: again
+                    from sqlalchemy.exc import IntegrityError
+
+                    if not isinstance(e, IntegrityError):
+                        raise
+                    s.rollback()
+                    continue
+            return service.view(row)
+        raise Conflict("name", "could not allocate a sweep id; submit again")
+
+    @app.get("/sweeps", response_model=SweepPage, tags=["sweeps"], responses=ERRORS)
+    def list_sweeps(
+        status: Annotated[
+            Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()
+        ] = None,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> SweepPage:
+        """The sweeps, newest first, a page at a time, of one status when given."""
+        with service.sessions() as s:
+            where = [] if status is None else [SweepRow.status == Status(status)]
+            total = s.scalar(select(func.count()).select_from(SweepRow).where(*where)) or 0
+            rows = s.scalars(
+                select(SweepRow)
+                .where(*where)
+                .order_by(SweepRow.seq.desc())
+                .offset(offset)
+                .limit(limit)
+            ).all()
+        return SweepPage(
+            items=[service.view(r) for r in rows], total=total, offset=offset, limit=limit
+        )
+
+    @app.get(
+        "/sweeps/{sweep_id}",
+        response_model=SweepDetail,
+        tags=["sweeps"],
+        responses={**ERRORS, **NOT_FOUND},
+    )
+    def get_sweep(sweep_id: SweepId) -> SweepDetail:
+        """A sweep's status, trial counts, best trial so far per strategy, and links."""
+        row = get_row(sweep_id)
+        return detail(row)
+
+    def detail(row: SweepRow) -> SweepDetail:
+        spec = SweepSpec.model_validate(row.spec)
+        planned = sum(st.trials or spec.trials_per_strategy for st in spec.strategies)
+        found = service.read_runs(row.id)
+        trials = found.trials if found is not None else {}
+        best: dict[str, BestTrial] = {}
+        if found is not None:
+            best = best_trials(row, spec, found.experiment_id)
+        return SweepDetail(
+            **service.view(row).model_dump(),
+            spec=spec,
+            trials=TrialCounts(
+                planned=planned,
+                done=trials.get("FINISHED", 0),
+                running=trials.get("RUNNING", 0),
+                failed=trials.get("FAILED", 0),
+                killed=trials.get("KILLED", 0),
+            ),
+            best=best,
+        )
+
+    def best_trials(row: SweepRow, spec: SweepSpec, experiment_id: str) -> dict[str, BestTrial]:
+        from runners.leaderboard import query_leaderboard
+
+        objective = spec.objectives[0]
+        boards = query_leaderboard(
+            settings.tracking, metric=objective.metric, mode=objective.mode, sweep_id=row.id
+        )
+        out: dict[str, BestTrial] = {}
+        for r in boards[0].rows if boards else []:
+            metrics = {
+                k: v for k, v in r.metrics.items() if v is None or isinstance(v, float | int)
+            }
+            out[r.strategy] = BestTrial(
+                run_id=r.run_id,
+                trial_id=r.trial_id,
+                metric=objective.metric,
+                value=r.metrics.get(objective.metric),
+                metrics=metrics,
+                link=service.run_link(experiment_id, r.run_id),
+            )
+        return out
+
+    @app.post(
+        "/sweeps/{sweep_id}/cancel",
+        response_model=SweepView,
+        tags=["sweeps"],
+        responses={
+            **ERRORS,
+            **AUTH_ERRORS,
+            **NOT_FOUND,
+            202: {"model": SweepView, "description": "the job is stopping"},
+            409: {"model": ErrorBody, "description": "the sweep has ended"},
+        },
+    )
+    def cancel(sweep_id: SweepId, caller: Caller) -> Any:
+        """Stop a sweep: a queued one never runs; a running one's Ray job is stopped. Its
+        finished trials stay on the leaderboard; its runs left RUNNING are marked KILLED."""
+        del caller
+        with service.sessions() as s, s.begin():
+            row = s.get(SweepRow, sweep_id)
+            if row is None:
+                raise NotFound("sweep_id", f"no sweep {sweep_id}")
+            if row.status not in LIVE:
+                raise Conflict("sweep_id", f"sweep {sweep_id} has ended ({row.status.value})")
+            if row.status == Status.queued:
+                row.status, row.finished_at = Status.cancelled, utcnow()
+                row.cancel_requested = True
+                return service.view(row)
+            row.cancel_requested = True
+        if service.run_jobs:
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while time.monotonic() < deadline:
+                with service.scheduler.lock:
+                    service.scheduler.follow(sweep_id)
+                row = get_row(sweep_id)
+                if row.status not in LIVE:
+                    return service.view(row)
+                time.sleep(0.5)
+        return JSONResponse(
+            service.view(get_row(sweep_id)).model_dump(mode="json"), status_code=202
+        )
+
+    @app.get(
+        "/sweeps/{sweep_id}/logs",
+        response_class=PlainTextResponse,
+        tags=["sweeps"],
+        responses={
+            **ERRORS,
+            **NOT_FOUND,
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        },
+    )
+    def logs(
+        sweep_id: SweepId, tail: Annotated[int, Query(ge=1, le=100_000)] = 1000
+    ) -> PlainTextResponse:
+        """The sweep's Ray job log (the last `tail` lines): one line per trial event."""
+        row = get_row(sweep_id)
+        text = ""
+        if row.ray_job_id is not None and service.run_jobs:
+            text = service.jobs.logs(row.ray_job_id)
+        lines = text.splitlines()[-tail:]
+        return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""))
+
+    @app.get(
+        "/leaderboard",
+        response_model=Leaderboard,
+        tags=["leaderboard"],
+        responses={
+            **ERRORS,
+            404: {"model": ErrorBody, "description": "no such benchmark or sweep"},
+        },
+    )
+    def leaderboard(
+        dataset: Annotated[str | None, Query(pattern=NAME, max_length=500)] = None,
+        model: Annotated[str | None, Query(pattern=NAME, max_length=500)] = None,
+        metric: Annotated[Metric, Query()] = "test_accuracy",
+        mode: Annotated[Literal["max", "min"], Query()] = "max",
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        every: Annotated[bool, Query(description="every trial, not the best per strategy")] = False,
+        sweep: Annotated[str | None, Query(pattern=SWEEP_ID, max_length=128)] = None,
+    ) -> Leaderboard:
+        """The leaderboard of each benchmark (MLflow experiment), or of one sweep."""
+        boards = read_boards(
+            dataset=dataset,
+            model=model,
+            metric=metric,
+            mode=mode,
+            every_trial=every,
+            limit=limit,
+            sweep_id=sweep,
+        )
+        return Leaderboard(boards=[board_view(b) for b in boards])
+
+    def read_boards(**query: Any) -> list[Any]:
+        from runners.leaderboard import query_leaderboard
+
+        if not service.store_exists():
+            if query.get("sweep_id") is not None:
+                raise NotFound("sweep", f"no sweep {query['sweep_id']}")
+            return []
+        try:
+            return query_leaderboard(settings.tracking, **query)
+        except FieldError as e:
+            if e.field == "dataset" and query.get("dataset") is None and query.get("model") is None:
+                return []  # no benchmark yet
+            if e.field in ("dataset", "sweep_id"):
+                raise NotFound("sweep" if e.field == "sweep_id" else "dataset", e.reason) from None
+            raise
+
+    service.read_boards = read_boards  # type: ignore[attr-defined]
+
+    @app.get(
+        "/leaderboard/pareto.png",
+        response_class=Response,
+        tags=["leaderboard"],
+        responses={
+            **ERRORS,
+            404: {"model": ErrorBody, "description": "no such benchmark or sweep"},
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        },
+    )
+    def pareto(
+        dataset: Annotated[str, Query(pattern=NAME, max_length=500)],
+        model: Annotated[str, Query(pattern=NAME, max_length=500)],
+        sweep: Annotated[str | None, Query(pattern=SWEEP_ID, max_length=128)] = None,
+    ) -> Response:
+        """Test accuracy against weight memory of a benchmark's trials (or one sweep's)."""
+        from runners.leaderboard import pareto_png
+
+        if not service.store_exists():
+            raise NotFound("dataset", f"no benchmark bitsweep/{dataset}/{model}")
+        try:
+            png = pareto_png(settings.tracking, dataset=dataset, model=model, sweep_id=sweep)
+        except FieldError as e:
+            if e.field in ("dataset", "sweep_id"):
+                raise NotFound("sweep" if e.field == "sweep_id" else "dataset", e.reason) from None
+            raise
+        return Response(png, media_type="image/png")
+
+
+def board_view(b: Any) -> BoardView:
+    return BoardView(
+        benchmark=b.benchmark,
+        dataset=b.dataset,
+        model=b.model,
+        experiment_id=b.experiment_id,
+        metric=b.metric,
+        mode=b.mode,
+        scope=b.scope,
+        sweep_id=b.sweep_id,
+        sweeps=b.sweeps,
+        title=b.title(),
+        rows=b.to_json(),
+    )
+
+
+def _public_uri(uri: str) -> str:
+    """A store URI without its password."""
+    from sqlalchemy.engine import make_url
+
+    if "://" not in uri or uri.startswith(("http://", "https://", "file:")):
+        return uri
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri.split("@")[-1]
+
+
+__all__ = ["Service", "checked_dataset", "create_app"]

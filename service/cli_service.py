@@ -1,0 +1,110 @@
+"""`bitsweep serve`, `bitsweep submit` and `bitsweep status`: the service and its clients."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.errors import InputRefused
+
+out = Console()
+err = Console(stderr=True)
+
+SERVER_HELP = "the bitsweep service, e.g. http://127.0.0.1:8000"
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on", min=1, max=65535)] = 8000,
+    env_file: Annotated[
+        Path | None, typer.Option(help="settings file of BITSWEEP_* variables")
+    ] = None,
+) -> None:
+    """Serve the REST API and the leaderboard page; sweeps run as Ray jobs."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import check_bind, load_settings
+
+    settings = load_settings(str(env_file) if env_file is not None else None)
+    check_bind(settings, host)
+    app = create_app(settings)
+    err.print(f"bitsweep service on http://{host}:{port} (data: {settings.home})")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def _client(server: str) -> Any:
+    from service.client import Client
+
+    if not server.startswith(("http://", "https://")):
+        raise InputRefused("--server", f"{server!r} is not an http:// or https:// address")
+    return Client(server)
+
+
+def submit(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="sweep spec, YAML or JSON")],
+    server: Annotated[str, typer.Option(envvar="BITSWEEP_SERVER", help=SERVER_HELP)],
+    as_json: Annotated[bool, typer.Option("--json", help="print the sweep as JSON")] = False,
+) -> None:
+    """Submit SPEC to the service (token from BITSWEEP_TOKEN); prints the sweep's id."""
+    from service.cli_sweep import load_spec
+
+    spec = load_spec(spec_path)
+    with _client(server) as c:
+        sweep = c.submit(spec)
+    if as_json:
+        sys.stdout.write(sweep.model_dump_json() + "\n")
+        return
+    out.print(sweep.id, highlight=False)
+    err.print(f"{sweep.status}: follow it with bitsweep status {sweep.id} --server {server}")
+
+
+def status(
+    sweep_id: Annotated[str | None, typer.Argument(metavar="ID", help="one sweep")] = None,
+    server: Annotated[str, typer.Option(envvar="BITSWEEP_SERVER", help=SERVER_HELP)] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The service's sweeps, or one sweep with its trials and best trial per strategy."""
+    if not server:
+        raise InputRefused("--server", "is required (or BITSWEEP_SERVER)")
+    with _client(server) as c:
+        if sweep_id is None:
+            page = c.sweeps()
+            if as_json:
+                sys.stdout.write(page.model_dump_json() + "\n")
+                return
+            table = Table(title=f"sweeps ({page.total})", title_justify="left")
+            for col in ("sweep", "benchmark", "status", "by", "created"):
+                table.add_column(col, overflow="fold")
+            for s in page.items:
+                table.add_row(
+                    s.id, s.benchmark, s.status, s.submitted_by, f"{s.created_at:%Y-%m-%d %H:%M}"
+                )
+            out.print(table)
+            return
+        d = c.sweep(sweep_id)
+    if as_json:
+        sys.stdout.write(d.model_dump_json() + "\n")
+        return
+    t = d.trials
+    out.print(f"{d.id}: {d.status}" + (f" ({d.error})" if d.error else ""), highlight=False)
+    out.print(
+        f"trials: {t.done} done, {t.running} running, {t.failed} failed, {t.killed} killed "
+        f"of {t.planned}",
+        highlight=False,
+    )
+    if d.best:
+        table = Table(title=f"best so far by {next(iter(d.best.values())).metric}")
+        for col in ("strategy", "value", "trial", "run"):
+            table.add_column(col)
+        for name, b in d.best.items():
+            value = "" if b.value is None else f"{b.value:.4g}"
+            table.add_row(name, value, b.trial_id, b.link or b.run_id)
+        out.print(table)
+    if d.links.parent_run:
+        out.print(f"MLflow: {d.links.parent_run}", soft_wrap=True)

@@ -1,0 +1,262 @@
+"""The service end to end: `bitsweep serve` as a real process (uvicorn on 127.0.0.1) with the
+local Ray head it starts for itself, driven over HTTP with `service.client`.
+
+A sweep submitted over HTTP runs as a Ray job and is followed to success, then read on the
+leaderboard and the page; a second one waits queued while the first runs; another is cancelled
+mid-way; the service is killed (SIGKILL) mid-sweep and started again, and finds the sweep's
+row intact and the sweep finished once. Every test runs with the service's database on SQLite
+and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.client import Client, ServiceRefused
+from service.jobs import free_port
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "e2e-token-0123456789abcdef"
+TINY = {
+    "dataset": "digits",
+    "model": "mlp",
+    "epochs": 1,
+    "trials_per_strategy": 2,
+    "strategies": [{"name": "full_precision"}, {"name": "bit_learning"}],
+}
+
+
+class ServiceProcess:
+    """`bitsweep serve` in a process of its own, on a free loopback port."""
+
+    def __init__(self, home: Path, database_url: str | None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "BITSWEEP_HOME": str(home),
+            "BITSWEEP_TOKENS": f"ci={TOKEN}",
+            "BITSWEEP_POLL_SECONDS": "0.5",
+            "BITSWEEP_RAY_CPUS": "2",
+            "BITSWEEP_MLFLOW_UI_URL": "http://mlflow.example:5000",
+        }
+        if database_url is not None:
+            self.env["BITSWEEP_DATABASE_URL"] = database_url
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = home.parent / "service.log"
+
+    def start(self, timeout: float = 120.0) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"the service exited:\n{self.log.read_text()}"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"the service did not answer:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown at all (the Ray head, in a session of its own, lives on)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        head = self.home / "ray-head.json"
+        if head.exists():  # a head the service could not stop: never leave it running
+            pid = json.loads(head.read_text())["pid"]
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def client(self, token: str | None = TOKEN) -> Client:
+        return Client(self.url, token=token)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def service(request, tmp_path_factory) -> Iterator[ServiceProcess]:
+    database_url = None
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("module_pg_database")("service")
+    home = tmp_path_factory.mktemp(f"e2e-{request.param}") / "home"
+    svc = ServiceProcess(home, database_url)
+    svc.start()
+    yield svc
+    svc.stop()
+    assert not (home / "ray-head.json").exists(), "the service left its Ray head running"
+
+
+def mlflow_runs(svc: ServiceProcess, sweep_id: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{svc.home / 'mlflow.db'}")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return list(
+        client.search_runs(
+            exps, filter_string=f"tags.`bitsweep.sweep_id` = '{sweep_id}'", max_results=10000
+        )
+    )
+
+
+def assert_invariants(svc: ServiceProcess, sweep_id: str, planned: int | None) -> list[Any]:
+    """Each trial once in MLflow, no run left RUNNING; returns the trial runs."""
+    runs = mlflow_runs(svc, sweep_id)
+    running = [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    assert not running, f"runs left RUNNING: {running}"
+    trials = [r for r in runs if r.data.tags.get("bitsweep.kind") == "trial"]
+    ids = Counter(r.data.tags["bitsweep.trial_id"] for r in trials)
+    assert all(n == 1 for n in ids.values()), f"trials logged twice: {ids}"
+    if planned is not None:
+        assert sorted(r.info.status for r in trials) == ["FINISHED"] * planned
+    return trials
+
+
+def wait_for(predicate, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sweeps_submitted_over_http_run_in_order_to_success(service: ServiceProcess):
+    with service.client() as c:
+        first = c.submit({"name": "e2e-first", **TINY})
+        second = c.submit({"name": "e2e-second", **TINY})
+        assert first.status == "queued" and first.submitted_by == "ci"
+        # One sweep at a time (the default limit): the second waits queued while the first runs.
+        wait_for(lambda: c.sweep(first.id).status == "running", 60, "the first sweep to run")
+        assert c.sweep(second.id).status == "queued"
+        done = c.wait(first.id, timeout=300, poll=1)
+        assert done.status == "succeeded", c.logs(first.id)
+        assert done.trials.model_dump() == {
+            "planned": 4,
+            "done": 4,
+            "running": 0,
+            "failed": 0,
+            "killed": 0,
+        }
+        assert set(done.best) == {"full_precision", "bit_learning"}
+        best = done.best["full_precision"]
+        assert best.value is not None and 0 < best.value <= 1
+        assert best.link == (
+            f"http://mlflow.example:5000/#/experiments/{done.experiment_id}/runs/{best.run_id}"
+        )
+        assert done.ray_job_id == f"bitsweep-{first.id}"
+        later = c.wait(second.id, timeout=300, poll=1)
+        assert later.status == "succeeded"
+        assert later.started_at is not None and done.finished_at is not None
+        assert later.started_at >= done.started_at
+
+        board = c.leaderboard(sweep=first.id)
+        (only,) = board.boards
+        assert only.scope == "sweep" and only.sweep_id == first.id
+        assert {r["strategy"] for r in only.rows} == {"full_precision", "bit_learning"}
+        every = c.leaderboard(dataset="digits", model="mlp", every=True)
+        assert set(every.boards[0].sweeps) >= {first.id, second.id}
+        png = c.pareto_png("digits", "mlp", sweep=first.id)
+        assert png.startswith(b"\x89PNG")
+        logs = c.logs(first.id)
+        assert "finished: test_accuracy" in logs
+        page = httpx.get(f"{service.url}/").text
+        assert first.id in page and "full_precision" in page and 'class="leaderboard"' in page
+        with pytest.raises(ServiceRefused) as refused:
+            c.cancel(first.id)
+        assert refused.value.status == 409
+    assert_invariants(service, first.id, planned=4)
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient(f"sqlite:///{service.home / 'mlflow.db'}").get_run(done.parent_run_id)
+    assert parent.info.status == "FINISHED"
+
+
+def test_a_sweep_cancelled_midway_keeps_its_finished_trials(service: ServiceProcess):
+    long = {
+        **TINY,
+        "name": "e2e-cancel",
+        "epochs": 60,
+        "trials_per_strategy": 6,
+        "strategies": [{"name": "full_precision"}],
+    }
+    with service.client() as c:
+        sweep = c.submit(long)
+        wait_for(lambda: c.sweep(sweep.id).trials.done >= 1, 240, "a finished trial")
+        cancelled = c.cancel(sweep.id)
+        assert cancelled.status == "cancelled", cancelled
+        detail = c.sweep(sweep.id)
+        assert detail.status == "cancelled" and detail.cancel_requested
+        assert 1 <= detail.trials.done < 6
+        (board,) = c.leaderboard(sweep=sweep.id).boards
+        assert [r["strategy"] for r in board.rows] == ["full_precision"]
+    trials = assert_invariants(service, sweep.id, planned=None)
+    assert {r.info.status for r in trials} <= {"FINISHED", "KILLED"}
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient(f"sqlite:///{service.home / 'mlflow.db'}").get_run(detail.parent_run_id)
+    assert parent.info.status == "KILLED"
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{service.home / 'optuna.db'}")
+    for summary in optuna.get_all_study_summaries(storage):
+        if summary.study_name.startswith(sweep.id):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            states = {t.state for t in study.get_trials(deepcopy=False)}
+            assert optuna.trial.TrialState.RUNNING not in states
+
+
+def test_a_killed_service_restarts_and_the_sweep_finishes_once(service: ServiceProcess):
+    spec = {
+        **TINY,
+        "name": "e2e-restart",
+        "epochs": 20,
+        "trials_per_strategy": 4,
+        "strategies": [{"name": "full_precision"}],
+    }
+    with service.client() as c:
+        sweep = c.submit(spec)
+        wait_for(lambda: c.sweep(sweep.id).trials.done >= 1, 240, "a finished trial")
+        before = c.sweep(sweep.id)
+    assert before.status == "running"
+    service.kill()
+    service.start()
+    with service.client() as c:
+        after = c.sweep(sweep.id)
+        # The row is intact: the same sweep, job, submitter and times.
+        for key in ("id", "ray_job_id", "submitted_by", "created_at", "started_at", "spec"):
+            assert getattr(after, key) == getattr(before, key), key
+        done = c.wait(sweep.id, timeout=300, poll=1)
+    assert done.status == "succeeded", done.error
+    assert done.ray_job_id == before.ray_job_id  # followed, not submitted again
+    assert done.trials.done == 4
+    assert_invariants(service, sweep.id, planned=4)
