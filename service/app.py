@@ -103,29 +103,30 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             await self._refuse(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        # Read the whole body (at most `limit` bytes) before the app: an exception raised
+        # from inside the app's receive() is turned into a 400 by FastAPI's body parsing.
+        messages: list[Message] = []
+        seen, more = 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            more = bool(message.get("more_body", False))
+        pending = iter(messages)
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+        async def replay() -> Message:
+            return next(pending, None) or await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = _error(413, "body", f"is larger than {self.limit} bytes")
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class Service:
@@ -512,7 +513,7 @@ def _routes(app: FastAPI, service: Service) -> None:
                     name=spec.name,
                     spec=admitted.model_dump(mode="json"),
                     status=Status.queued,
-                    benchmark=spec.benchmark,
+                    benchmark=admitted.benchmark,
                     submitted_by=caller,
                     cancel_requested=False,
                     created_at=utcnow(),
@@ -709,6 +710,8 @@ def _routes(app: FastAPI, service: Service) -> None:
             return query_leaderboard(settings.tracking, **query)
         except FieldError as e:
             if e.field == "dataset" and query.get("dataset") is None and query.get("model") is None:
+                if query.get("sweep_id") is not None:
+                    raise NotFound("sweep", f"no sweep {query['sweep_id']}") from None
                 return []  # no benchmark yet
             if e.field in ("dataset", "sweep_id"):
                 raise NotFound("sweep" if e.field == "sweep_id" else "dataset", e.reason) from None

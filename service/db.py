@@ -84,8 +84,9 @@ class SweepRow(Base):
 def _aware(row: SweepRow, _context: Any) -> None:
     for name in ("created_at", "started_at", "finished_at"):
         value = getattr(row, name)
-        if value is not None and value.tzinfo is None:
-            setattr(row, name, value.replace(tzinfo=dt.UTC))
+        if value is not None and value.utcoffset() != dt.timedelta(0):
+            aware = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+            setattr(row, name, aware.astimezone(dt.UTC))
 
 
 def engine_for(url: str) -> Engine:

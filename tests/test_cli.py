@@ -101,3 +101,17 @@ def test_strategies_prints_docstrings_verbatim_and_bounds_as_numbers(capsys):
     code, out, _ = run(capsys, "strategies", "bit_learning", "--json")
     (bits,) = [p for p in json.loads(out)[0]["params"] if p["name"] == "bits"]
     assert bits["bounds"] == {"low": 2, "high": 32, "low_inclusive": True, "high_inclusive": True}
+
+
+def test_sweep_id_of_a_new_sweep_is_checked_before_anything_is_written(capsys, home, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nstrategies: [{name: full_precision}]\nepochs: 1\n")
+    code, _, err = run(capsys, "sweep", str(spec), "--sweep-id", "not an id!")
+    assert code == 2 and err.startswith("error: --sweep-id: ")
+    assert not home.exists()
+    taken = home / "sweeps" / "s-1.json"
+    taken.parent.mkdir(parents=True)
+    taken.write_text("{}")
+    code, _, err = run(capsys, "sweep", str(spec), "--sweep-id", "s-1")
+    assert code == 2 and "sweep s-1 exists; continue it with --resume" in err
+    assert sorted(p.name for p in home.rglob("*")) == ["s-1.json", "sweeps"]
