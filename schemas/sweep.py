@@ -100,7 +100,11 @@ class SweepSpec(TrainingSettings):
     shared with every trial of the sweep; `epochs` defaults to 5 here.
     """
 
-    name: str = Field(..., description="letters, digits, '_', '-', '.'; up to 64")
+    name: str = Field(
+        ...,
+        description="letters, digits, '_', '-', '.'; up to 64",
+        json_schema_extra={"pattern": NAME_PATTERN.pattern},
+    )
     strategies: list[StrategySpec] = Field(..., min_length=1)
     trials_per_strategy: int = Field(4, ge=1, le=10_000)
     epochs: int = Field(5, ge=1, le=10_000)

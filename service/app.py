@@ -83,6 +83,13 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no valid bearer token"},
     413: {"model": ErrorBody, "description": "the request body is too large"},
 }
+
+
+def _json_error(description: str) -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no such sweep"}
 }
@@ -429,9 +436,26 @@ def _errors(app: FastAPI) -> None:
         return _error(status, e.field, e.reason)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http(_request: Request, e: StarletteHTTPException) -> Any:
+    async def http(request: Request, e: StarletteHTTPException) -> Any:
+        headers = dict(getattr(e, "headers", None) or {})
+        if e.status_code == 400 and "parsing the body" in str(e.detail):
+            # A body that is not UTF-8 text: as malformed JSON is answered.
+            return _error(422, "body", "is not valid JSON (not UTF-8 text)")
+        if e.status_code == 405:
+            # A path served by several routes (GET and POST /sweeps): Starlette's Allow names
+            # the first route's methods alone.
+            from starlette.routing import Match
+
+            allowed = {
+                m
+                for r in request.app.router.routes
+                if r.matches(request.scope)[0] != Match.NONE
+                for m in (getattr(r, "methods", None) or ())
+            }
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
         field = "path" if e.status_code in (404, 405) else "request"
-        return _error(e.status_code, field, str(e.detail).lower(), getattr(e, "headers", None))
+        return _error(e.status_code, field, str(e.detail).lower(), headers or None)
 
 
 def token_name(request: Request) -> str:
@@ -652,9 +676,10 @@ def _routes(app: FastAPI, service: Service) -> None:
         "/sweeps/{sweep_id}/logs",
         response_class=PlainTextResponse,
         tags=["sweeps"],
+        # The route's class is text; its refusals are JSON, said explicitly (a "model" here
+        # would be documented under text/plain).
         responses={
-            **ERRORS,
-            **NOT_FOUND,
+            **{code: _json_error(v["description"]) for code, v in {**ERRORS, **NOT_FOUND}.items()},
             200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
         },
     )
