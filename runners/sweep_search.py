@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 from typing import Any
 
 import optuna
@@ -62,6 +63,36 @@ class StrategySearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         return None
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result and not error and trial_id not in self._completed_trials:
+            assert self._ot_study is not None
+            frozen = self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+            if frozen.state.is_finished():
+                self._continued(trial_id, frozen, result)
+                return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _continued(self, trial_id: str, frozen: Any, result: dict[str, Any]) -> None:
+        """A trial failed when its sweep was interrupted (Optuna cannot reopen it) has finished
+        on resume: its result is told as a new Optuna trial of the same params, which names
+        the one it continues."""
+        assert self._ot_study is not None
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        values = [result.get(m) for m in metrics]
+        if all(isinstance(v, int | float) for v in values):
+            self._ot_study.add_trial(
+                optuna.trial.create_trial(
+                    params=frozen.params,
+                    distributions=frozen.distributions,
+                    values=[float(v) for v in values],
+                    user_attrs={**frozen.user_attrs, "bitsweep.continues_trial": frozen.number},
+                )
+            )
+        self._completed_trials.add(trial_id)
 
     def _setup_study(self, mode: str | list[str]) -> None:
         super()._setup_study(mode)
@@ -242,6 +273,22 @@ def objectives(spec: SweepSpec) -> tuple[str | list[str], str | list[str]]:
     return (metrics if len(metrics) > 1 else metrics[0]), (modes if len(modes) > 1 else modes[0])
 
 
+class NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable again. Tune saves each searcher, sampler included, in the
+    experiment's state; since Optuna 5.1 the genetic samplers hold a `threading.Lock`, which
+    pickle refuses, so a sweep with several objectives failed at its start. The lock guards
+    one process's threads; a copy restored elsewhere gets a lock of its own."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def sampler_for(spec: SweepSpec, trials: int) -> optuna.samplers.BaseSampler:
     """The Optuna sampler of one strategy's study: the spec's, or for `auto` TPE with one
     objective and NSGA-II with several."""
@@ -249,9 +296,7 @@ def sampler_for(spec: SweepSpec, trials: int) -> optuna.samplers.BaseSampler:
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=spec.seed)
     if spec.sampler == "nsga2" or (spec.sampler == "auto" and several):
-        return optuna.samplers.NSGAIISampler(
-            population_size=max(2, min(50, trials // 2)), seed=spec.seed
-        )
+        return NSGAIISampler(population_size=max(2, min(50, trials // 2)), seed=spec.seed)
     return optuna.samplers.TPESampler(seed=spec.seed)
 
 

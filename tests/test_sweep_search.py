@@ -88,3 +88,26 @@ def test_state_survives_save_and_restore(tmp_path: Path) -> None:
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.issued == {"a": 1, "b": 1} and restored.owner == {"t0": "a", "t1": "b"}
     assert restored.suggest("t2") == {STRATEGY_KEY: "a", "x": 1}
+
+
+def test_every_sampler_survives_pickling_as_tune_saves_it():
+    import pickle
+
+    import optuna
+
+    from runners.sweep_search import sampler_for
+    from schemas.sweep import SweepSpec
+
+    base = {"name": "p", "strategies": [{"name": "bit_learning"}]}
+    two = [{"metric": "test_accuracy"}, {"metric": "weight_bits", "mode": "min"}]
+    for spec in (
+        SweepSpec.model_validate(base),
+        SweepSpec.model_validate({**base, "objectives": two}),
+        SweepSpec.model_validate({**base, "sampler": "random"}),
+    ):
+        sampler = sampler_for(spec, 8)
+        copy = pickle.loads(pickle.dumps(sampler))
+        assert type(copy) is type(sampler)
+        n = len(spec.objectives)
+        study = optuna.create_study(sampler=copy, directions=["maximize"] * n)
+        study.optimize(lambda t, n=n: [t.suggest_float("x", 0, 1)] * n, n_trials=3)
