@@ -28,6 +28,7 @@ import optuna
 from ray import tune
 
 from runners.search import SpecError
+from runners.sweep_cluster import check_resources, reachable_address
 from runners.sweep_plan import HOME_ENV, Plan, StrategyPlan, base_trial, data_home, plan_sweep
 from runners.sweep_progress import Progress, ProgressCallback, StrategyProgress, TrialEvent
 from runners.sweep_record import SweepRecord, SweepSummary
@@ -37,6 +38,7 @@ from runners.sweep_search import (
     sweep_scheduler,
     sweep_searcher,
 )
+from runners.sweep_signals import TUNE_ENV, SweepInterrupted, stop_on_signals
 from runners.sweep_state import SweepState, find_resumable
 from runners.worker import trainable
 
@@ -79,13 +81,14 @@ def tune_environment(defaults: dict[str, str] | None = None) -> Iterator[None]:
 
 
 def start_ray(address: str | None) -> None:
-    """Join the cluster at `address` (or `RAY_ADDRESS`), or start a local one, once."""
+    """Join the cluster at `address` (or `RAY_ADDRESS`), or start a local one, once; an
+    address where nothing answers is refused within seconds (SpecError `--ray-address`)."""
     import ray
 
     if ray.is_initialized():
         return
     ray.init(
-        address=address or os.environ.get("RAY_ADDRESS") or None,
+        address=reachable_address(address),
         log_to_driver=False,
         logging_level=logging.WARNING,
         include_dashboard=False,
@@ -124,41 +127,69 @@ def run_sweep(
     """Run (or resume) the sweep of `plan`; returns its summary once every strategy is done."""
     spec, home = plan.spec, plan.home
     state = find_resumable(home, spec, sweep_id) if resume else None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The cluster first: an unreachable one, or one without the resources a trial asks for,
+    # is refused before the sweep writes anything.
+    start_ray(ray_address)
+    check_resources(plan)
+    pending = pending_trials(plan)
     home.mkdir(parents=True, exist_ok=True)
     record = SweepRecord(plan)
-    if state is None:
-        state = record.start(sweep_id)
-    else:
-        record.reopen(state)
-    state.status = "running"
-    state.save(home)
-    if on_start is not None:
-        on_start(state.sweep_id, state.parent_run_id)
-
-    objective = spec.objectives[0]
-    progress = Progress(objective.metric, objective.mode, on_progress, on_event)
-    progress.strategies = {p.name: StrategyProgress(trials=p.trials) for p in plan.strategies}
-    if resume:
-        record.count_into(progress, state)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    start_ray(ray_address)
-    pending = pending_trials(plan)
     storage = optuna.storages.RDBStorage(plan.optuna_url)
-    for sp in plan.strategies:
-        state.strategies[sp.name] = "running"
-    state.save(home)
-    with tune_environment({PENDING_TRIALS: str(pending)}):
-        _run_experiment(plan, state, record, storage, progress, resume)
-    record.drop_lost_runs(state)
+    with stop_on_signals() as stop:
+        try:
+            if state is None:
+                state = record.start(sweep_id)
+            else:
+                record.reopen(state)
+            state.status = "running"
+            state.save(home)
+            if on_start is not None:
+                on_start(state.sweep_id, state.parent_run_id)
+            objective = spec.objectives[0]
+            progress = Progress(objective.metric, objective.mode, on_progress, on_event)
+            progress.strategies = {
+                p.name: StrategyProgress(trials=p.trials) for p in plan.strategies
+            }
+            if resume:
+                record.count_into(progress, state)
+            for sp in plan.strategies:
+                state.strategies[sp.name] = "running"
+            state.save(home)
+            with tune_environment({PENDING_TRIALS: str(pending), **TUNE_ENV}):
+                _run_experiment(plan, state, record, storage, progress, resume)
+        except SweepInterrupted as e:  # a signal before the experiment started
+            stop.signum = e.signum
+        if stop.signum is not None:
+            if state is None:
+                raise SweepInterrupted(stop.signum)
+            _interrupted(plan, state, record, storage)
+            raise SweepInterrupted(stop.signum, state.sweep_id)
+        assert state is not None
+        record.drop_lost_runs(state)
+        for sp in plan.strategies:
+            fail_lost_study_trials(storage, study_name(state.sweep_id, sp.name))
+            state.strategies[sp.name] = "finished"
+        state.save(home)
+
+        summary = record.finish(state)
+        state.status = "finished"
+        state.save(home)
+    return summary
+
+
+def _interrupted(
+    plan: Plan, state: SweepState, record: SweepRecord, storage: optuna.storages.BaseStorage
+) -> None:
+    """Record a sweep stopped by a signal: its unfinished trial runs and its parent run
+    KILLED, their Optuna trials FAIL, its state `interrupted` (what `--resume` continues)."""
+    record.interrupt(state)
     for sp in plan.strategies:
         fail_lost_study_trials(storage, study_name(state.sweep_id, sp.name))
-        state.strategies[sp.name] = "finished"
-    state.save(home)
-
-    summary = record.finish(state)
-    state.status = "finished"
-    state.save(home)
-    return summary
+        if state.strategies.get(sp.name) != "finished":
+            state.strategies[sp.name] = "interrupted"
+    state.status = "interrupted"
+    state.save(plan.home)
 
 
 def _run_experiment(
@@ -245,6 +276,7 @@ __all__ = [
     "Progress",
     "SpecError",
     "StrategyPlan",
+    "SweepInterrupted",
     "SweepState",
     "SweepSummary",
     "TrialEvent",

@@ -240,6 +240,14 @@ class SweepRecord:
                 value=run.data.metrics.get(progress.objective),
             )
 
+    def interrupt(self, state: SweepState) -> None:
+        """A sweep stopped by a signal: each trial run left RUNNING, and the parent run,
+        marked KILLED. A resumed sweep finds each trial's run by its tags and continues it."""
+        for run in self.trial_runs(state, status="RUNNING"):
+            self.client.set_tag(run.info.run_id, "bitsweep.interrupted", "true")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        self.client.set_terminated(state.parent_run_id, status="KILLED")
+
     def drop_lost_runs(self, state: SweepState) -> None:
         """Delete the runs of trials that Tune lost when the sweep was killed.
 

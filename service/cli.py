@@ -296,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="bitsweep", standalone_mode=False)
+        code = command.main(args=argv, prog_name="bitsweep", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code  # a command's typer.Exit, which click returns without standalone mode
     except typer.Exit as e:
         return int(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):

@@ -119,6 +119,8 @@ def sweep(
         stamp = time.strftime("%H:%M:%S")
         err.print(f"{stamp} {event.line()}", markup=False, highlight=False, soft_wrap=True)
 
+    from runners.sweep import SweepInterrupted
+
     if live is not None:
         live.start()
     try:
@@ -131,6 +133,12 @@ def sweep(
             on_start=on_start,
             on_event=None if live is not None else on_event,
         )
+    except SweepInterrupted as e:
+        if live is not None:
+            live.stop()
+            live = None
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
     finally:
         if live is not None:
             live.stop()

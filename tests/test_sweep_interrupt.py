@@ -1,0 +1,230 @@
+"""A sweep stopped by a signal, a cluster that does not answer, resources no node has.
+
+The signal tests run `bitsweep sweep` as a real process in a session of its own (as a
+terminal's foreground job) and signal its whole process group, as Ctrl-C does. Each ends by
+checking the invariants: each trial of the spec once in MLflow, no run left RUNNING, Optuna and
+MLflow agreeing on which trials finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from runners.search import SpecError
+from runners.sweep_cluster import check_resources, reachable_address
+from runners.tracking import TUNE_TRIAL_ATTR
+from service.jobs import free_port
+
+SPEC = {
+    "name": "stop-me",
+    "dataset": "digits",
+    "model": "mlp",
+    "epochs": 12,
+    "trials_per_strategy": 4,
+    "strategies": [{"name": "bit_learning"}],
+}
+
+
+def start_sweep(home: Path, spec: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "sweep", str(spec), *extra],
+        env={**os.environ, "BITSWEEP_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    """stderr lines up to the first holding `needle`."""
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"no {needle!r} in:\n{''.join(lines)}")
+
+
+def sweep_of(lines: list[str]) -> str:
+    return next(line.split()[1] for line in lines if line.startswith("sweep "))
+
+
+def group_gone(pgid: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def records(home: Path, sweep_id: str) -> tuple[list, object, dict]:
+    """(trial runs, parent run, Optuna trials by state) of a sweep."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, f"tags.`bitsweep.sweep_id` = '{sweep_id}'", max_results=1000)
+    trials = [r for r in runs if r.data.tags.get("bitsweep.kind") == "trial"]
+    (parent,) = [r for r in runs if r.data.tags.get("bitsweep.kind") == "sweep"]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{home / 'optuna.db'}")
+    study = optuna.load_study(study_name=f"{sweep_id}/bit_learning", storage=storage)
+    by_state: dict[str, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        by_state.setdefault(t.state.name, []).append(t)
+    return trials, parent, by_state
+
+
+def assert_invariants(home: Path, sweep_id: str, *, finished: bool) -> list:
+    trials, parent, optuna_trials = records(home, sweep_id)
+    assert not [r for r in trials if r.info.status == "RUNNING"], "a trial run left RUNNING"
+    assert "RUNNING" not in optuna_trials, "an Optuna trial left RUNNING"
+    ids = Counter(r.data.tags["bitsweep.trial_id"] for r in trials)
+    assert set(ids.values()) <= {1}, f"a trial logged twice: {ids}"
+    done = {r.data.tags["bitsweep.trial_id"] for r in trials if r.info.status == "FINISHED"}
+    told = {t.user_attrs.get(TUNE_TRIAL_ATTR) for t in optuna_trials.get("COMPLETE", [])}
+    assert told == done, (told, done)  # Optuna and MLflow agree on which trials finished
+    assert parent.info.status == ("FINISHED" if finished else "KILLED")
+    return trials
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_whole_sweep_and_resume_runs_each_trial_once(tmp_path):
+    home, spec = tmp_path / "home", tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    proc = start_sweep(home, spec)
+    head = wait_for_line(proc, "finished: test_accuracy", 240)
+    sweep_id = sweep_of(head)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
+    stopped = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - stopped
+    assert proc.returncode == 130, err
+    assert took < 30, f"stopping took {took:.1f} s"
+    assert f"sweep {sweep_id} was interrupted by SIGINT" in err
+    assert group_gone(proc.pid), "Ray processes were left behind"
+    state = json.loads((home / "sweeps" / f"{sweep_id}.json").read_text())
+    assert state["status"] == "interrupted"
+    before = assert_invariants(home, sweep_id, finished=False)
+    assert {r.info.status for r in before} <= {"FINISHED", "KILLED"}
+    assert 1 <= sum(r.info.status == "FINISHED" for r in before) < 4
+
+    again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
+    out, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["completed"] == 4 and summary["failed"] == 0
+    after = assert_invariants(home, sweep_id, finished=True)
+    assert sorted(r.info.status for r in after) == ["FINISHED"] * 4
+    finished_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
+    assert finished_before <= {r.info.run_id for r in after}  # kept, not rerun
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_and_a_second_signal_stops_at_once(tmp_path):
+    home, spec = tmp_path / "home", tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    proc = start_sweep(home, spec)
+    head = wait_for_line(proc, " started", 240)
+    sweep_id = sweep_of(head)
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stopped = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert time.monotonic() - stopped < 10
+    assert group_gone(proc.pid), "Ray processes were left behind"
+    # Stopped at once, as a hard kill: resumable, each trial once.
+    again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
+    out, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err
+    assert json.loads(out)["completed"] == 4
+    trials = assert_invariants(home, sweep_id, finished=True)
+    assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4
+
+
+def test_an_address_where_nothing_answers_is_refused_within_seconds():
+    port = free_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        started = time.monotonic()
+        with pytest.raises(SpecError) as e:
+            reachable_address(address)
+        assert e.value.field == "--ray-address"
+        assert "no Ray cluster answers" in e.value.reason
+        assert time.monotonic() - started < 5
+    with pytest.raises(SpecError, match="is not HOST:PORT"):
+        reachable_address("nowhere")
+
+
+def test_a_stale_address_file_starts_a_new_local_cluster(tmp_path, monkeypatch):
+    import runners.sweep_cluster as cluster
+
+    stale = tmp_path / "ray_current_cluster"
+    stale.write_text(f"127.0.0.1:{free_port()}")
+    monkeypatch.setattr(cluster, "ADDRESS_FILE", stale)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert reachable_address(None) == "local"
+    stale.unlink()
+    assert reachable_address(None) is None
+
+
+def test_the_cli_refuses_an_unreachable_cluster_before_writing_anything(tmp_path, home, capsys):
+    from service.cli import main
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**SPEC, "epochs": 1}))
+    started = time.monotonic()
+    code = main(["sweep", str(spec), "--ray-address", f"127.0.0.1:{free_port()}"])
+    assert code == 2
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ray-address: no Ray cluster answers")
+    assert not home.exists()  # no store, no run, no state
+
+
+@pytest.mark.parametrize(
+    ("resources", "field", "reason"),
+    [
+        ({"gpu": 1}, "resources.gpu", "each trial asks for 1 GPUs; no node"),
+        ({"cpu": 64}, "resources.cpu", "each trial asks for 64 CPUs; no node"),
+    ],
+)
+def test_resources_no_node_has_are_refused(local_ray, tmp_path, resources, field, reason):
+    from runners.sweep_plan import plan_sweep
+    from schemas.sweep import SweepSpec
+
+    plan = plan_sweep(
+        SweepSpec.model_validate({**SPEC, "resources": resources}), home=tmp_path / "h"
+    )
+    with pytest.raises(SpecError) as e:
+        check_resources(plan)
+    assert e.value.field == field
+    assert e.value.reason.startswith(reason)
+    assert "at most" in e.value.reason
+
+
+def test_resources_a_node_has_are_accepted(local_ray, tmp_path):
+    from runners.sweep_plan import plan_sweep
+    from schemas.sweep import SweepSpec
+
+    plan = plan_sweep(SweepSpec.model_validate({**SPEC, "resources": {"cpu": 2}}), home=tmp_path)
+    check_resources(plan)
