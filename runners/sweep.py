@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 from ray import tune
 
+from runners.retry import RetryingRDBStorage
 from runners.search import SpecError
 from runners.sweep_cluster import check_resources, reachable_address
 from runners.sweep_plan import HOME_ENV, Plan, StrategyPlan, base_trial, data_home, plan_sweep
@@ -135,7 +136,7 @@ def run_sweep(
     pending = pending_trials(plan)
     home.mkdir(parents=True, exist_ok=True)
     record = SweepRecord(plan)
-    storage = optuna.storages.RDBStorage(plan.optuna_url)
+    storage = RetryingRDBStorage(plan.optuna_url)
     with stop_on_signals() as stop:
         try:
             if state is None:

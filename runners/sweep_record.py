@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
 from ray import tune
 
+from runners.retry import retrying, retrying_client
 from runners.sweep_plan import Plan, StrategyPlan, base_trial
 from runners.sweep_progress import Progress
 from runners.sweep_search import split_config
@@ -85,7 +85,7 @@ class SweepLogger(TrialLogger):
     """
 
     def __init__(self, *, tracking_uri: str, **kw: Any) -> None:
-        super().__init__(client=MlflowClient(tracking_uri), **kw)
+        super().__init__(client=retrying_client(tracking_uri), **kw)
         self.tracking_uri = tracking_uri
 
     def __getstate__(self) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class SweepLogger(TrialLogger):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.client = MlflowClient(self.tracking_uri)
+        self.client = retrying_client(self.tracking_uri)
 
 
 class StrategyCallbacks(tune.Callback):
@@ -130,7 +130,7 @@ class SweepRecord:
     def __init__(self, plan: Plan) -> None:
         spec = plan.spec
         self.plan = plan
-        self.client = set_tracking(plan.tracking_uri)
+        self.client = retrying(set_tracking(plan.tracking_uri))
         self.experiment_id = ensure_experiment(self.client, spec.benchmark, plan.artifact_root)
         describe_experiment(self.client, self.experiment_id, dataset=spec.dataset, model=spec.model)
 

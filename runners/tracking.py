@@ -230,10 +230,11 @@ class TrialLogger(tune.Callback):
         so that the Optuna dashboard and MLflow lead to each other."""
         if not self.optuna_url or not self.study_name:
             return
-        import optuna
 
         if self._optuna is None:
-            self._optuna = optuna.storages.RDBStorage(self.optuna_url)
+            from runners.retry import RetryingRDBStorage
+
+            self._optuna = RetryingRDBStorage(self.optuna_url)
         storage = self._optuna
         try:
             study_id = storage.get_study_id_from_name(self.study_name)

@@ -591,6 +591,12 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     def detail(row: SweepRow) -> SweepDetail:
         spec = SweepSpec.model_validate(row.spec)
+        shown = spec.model_copy(  # the stores as /health shows them: no password
+            update={
+                "tracking_uri": _public_uri(spec.tracking_uri or ""),
+                "optuna_storage": _public_uri(spec.optuna_storage or ""),
+            }
+        )
         planned = sum(st.trials or spec.trials_per_strategy for st in spec.strategies)
         found = service.read_runs(row.id)
         trials = found.trials if found is not None else {}
@@ -599,7 +605,7 @@ def _routes(app: FastAPI, service: Service) -> None:
             best = best_trials(row, spec, found.experiment_id)
         return SweepDetail(
             **service.view(row).model_dump(),
-            spec=spec,
+            spec=shown,
             trials=TrialCounts(
                 planned=planned,
                 done=trials.get("FINISHED", 0),

@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow configures its own logger at import; this keeps its INFO lines off the console.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # On a tracking server MLflow writes a "View run ... at" line to stdout for each run it
+    # ends, which would break `--json` output; the runs are on the leaderboard.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="bitsweep", standalone_mode=False)

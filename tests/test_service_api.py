@@ -720,3 +720,14 @@ def test_status_of_a_server_that_does_not_answer_is_one_line(
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "127.0.0.1:1" in err and "Traceback" not in err
     assert out == ""
+
+
+def test_a_sweep_shows_its_stores_without_their_password(tmp_path, stores, pg_database):
+    url = pg_database("pw").replace("postgres@", "postgres:s3cret-pw@")  # trust auth takes it
+    with serve(tmp_path, stores, optuna_storage=url) as api:
+        r = api.post("/sweeps", json=spec(name="hidden"))
+        assert r.status_code == 202, r.text
+        shown = api.get(f"/sweeps/{r.json()['id']}")
+        assert "s3cret-pw" not in shown.text
+        assert shown.json()["spec"]["optuna_storage"] == url.replace("s3cret-pw", "***")
+        assert stored_row(api, r.json()["id"]).spec["optuna_storage"] == url  # the job's own

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from faults import sweep_records
 
 from runners.search import SpecError
 from runners.sweep_cluster import check_resources, reachable_address
@@ -76,21 +77,13 @@ def group_gone(pgid: int, timeout: float = 30.0) -> bool:
 
 
 def records(home: Path, sweep_id: str) -> tuple[list, object, dict]:
-    """(trial runs, parent run, Optuna trials by state) of a sweep."""
-    import optuna
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exps, f"tags.`bitsweep.sweep_id` = '{sweep_id}'", max_results=1000)
-    trials = [r for r in runs if r.data.tags.get("bitsweep.kind") == "trial"]
-    (parent,) = [r for r in runs if r.data.tags.get("bitsweep.kind") == "sweep"]
-    storage = optuna.storages.RDBStorage(f"sqlite:///{home / 'optuna.db'}")
-    study = optuna.load_study(study_name=f"{sweep_id}/bit_learning", storage=storage)
-    by_state: dict[str, list] = {}
-    for t in study.get_trials(deepcopy=False):
-        by_state.setdefault(t.state.name, []).append(t)
-    return trials, parent, by_state
+    """(trial runs, parent run, Optuna trials by state) of a sweep under `home`."""
+    return sweep_records(
+        f"sqlite:///{home / 'mlflow.db'}",
+        f"sqlite:///{home / 'optuna.db'}",
+        sweep_id,
+        "bit_learning",
+    )
 
 
 def assert_invariants(home: Path, sweep_id: str, *, finished: bool) -> list:
@@ -136,6 +129,10 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_runs_each_trial_once(tmp_path):
     assert sorted(r.info.status for r in after) == ["FINISHED"] * 4
     finished_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
     assert finished_before <= {r.info.run_id for r in after}  # kept, not rerun
+    print(
+        f"\nSIGINT: stopped in {took:.1f} s with {len(finished_before)} of 4 trials finished; "
+        "resumed: 4 of 4 finished, 0 lost, 0 twice"
+    )
 
 
 @pytest.mark.slow
@@ -151,7 +148,8 @@ def test_sigterm_exits_143_and_a_second_signal_stops_at_once(tmp_path):
     stopped = time.monotonic()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert time.monotonic() - stopped < 10
+    took = time.monotonic() - stopped
+    assert took < 10
     assert group_gone(proc.pid), "Ray processes were left behind"
     # Stopped at once, as a hard kill: resumable, each trial once.
     again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
@@ -160,6 +158,7 @@ def test_sigterm_exits_143_and_a_second_signal_stops_at_once(tmp_path):
     assert json.loads(out)["completed"] == 4
     trials = assert_invariants(home, sweep_id, finished=True)
     assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4
+    print(f"\nSIGTERM twice: stopped in {took:.1f} s; resumed: 4 of 4 finished, 0 twice")
 
 
 def test_an_address_where_nothing_answers_is_refused_within_seconds():

@@ -1,0 +1,25 @@
+"""What the fault tests read back: a sweep's runs in MLflow and its trials in Optuna."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def sweep_records(
+    tracking_uri: str, optuna_url: str, sweep_id: str, strategy: str
+) -> tuple[list[Any], Any, dict[str, list[Any]]]:
+    """(trial runs, parent run, Optuna trials of `strategy` by state name) of a sweep."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, f"tags.`bitsweep.sweep_id` = '{sweep_id}'", max_results=1000)
+    trials = [r for r in runs if r.data.tags.get("bitsweep.kind") == "trial"]
+    (parent,) = [r for r in runs if r.data.tags.get("bitsweep.kind") == "sweep"]
+    storage = optuna.storages.RDBStorage(optuna_url)
+    study = optuna.load_study(study_name=f"{sweep_id}/{strategy}", storage=storage)
+    by_state: dict[str, list[Any]] = {}
+    for t in study.get_trials(deepcopy=False):
+        by_state.setdefault(t.state.name, []).append(t)
+    return trials, parent, by_state
