@@ -58,6 +58,20 @@ class Stop:
         return self.signum is not None
 
 
+def _kill_own_ray() -> None:
+    """Kill the Ray processes this process started (a local cluster), which an exit without
+    Ray's shutdown would leave behind; a joined cluster's are not this process's to kill.
+    Ray's public API has no shutdown quick enough for a second Ctrl-C."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        if node is not None:
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+    except Exception:  # exiting anyway: what cannot be killed is left to Ray's reaper
+        pass
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[Stop]:
     """Hold SIGINT and SIGTERM for the time a sweep runs (see the module's docstring)."""
@@ -70,6 +84,7 @@ def stop_on_signals() -> Iterator[Stop]:
         if stop:
             sys.stderr.write("error: stopped at once on a second signal\n")
             sys.stderr.flush()
+            _kill_own_ray()
             os._exit(128 + stop.signum)  # type: ignore[operator]
         stop.signum = signum
         name = signal.Signals(signum).name

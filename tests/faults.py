@@ -23,3 +23,21 @@ def sweep_records(
     for t in study.get_trials(deepcopy=False):
         by_state.setdefault(t.state.name, []).append(t)
     return trials, parent, by_state
+
+
+def wait_healthy(url: str, proc: Any, log: Any, what: str, timeout: float = 120.0) -> None:
+    """Wait until `url` answers 200, while `proc` (writing to the file `log`) lives."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{what} exited:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not answer:\n{log.read_text()[-3000:]}")

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from faults import wait_healthy
 
 from service.client import Client, ServiceRefused
 from service.jobs import free_port
@@ -68,16 +69,7 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"the service exited:\n{self.log.read_text()}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"the service did not answer:\n{self.log.read_text()}")
+        wait_healthy(f"{self.url}/health", self.proc, self.log, "the service", timeout)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown at all (the Ray head, in a session of its own, lives on)."""
@@ -205,7 +197,7 @@ def test_a_sweep_cancelled_midway_keeps_its_finished_trials(service: ServiceProc
     long = {
         **TINY,
         "name": "e2e-cancel",
-        "epochs": 60,
+        "epochs": 40,
         "trials_per_strategy": 6,
         "strategies": [{"name": "full_precision"}],
     }
@@ -239,7 +231,7 @@ def test_a_killed_service_restarts_and_the_sweep_finishes_once(service: ServiceP
     spec = {
         **TINY,
         "name": "e2e-restart",
-        "epochs": 20,
+        "epochs": 12,
         "trials_per_strategy": 4,
         "strategies": [{"name": "full_precision"}],
     }

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from faults import sweep_records
+from faults import sweep_records, wait_healthy
 
 from runners.retry import retried, transient
 from service.jobs import free_port
@@ -91,7 +91,7 @@ def test_postgresql_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_path, o
         "name": "pg-restart",
         "dataset": "digits",
         "model": "mlp",
-        "epochs": 12,
+        "epochs": 6,
         "trials_per_strategy": 4,
         "strategies": [{"name": "bit_learning"}],
         "tracking_uri": pg.create("mlflow"),
@@ -186,8 +186,6 @@ class MlflowServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120.0) -> None:
-        import httpx
-
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -210,16 +208,7 @@ class MlflowServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"mlflow server did not answer:\n{self.log.read_text()[-3000:]}")
+        wait_healthy(f"{self.url}/health", self.proc, self.log, "mlflow server", timeout)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -267,7 +256,7 @@ def test_mlflow_server_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_path
         "name": "server-restart",
         "dataset": "digits",
         "model": "mlp",
-        "epochs": 12,
+        "epochs": 6,
         "trials_per_strategy": 4,
         "strategies": [{"name": "bit_learning"}],
         "tracking_uri": server.url,
