@@ -29,7 +29,14 @@ from ray import tune
 
 from runners.retry import RetryingRDBStorage
 from runners.search import SpecError
-from runners.sweep_cluster import check_resources, reachable_address
+from runners.sweep_cluster import (
+    EXIT_CLUSTER_LOST,
+    ClusterWatch,
+    check_resources,
+    head_endpoint,
+    lost_after,
+    reachable_address,
+)
 from runners.sweep_plan import HOME_ENV, Plan, StrategyPlan, base_trial, data_home, plan_sweep
 from runners.sweep_progress import Progress, ProgressCallback, StrategyProgress, TrialEvent
 from runners.sweep_record import SweepRecord, SweepSummary
@@ -39,7 +46,13 @@ from runners.sweep_search import (
     sweep_scheduler,
     sweep_searcher,
 )
-from runners.sweep_signals import TUNE_ENV, SweepInterrupted, stop_on_signals
+from runners.sweep_signals import (
+    TUNE_ENV,
+    Stop,
+    SweepInterrupted,
+    kill_own_ray,
+    stop_on_signals,
+)
 from runners.sweep_state import SweepState, find_resumable
 from runners.worker import trainable
 
@@ -81,19 +94,22 @@ def tune_environment(defaults: dict[str, str] | None = None) -> Iterator[None]:
                 os.environ[k] = old
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None) -> str | None:
     """Join the cluster at `address` (or `RAY_ADDRESS`), or start a local one, once; an
-    address where nothing answers is refused within seconds (SpecError `--ray-address`)."""
+    address where nothing answers is refused within seconds (SpecError `--ray-address`).
+    Returns the address joined (None: a local cluster, or one this process had joined)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return None
+    joined = reachable_address(address)
     ray.init(
-        address=reachable_address(address),
+        address=joined,
         log_to_driver=False,
         logging_level=logging.WARNING,
         include_dashboard=False,
     )
+    return joined
 
 
 def pending_trials(plan: Plan) -> int:
@@ -129,9 +145,10 @@ def run_sweep(
     spec, home = plan.spec, plan.home
     state = find_resumable(home, spec, sweep_id) if resume else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    silence = lost_after()
     # The cluster first: an unreachable one, or one without the resources a trial asks for,
     # is refused before the sweep writes anything.
-    start_ray(ray_address)
+    endpoint = head_endpoint(start_ray(ray_address))
     check_resources(plan)
     pending = pending_trials(plan)
     home.mkdir(parents=True, exist_ok=True)
@@ -157,8 +174,15 @@ def run_sweep(
             for sp in plan.strategies:
                 state.strategies[sp.name] = "running"
             state.save(home)
-            with tune_environment({PENDING_TRIALS: str(pending), **TUNE_ENV}):
-                _run_experiment(plan, state, record, storage, progress, resume)
+            with (
+                tune_environment({PENDING_TRIALS: str(pending), **TUNE_ENV}),
+                _watch(endpoint, silence, stop, plan, state, record, storage) as watch,
+            ):
+                try:
+                    _run_experiment(plan, state, record, storage, progress, resume)
+                finally:
+                    if watch is not None and not stop:
+                        watch.settle()  # a lost cluster is recorded as such, not as an end
         except SweepInterrupted as e:  # a signal before the experiment started
             stop.signum = e.signum
         if stop.signum is not None:
@@ -191,6 +215,66 @@ def _interrupted(
             state.strategies[sp.name] = "interrupted"
     state.status = "interrupted"
     state.save(plan.home)
+
+
+@contextlib.contextmanager
+def _watch(
+    endpoint: tuple[str, int] | None,
+    silence: float,
+    stop: Stop,
+    plan: Plan,
+    state: SweepState,
+    record: SweepRecord,
+    storage: optuna.storages.BaseStorage,
+) -> Iterator[ClusterWatch | None]:
+    """Watch the cluster's head while the experiment runs (`ClusterWatch`); a lost cluster
+    ends the process once the sweep is recorded as interrupted (`_cluster_lost`). A sweep
+    stopping on a signal records itself; a local cluster may end with it."""
+    if endpoint is None:
+        yield None
+        return
+    where = f"{endpoint[0]}:{endpoint[1]}"
+
+    def on_lost(down: float) -> None:
+        if not stop:
+            _cluster_lost(plan, state, record, storage, where, down)
+
+    with ClusterWatch(endpoint, silence, on_lost) as watch:
+        yield watch
+
+
+def _cluster_lost(
+    plan: Plan,
+    state: SweepState,
+    record: SweepRecord,
+    storage: optuna.storages.BaseStorage,
+    where: str,
+    down: float,
+) -> None:
+    """The sweep's cluster is gone: record the sweep as interrupted, as a signal does, then
+    exit at once with EXIT_CLUSTER_LOST. The run loop cannot end by itself: it waits on a
+    cluster that is gone, until Ray ends the process."""
+    sid = state.sweep_id
+
+    def say(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    say(f"error: the Ray cluster at {where} has not answered for {down:.0f} s; stopping {sid}")
+    try:
+        _interrupted(plan, state, record, storage)
+    except Exception as e:  # resumable still, as after a hard kill; the runs say RUNNING
+        say(f"error: sweep {sid} could not be recorded as interrupted: {e}")
+    else:
+        say(
+            f"error: sweep {sid} was interrupted: its Ray cluster was lost; continue it with "
+            f"--resume --sweep-id {sid} once a cluster is up"
+        )
+    if sys.stderr.isatty():
+        sys.stderr.write("\x1b[?25h")  # the live view's hidden cursor, shown again
+        sys.stderr.flush()
+    kill_own_ray()
+    os._exit(EXIT_CLUSTER_LOST)
 
 
 def _run_experiment(

@@ -1,8 +1,16 @@
-"""The progress of a sweep: trials running, done and failed per strategy and the best objective
-so far, counted by a Tune callback and shown by whoever listens (the CLI's live table)."""
+"""The progress of a sweep: trials waiting, running, done and failed per strategy and the best
+objective so far, counted by a Tune callback and shown by whoever listens (the CLI's live table).
+
+A trial waits from the moment Tune creates it until its worker runs it: for its worker to start,
+for its turn while the sweep's trials fill the cluster, or for resources that other work holds.
+Trials that have waited `WAIT_NOTED_S` for the last of these are noted: `Progress.wait` says
+what a trial asks and what is free, and one event says so.
+"""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +20,14 @@ from ray import tune
 from runners.sweep_search import split_config
 from runners.tracking import trial_error
 
+WAIT_NOTED_S = 10.0  # a worker's start takes seconds: a shorter wait is not for resources
+FREE_CHECKED_S = 2.0  # how often a long wait asks the cluster what is free
+
 
 @dataclass
 class StrategyProgress:
     trials: int
+    waiting: int = 0
     running: int = 0
     done: int = 0
     failed: int = 0
@@ -26,7 +38,7 @@ class StrategyProgress:
 class TrialEvent:
     """A trial started, finished (with its objective) or failed (with its reason)."""
 
-    kind: str  # "started", "finished", "failed"
+    kind: str  # "waiting", "started", "finished", "failed"
     strategy: str
     trial_id: str
     detail: str = ""
@@ -52,6 +64,7 @@ class Progress:
         self.on_event = on_event
         self.strategies: dict[str, StrategyProgress] = {}
         self.counted: set[str] = set()  # trials whose end is counted: each counts once
+        self.wait: str | None = None  # why trials wait, while they wait for busy resources
 
     def event(self, event: TrialEvent) -> None:
         if self.on_event is not None:
@@ -103,12 +116,49 @@ class ProgressCallback(tune.Callback):
     def __init__(self, progress: Progress | None = None) -> None:
         self.progress = progress
         self._running: set[str] = set()
+        self._waiting_since: dict[str, float] = {}
+        self._free_checked = 0.0
 
     def bind(self, progress: Progress) -> None:
         self.progress = progress
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "progress": None}
+        # Times of this process's clock mean nothing to the resumed one.
+        return {**self.__dict__, "progress": None, "_waiting_since": {}, "_free_checked": 0.0}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_waiting_since": {}, "_free_checked": 0.0, **state})
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        """Count the trials that wait; say so once they wait for busy resources."""
+        progress = self.progress
+        if progress is None:
+            return
+        now = time.monotonic()
+        waiting = [t for t in trials if t.status == "PENDING"]
+        since = {t.trial_id: self._waiting_since.get(t.trial_id, now) for t in waiting}
+        self._waiting_since = since
+        counts = Counter(split_config(t.config)[0] or "" for t in waiting)
+        changed = False
+        for name, p in progress.strategies.items():
+            if p.waiting != counts.get(name, 0):
+                p.waiting, changed = counts.get(name, 0), True
+        wait = progress.wait
+        if not waiting:
+            wait = None
+        elif now - min(since.values()) >= WAIT_NOTED_S and now - self._free_checked >= (
+            FREE_CHECKED_S
+        ):
+            self._free_checked = now
+            oldest = min(waiting, key=lambda t: since[t.trial_id])
+            wait = busy_resources(oldest, sum(t.status == "RUNNING" for t in trials))
+            if wait is not None and progress.wait is None:
+                strategy = split_config(oldest.config)[0] or ""
+                progress.event(TrialEvent("waiting", strategy, oldest.trial_id, wait))
+        if wait != progress.wait:
+            progress.wait, changed = wait, True
+        if changed:
+            progress.changed()
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         strategy = split_config(trial.config)[0] or ""
@@ -147,4 +197,24 @@ class ProgressCallback(tune.Callback):
         self.progress.event(TrialEvent(kind, strategy, trial.trial_id, detail))
 
 
-__all__ = ["Progress", "ProgressCallback", "StrategyProgress", "TrialEvent"]
+def busy_resources(trial: Any, running: int) -> str | None:
+    """What a waiting trial asks and the cluster has free, where others hold what the sweep
+    could use; None where the trial fits (it waits for its worker to start), or where the
+    sweep's own `running` trials fill the cluster (the trial waits its turn)."""
+    import ray
+
+    asks = {k: v for k, v in trial.placement_group_factory.required_resources.items() if v > 0}
+    free, total = ray.available_resources(), ray.cluster_resources()
+    if all(free.get(k, 0.0) >= v for k, v in asks.items()):
+        return None
+    if asks and running >= min(int(total.get(k, 0.0) // v) for k, v in asks.items()):
+        return None
+    asked = ", ".join(f"{v:g} {k}" for k, v in asks.items())
+    have = ", ".join(f"{free.get(k, 0.0):g} of {total.get(k, 0.0):g} {k}" for k in asks)
+    return (
+        f"for busy resources: each trial asks {asked}; free now {have}, "
+        f"with {running} of the sweep's trials running"
+    )
+
+
+__all__ = ["Progress", "ProgressCallback", "StrategyProgress", "TrialEvent", "busy_resources"]

@@ -79,11 +79,21 @@ class StrategySearch(OptunaSearch):
     def _continued(self, trial_id: str, frozen: Any, result: dict[str, Any]) -> None:
         """A trial failed when its sweep was interrupted (Optuna cannot reopen it) has finished
         on resume: its result is told as a new Optuna trial of the same params, which names
-        the one it continues."""
+        the one it continues.
+
+        A trial that finished just before its sweep was stopped (after Tune's last snapshot
+        of the experiment, so that the resumed experiment runs its end again) was told
+        already: it is not told twice."""
         assert self._ot_study is not None
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         values = [result.get(m) for m in metrics]
-        if all(isinstance(v, int | float) for v in values):
+        told = any(
+            t.user_attrs.get(TUNE_TRIAL_ATTR) == trial_id
+            for t in self._ot_study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+            )
+        )
+        if not told and all(isinstance(v, int | float) for v in values):
             self._ot_study.add_trial(
                 optuna.trial.create_trial(
                     params=frozen.params,

@@ -58,13 +58,17 @@ def load_spec(path: Path) -> Any:
 
 
 def progress_table(progress: Any) -> Table:
-    table = Table(title=f"sweep progress (best {progress.objective}, {progress.mode})")
-    for col in ("strategy", "trials", "running", "done", "failed", "best"):
+    table = Table(
+        title=f"sweep progress (best {progress.objective}, {progress.mode})",
+        caption=None if progress.wait is None else f"trials wait {progress.wait}",
+    )
+    for col in ("strategy", "trials", "waiting", "running", "done", "failed", "best"):
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for name, p in progress.strategies.items():
         table.add_row(
             name,
             str(p.trials),
+            str(p.waiting),
             str(p.running),
             str(p.done),
             str(p.failed),

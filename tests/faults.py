@@ -41,3 +41,24 @@ def wait_healthy(url: str, proc: Any, log: Any, what: str, timeout: float = 120.
             pass
         time.sleep(0.5)
     raise AssertionError(f"{what} did not answer:\n{log.read_text()[-3000:]}")
+
+
+def assert_invariants(
+    trials: list[Any], parent: Any, optuna_trials: dict[str, list[Any]], *, finished: bool
+) -> None:
+    """What every fault test ends by checking: each trial once in MLflow, no run or Optuna
+    trial left RUNNING, each trial's end told to Optuna once, and Optuna and MLflow agreeing
+    on which trials finished; the parent run FINISHED, or KILLED when the sweep stopped."""
+    from collections import Counter
+
+    assert not [r for r in trials if r.info.status == "RUNNING"], "a trial run left RUNNING"
+    assert "RUNNING" not in optuna_trials, "an Optuna trial left RUNNING"
+    ids = Counter(r.data.tags["bitsweep.trial_id"] for r in trials)
+    assert set(ids.values()) <= {1}, f"a trial logged twice: {ids}"
+    told = Counter(
+        t.user_attrs.get("bitsweep.tune_trial_id") for t in optuna_trials.get("COMPLETE", [])
+    )
+    assert set(told.values()) <= {1}, f"a trial's end told to Optuna twice: {told}"
+    done = {r.data.tags["bitsweep.trial_id"] for r in trials if r.info.status == "FINISHED"}
+    assert set(told) == done, (told, done)
+    assert parent.info.status == ("FINISHED" if finished else "KILLED")

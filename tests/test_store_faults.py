@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from faults import sweep_records, wait_healthy
+from faults import assert_invariants, sweep_records, wait_healthy
 
 from runners.retry import retried, transient
 from service.jobs import free_port
@@ -111,12 +111,7 @@ def test_postgresql_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_path, o
         spec["tracking_uri"], spec["optuna_storage"], summary["sweep_id"], "bit_learning"
     )
     assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4
-    assert len({r.data.tags["bitsweep.trial_id"] for r in trials}) == 4  # none twice
-    assert parent.info.status == "FINISHED"
-    done = {r.data.tags["bitsweep.trial_id"] for r in trials}
-    told = {t.user_attrs.get("bitsweep.tune_trial_id") for t in optuna_trials.get("COMPLETE", [])}
-    assert told == done
-    assert "RUNNING" not in optuna_trials
+    assert_invariants(trials, parent, optuna_trials, finished=True)
     print(
         f"\nPostgreSQL down {down:.1f} s; {len(retries)} writes retried; 4 of 4 trials, once each"
     )
@@ -281,8 +276,5 @@ def test_mlflow_server_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_path
         server.stop()
     assert summary["completed"] == 4 and summary["failed"] == 0
     assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4
-    assert len({r.data.tags["bitsweep.trial_id"] for r in trials}) == 4
-    assert parent.info.status == "FINISHED"
-    told = {t.user_attrs.get("bitsweep.tune_trial_id") for t in optuna_trials.get("COMPLETE", [])}
-    assert told == {r.data.tags["bitsweep.trial_id"] for r in trials}
+    assert_invariants(trials, parent, optuna_trials, finished=True)
     print(f"\nMLflow server down {down:.1f} s; 4 of 4 trials once")

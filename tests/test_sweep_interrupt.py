@@ -1,6 +1,7 @@
-"""A sweep stopped by a signal, a cluster that does not answer, resources no node has.
+"""A sweep stopped by a signal or by the loss of its cluster, a cluster that does not
+answer, resources no node has.
 
-The signal tests run `bitsweep sweep` as a real process in a session of its own (as a
+The signal and cluster tests run `bitsweep sweep` as a real process in a session of its own (as a
 terminal's foreground job) and signal its whole process group, as Ctrl-C does. Each ends by
 checking the invariants: each trial of the spec once in MLflow, no run left RUNNING, Optuna and
 MLflow agreeing on which trials finished.
@@ -8,22 +9,34 @@ MLflow agreeing on which trials finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faults import assert_invariants as check_invariants
 from faults import sweep_records
 
 from runners.search import SpecError
-from runners.sweep_cluster import check_resources, reachable_address
-from runners.tracking import TUNE_TRIAL_ATTR
-from service.jobs import free_port
+from runners.sweep_cluster import (
+    EXIT_CLUSTER_LOST,
+    LOST_ENV,
+    RAY_RECONNECT_ENV,
+    ClusterLost,
+    ClusterWatch,
+    check_resources,
+    lost_after,
+    reachable_address,
+)
+from service.jobs import AUTH_ENV, free_port
 
 SPEC = {
     "name": "stop-me",
@@ -35,10 +48,12 @@ SPEC = {
 }
 
 
-def start_sweep(home: Path, spec: Path, *extra: str) -> subprocess.Popen[str]:
+def start_sweep(
+    home: Path, spec: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "service.cli", "sweep", str(spec), *extra],
-        env={**os.environ, "BITSWEEP_HOME": str(home)},
+        env={**os.environ, "BITSWEEP_HOME": str(home), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -88,14 +103,7 @@ def records(home: Path, sweep_id: str) -> tuple[list, object, dict]:
 
 def assert_invariants(home: Path, sweep_id: str, *, finished: bool) -> list:
     trials, parent, optuna_trials = records(home, sweep_id)
-    assert not [r for r in trials if r.info.status == "RUNNING"], "a trial run left RUNNING"
-    assert "RUNNING" not in optuna_trials, "an Optuna trial left RUNNING"
-    ids = Counter(r.data.tags["bitsweep.trial_id"] for r in trials)
-    assert set(ids.values()) <= {1}, f"a trial logged twice: {ids}"
-    done = {r.data.tags["bitsweep.trial_id"] for r in trials if r.info.status == "FINISHED"}
-    told = {t.user_attrs.get(TUNE_TRIAL_ATTR) for t in optuna_trials.get("COMPLETE", [])}
-    assert told == done, (told, done)  # Optuna and MLflow agree on which trials finished
-    assert parent.info.status == ("FINISHED" if finished else "KILLED")
+    check_invariants(trials, parent, optuna_trials, finished=finished)
     return trials
 
 
@@ -161,6 +169,89 @@ def test_sigterm_exits_143_and_a_second_signal_stops_at_once(tmp_path):
     trials = assert_invariants(home, sweep_id, finished=True)
     assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4
     print(f"\nSIGTERM twice: stopped in {took:.1f} s; resumed: 4 of 4 finished, 0 twice")
+
+
+@pytest.fixture
+def ray_head() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """(address, process) of a one-node cluster started as `ray start --head --block` in a
+    session of its own, with its own temp folder: killing its group loses the cluster."""
+    temp = Path(tempfile.mkdtemp(prefix="bitsweep-lost-"))  # sockets: a short path
+    port = free_port()
+    head = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env={**os.environ, **AUTH_ENV, "RAY_USAGE_STATS_ENABLED": "0"},
+        stdout=(temp / "head.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while reachable_address_or_none(f"127.0.0.1:{port}") is None:
+        assert head.poll() is None, (temp / "head.log").read_text()
+        assert time.monotonic() < deadline, "the Ray head did not start"
+        time.sleep(0.5)
+    yield f"127.0.0.1:{port}", head
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def reachable_address_or_none(address: str) -> str | None:
+    try:
+        return reachable_address(address)
+    except SpecError:
+        return None
+
+
+@pytest.mark.slow
+def test_a_cluster_lost_mid_sweep_ends_it_interrupted_and_resumable(tmp_path, ray_head):
+    address, head = ray_head
+    home, spec = tmp_path / "home", tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    env = {**AUTH_ENV, LOST_ENV: "5"}
+    proc = start_sweep(home, spec, "--ray-address", address, env=env)
+    sweep_id = sweep_of(wait_for_line(proc, "finished: test_accuracy", 240))
+    os.killpg(head.pid, signal.SIGKILL)  # the head and everything on it: the cluster is gone
+    lost = time.monotonic()
+    head.wait(timeout=30)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - lost
+    assert proc.returncode == EXIT_CLUSTER_LOST, err
+    assert f"sweep {sweep_id} was interrupted: its Ray cluster was lost" in err
+    assert f"--resume --sweep-id {sweep_id}" in err
+    assert took < 30, f"stopping took {took:.1f} s"  # within the 5 s asked, and the records
+    assert group_gone(head.pid) and group_gone(proc.pid), "Ray processes were left behind"
+    state = json.loads((home / "sweeps" / f"{sweep_id}.json").read_text())
+    assert state["status"] == "interrupted"
+    before = assert_invariants(home, sweep_id, finished=False)
+    assert {r.info.status for r in before} <= {"FINISHED", "KILLED"}
+    finished_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
+    assert 1 <= len(finished_before) < 4
+
+    # Resumed on another cluster (here a local one): each trial once, as after a signal.
+    again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
+    out, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err
+    assert json.loads(out)["completed"] == 4
+    after = assert_invariants(home, sweep_id, finished=True)
+    assert sorted(r.info.status for r in after) == ["FINISHED"] * 4
+    assert finished_before <= {r.info.run_id for r in after}
+    print(
+        f"\ncluster lost: the sweep stopped {took:.1f} s after, with {len(finished_before)} "
+        "of 4 trials finished; resumed: 4 of 4 finished, 0 lost, 0 twice"
+    )
 
 
 def test_an_address_where_nothing_answers_is_refused_within_seconds():
@@ -229,3 +320,76 @@ def test_resources_a_node_has_are_accepted(local_ray, tmp_path):
 
     plan = plan_sweep(SweepSpec.model_validate({**SPEC, "resources": {"cpu": 2}}), home=tmp_path)
     check_resources(plan)
+
+
+@pytest.mark.parametrize(
+    ("lost", "ray_timeout", "expected"),
+    [(None, None, 30.0), ("5", None, 5.0), ("50", None, 50.0), (None, "20", 10.0)],
+)
+def test_how_long_a_silent_cluster_counts_as_there(monkeypatch, lost, ray_timeout, expected):
+    for name, value in ((LOST_ENV, lost), (RAY_RECONNECT_ENV, ray_timeout)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert lost_after() == expected
+
+
+@pytest.mark.parametrize(
+    ("lost", "reason"),
+    [
+        ("soon", "'soon' is not a number of seconds"),
+        ("0", "must be more than 0 seconds"),
+        ("nan", "must be more than 0 seconds"),
+        ("55", "55 s leaves no time to record the sweep"),
+    ],
+)
+def test_a_wait_for_a_lost_cluster_that_cannot_work_is_refused(monkeypatch, lost, reason):
+    monkeypatch.setenv(LOST_ENV, lost)
+    monkeypatch.delenv(RAY_RECONNECT_ENV, raising=False)
+    with pytest.raises(SpecError) as e:
+        lost_after()
+    assert e.value.field == LOST_ENV and e.value.reason.startswith(reason)
+
+
+def test_the_cli_refuses_a_bad_wait_for_a_lost_cluster_before_writing_anything(
+    tmp_path, home, capsys, monkeypatch
+):
+    from service.cli import main
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**SPEC, "epochs": 1}))
+    monkeypatch.setenv(LOST_ENV, "-1")
+    assert main(["sweep", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {LOST_ENV}: must be more than 0 seconds, not -1\n"
+    assert not home.exists()
+
+
+def test_the_watch_tells_a_lost_head_once_and_settle_waits_for_it():
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    endpoint = server.getsockname()[:2]
+    told: list[float] = []
+    with ClusterWatch(endpoint, 1.0, told.append, interval=0.1) as watch:
+        time.sleep(0.5)
+        watch.settle()  # the head answers: returns at once
+        assert not told
+        server.close()  # the head is gone
+        started = time.monotonic()
+        with pytest.raises(ClusterLost):
+            watch.settle()  # waits for the watch to declare it lost
+        assert 0.9 <= time.monotonic() - started < 5
+    assert len(told) == 1 and told[0] >= 1.0
+    # A head that comes back within the wait is not lost.
+    server = socket.create_server(("127.0.0.1", 0))
+    endpoint = server.getsockname()[:2]
+    told.clear()
+    with ClusterWatch(endpoint, 1.5, told.append, interval=0.1):
+        server.close()
+        time.sleep(0.5)
+        server = socket.create_server(endpoint)  # back within the 1.5 s
+        time.sleep(2.0)
+    server.close()
+    assert not told

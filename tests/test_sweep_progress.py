@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runners import sweep
+from runners import sweep, sweep_progress
 from runners.sweep import TUNE_DEFAULTS, TUNE_REQUIRED, tune_environment
 from runners.sweep_progress import Progress, ProgressCallback, StrategyProgress, TrialEvent
 from runners.sweep_search import STRATEGY_KEY
@@ -100,3 +100,96 @@ def test_tune_environment_is_restored_when_the_experiment_raises(monkeypatch) ->
     with pytest.raises(RuntimeError), tune_environment():
         raise RuntimeError("trial engine broke")
     assert not [k for k in (*TUNE_DEFAULTS, *TUNE_REQUIRED) if k in os.environ]
+
+
+def _waiting(tid: str, strategy: str, status: str = "PENDING") -> Any:
+    trial = _trial(tid, strategy)
+    trial.status = status
+    return trial
+
+
+def test_waiting_trials_are_counted_and_a_wait_for_busy_resources_noted_once(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(sweep_progress, "WAIT_NOTED_S", 0.0)
+    monkeypatch.setattr(sweep_progress, "FREE_CHECKED_S", 0.0)
+    free: list[str | None] = ["for busy resources: x"]
+    asked: list[int] = []
+
+    def busy(trial: Any, running: int) -> str | None:
+        asked.append(running)
+        return free[0]
+
+    monkeypatch.setattr(sweep_progress, "busy_resources", busy)
+    seen: list[Progress] = []
+    events: list[TrialEvent] = []
+    progress = _progress(seen, events)
+    cb = ProgressCallback(progress)
+    trials = [_waiting("t1", "a"), _waiting("t2", "a"), _waiting("t3", "b", "RUNNING")]
+    cb.on_step_end(0, trials)
+    cb.on_step_end(1, trials)  # still waiting: noted once
+    assert (progress.strategies["a"].waiting, progress.strategies["b"].waiting) == (2, 0)
+    assert progress.wait == "for busy resources: x" and asked == [1, 1]
+    assert [(e.kind, e.trial_id, e.detail) for e in events] == [
+        ("waiting", "t1", "for busy resources: x")
+    ]
+    trials[0].status = "RUNNING"
+    free[0] = None  # the resources came free
+    cb.on_step_end(2, trials)
+    assert progress.strategies["a"].waiting == 1 and progress.wait is None
+    cb.on_step_end(3, [])
+    assert progress.strategies["a"].waiting == 0 and len(events) == 1
+    copy = pickle.loads(pickle.dumps(cb))
+    assert copy._waiting_since == {}  # this process's clock means nothing to the next one
+    old = ProgressCallback()
+    del old._waiting_since, old._free_checked  # as pickled before trials were counted waiting
+    restored = pickle.loads(pickle.dumps(old))
+    restored.bind(_progress([], []))
+    restored.on_step_end(0, [_waiting("t1", "a")])
+    assert restored.progress.strategies["a"].waiting == 1
+
+
+@pytest.mark.slow
+def test_a_sweep_shows_its_wait_for_busy_resources_then_runs(local_ray, tmp_path, monkeypatch):
+    import threading
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from runners.sweep import plan_sweep, run_sweep
+    from schemas.sweep import SweepSpec
+
+    monkeypatch.setattr(sweep_progress, "WAIT_NOTED_S", 1.0)
+    held = placement_group([{"CPU": 2}])  # other work holds both CPUs of the cluster
+    ray.get(held.ready(), timeout=60)
+    spec = SweepSpec.model_validate(
+        {
+            "name": "busy",
+            "epochs": 1,
+            "trials_per_strategy": 2,
+            "strategies": [{"name": "full_precision"}],
+        }
+    )
+    events: list[TrialEvent] = []
+    views: list[tuple[str | None, int, int]] = []
+
+    def on_event(event: TrialEvent) -> None:
+        events.append(event)
+        if event.kind == "waiting":  # the other work ends a second later
+            threading.Timer(1.0, remove_placement_group, [held]).start()
+
+    def on_progress(p: Progress) -> None:
+        fp = p.strategies["full_precision"]
+        views.append((p.wait, fp.waiting, fp.running))
+
+    summary = run_sweep(
+        plan_sweep(spec, home=tmp_path / "data"), on_progress=on_progress, on_event=on_event
+    )
+    assert summary.completed == 2
+    assert [e.kind for e in events][:2] == ["waiting", "started"]
+    assert events[0].detail == (
+        "for busy resources: each trial asks 1 CPU; free now 0 of 2 CPU, "
+        "with 0 of the sweep's trials running"
+    )
+    assert (events[0].detail, 2, 0) in views  # the view showed both trials waiting, and why
+    assert views[-1][:2] == (None, 0)

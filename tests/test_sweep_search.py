@@ -111,3 +111,42 @@ def test_every_sampler_survives_pickling_as_tune_saves_it():
         n = len(spec.objectives)
         study = optuna.create_study(sampler=copy, directions=["maximize"] * n)
         study.optimize(lambda t, n=n: [t.suggest_float("x", 0, 1)] * n, n_trials=3)
+
+
+def test_a_trial_ends_once_in_optuna_whenever_the_sweep_stopped(tmp_path: Path) -> None:
+    # Tune's experiment snapshot can predate a trial's end: the resumed experiment ends that
+    # trial again, from its checkpoint. Optuna hears of each trial's end once.
+    import optuna
+
+    from runners.sweep_plan import plan_sweep
+    from runners.sweep_search import fail_lost_study_trials, study_name, sweep_searcher
+    from runners.tracking import TUNE_TRIAL_ATTR
+    from schemas.sweep import SweepSpec
+
+    spec = SweepSpec.model_validate(
+        {"name": "once", "trials_per_strategy": 3, "strategies": [{"name": "bit_learning"}]}
+    )
+    plan = plan_sweep(spec, home=tmp_path / "data")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = sweep_searcher(plan, "s1", storage)
+    for tid in ("t0", "t1", "t2"):
+        assert isinstance(searcher.suggest(tid), dict)
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot
+    searcher.on_trial_complete("t0", {"test_accuracy": 0.5})  # ends after the snapshot
+    name = study_name("s1", "bit_learning")
+    fail_lost_study_trials(storage, name)  # the stop: t1 and t2 were running
+
+    def complete() -> list[str]:
+        study = optuna.load_study(study_name=name, storage=storage)
+        done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        return sorted(t.user_attrs[TUNE_TRIAL_ATTR] for t in done)
+
+    for _ in range(2):  # resumed, and resumed again: every end reported once more
+        resumed = sweep_searcher(plan, "s1", storage)
+        resumed.restore(str(tmp_path / "searcher.pkl"))
+        for tid in ("t0", "t1", "t2"):
+            resumed.on_trial_complete(tid, {"test_accuracy": 0.75})
+        assert complete() == ["t0", "t1", "t2"]
+    study = optuna.load_study(study_name=name, storage=storage)
+    continued = [t for t in study.get_trials() if "bitsweep.continues_trial" in t.user_attrs]
+    assert sorted(t.user_attrs[TUNE_TRIAL_ATTR] for t in continued) == ["t1", "t2"]
