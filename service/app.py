@@ -42,7 +42,7 @@ from service.api import (
     SweepView,
     TrialCounts,
 )
-from service.db import LIVE, Status, SweepRow, engine_for, migrate, sessions, utcnow
+from service.db import LIVE, Status, SweepRow, engine_for, migrate, sessions, sqlite_file, utcnow
 from service.jobs import LocalHead, RayJobs
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
@@ -202,21 +202,39 @@ class Service:
         from runners.leaderboard import is_database_uri
 
         s = self.settings
+        for uri in (s.tracking, s.optuna):
+            file = sqlite_file(uri)
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
         if is_database_uri(s.tracking):
-            if s.tracking.startswith("sqlite:///"):
-                Path(s.tracking.removeprefix("sqlite:///")).parent.mkdir(
-                    parents=True, exist_ok=True
-                )
             MlflowClient(s.tracking).search_experiments(max_results=1)
         import optuna
 
-        if s.optuna.startswith("sqlite:///"):
-            Path(s.optuna.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         optuna.storages.RDBStorage(s.optuna)
 
     def store_exists(self) -> bool:
-        uri = self.settings.tracking
-        return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
+        file = sqlite_file(self.settings.tracking)
+        return file is None or file.exists()
+
+    def read_boards(self, **query: Any) -> list[Any]:
+        """The leaderboards `query_leaderboard` reads for `query`: none before any sweep has
+        written, NotFound for a benchmark or sweep that is not there."""
+        from runners.leaderboard import query_leaderboard
+
+        if not self.store_exists():
+            if query.get("sweep_id") is not None:
+                raise NotFound("sweep", f"no sweep {query['sweep_id']}")
+            return []
+        try:
+            return query_leaderboard(self.settings.tracking, **query)
+        except FieldError as e:
+            if e.field == "dataset" and query.get("dataset") is None and query.get("model") is None:
+                if query.get("sweep_id") is not None:
+                    raise NotFound("sweep", f"no sweep {query['sweep_id']}") from None
+                return []  # no benchmark yet
+            if e.field in ("dataset", "sweep_id"):
+                raise NotFound("sweep" if e.field == "sweep_id" else "dataset", e.reason) from None
+            raise
 
     def finalize(self, row: SweepRow, status: Status) -> None:
         """A sweep that ended without finishing (cancelled, failed, lost): its parent run and
@@ -243,21 +261,13 @@ class Service:
                 run.info.run_id, "bitsweep.ended_by", f"the service: sweep {status.value}"
             )
             client.set_terminated(run.info.run_id, status=end)
-        self._fail_study_trials(row)
-
-    def _fail_study_trials(self, row: SweepRow) -> None:
         import optuna
+
+        from runners.sweep_search import fail_lost_study_trials, study_name
 
         storage = optuna.storages.RDBStorage(self.settings.optuna)
         for strategy in row.spec.get("strategies", []):
-            name = f"{row.id}/{strategy['name']}"
-            try:
-                study = optuna.load_study(study_name=name, storage=storage)
-            except KeyError:
-                continue
-            running = (optuna.trial.TrialState.RUNNING,)
-            for trial in study.get_trials(deepcopy=False, states=running):
-                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            fail_lost_study_trials(storage, study_name(row.id, strategy["name"]))
 
     def links(self, row: SweepRow) -> Links:
         ui = self.settings.mlflow_ui_url
@@ -719,7 +729,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         sweep: Annotated[str | None, Query(pattern=SWEEP_ID, max_length=128)] = None,
     ) -> Leaderboard:
         """The leaderboard of each benchmark (MLflow experiment), or of one sweep."""
-        boards = read_boards(
+        boards = service.read_boards(
             dataset=dataset,
             model=model,
             metric=metric,
@@ -729,26 +739,6 @@ def _routes(app: FastAPI, service: Service) -> None:
             sweep_id=sweep,
         )
         return Leaderboard(boards=[board_view(b) for b in boards])
-
-    def read_boards(**query: Any) -> list[Any]:
-        from runners.leaderboard import query_leaderboard
-
-        if not service.store_exists():
-            if query.get("sweep_id") is not None:
-                raise NotFound("sweep", f"no sweep {query['sweep_id']}")
-            return []
-        try:
-            return query_leaderboard(settings.tracking, **query)
-        except FieldError as e:
-            if e.field == "dataset" and query.get("dataset") is None and query.get("model") is None:
-                if query.get("sweep_id") is not None:
-                    raise NotFound("sweep", f"no sweep {query['sweep_id']}") from None
-                return []  # no benchmark yet
-            if e.field in ("dataset", "sweep_id"):
-                raise NotFound("sweep" if e.field == "sweep_id" else "dataset", e.reason) from None
-            raise
-
-    service.read_boards = read_boards  # type: ignore[attr-defined]
 
     @app.get(
         "/leaderboard/pareto.png",

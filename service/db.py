@@ -89,11 +89,19 @@ def _aware(row: SweepRow, _context: Any) -> None:
             setattr(row, name, aware.astimezone(dt.UTC))
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a `sqlite:///PATH` URL; None for any other store (and in-memory SQLite)."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
 def engine_for(url: str) -> Engine:
     """An engine for the service's database; SQLite files get their folder and a busy wait,
     since the API and the job follower write from two threads."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    file = sqlite_file(url)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
         return create_engine(url, connect_args={"timeout": 30})
     return create_engine(url, pool_pre_ping=True)
 

@@ -75,7 +75,8 @@ class LocalHead:
 
     home: Path
     cpus: int | None = None
-    address: str = ""
+    address: str = ""  # the dashboard's, which the job API answers at
+    gcs_address: str = ""  # the cluster's, which a driver joins (the head started here)
     pid: int = 0
     temp_dir: Path | None = None
     process: subprocess.Popen[bytes] | None = None
@@ -125,6 +126,7 @@ class LocalHead:
         )
         logfile.close()
         self.address, self.pid = f"http://127.0.0.1:{dash}", self.process.pid
+        self.gcs_address = f"127.0.0.1:{port}"
         deadline = time.monotonic() + timeout
         while not answers(self.address):
             if self.process.poll() is not None:

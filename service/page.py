@@ -74,7 +74,7 @@ def add_page(app: FastAPI, service: Service) -> None:
         sort: Annotated[SortKey, Query()] = "rank",
         order: Annotated[Literal["asc", "desc"], Query()] = "asc",
     ) -> HTMLResponse:
-        boards = service.read_boards(  # type: ignore[attr-defined]
+        boards = service.read_boards(
             dataset=None,
             model=None,
             metric="test_accuracy",

@@ -235,3 +235,14 @@ def test_timestamps_are_utc_whatever_the_postgresql_session_zone(
     assert abs(row.created_at - before) < dt.timedelta(minutes=5)  # the same instant
     assert_utc(row.created_at)
     assert_utc(detail["created_at"])
+
+
+def test_sqlite_file_names_the_file_of_a_sqlite_url_only():
+    from pathlib import Path
+
+    from service.db import sqlite_file
+
+    assert sqlite_file("sqlite:////srv/bitsweep/service.db") == Path("/srv/bitsweep/service.db")
+    assert sqlite_file("sqlite:///rel/service.db") == Path("rel/service.db")
+    for other in ("sqlite:///:memory:", "postgresql://u@h/db", "http://127.0.0.1:5000"):
+        assert sqlite_file(other) is None

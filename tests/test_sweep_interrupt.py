@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +34,7 @@ from runners.sweep_cluster import (
     lost_after,
     reachable_address,
 )
-from service.jobs import AUTH_ENV, free_port
+from service.jobs import AUTH_ENV, LocalHead, free_port
 
 SPEC = {
     "name": "stop-me",
@@ -107,6 +105,20 @@ def assert_invariants(home: Path, sweep_id: str, *, finished: bool) -> list:
     return trials
 
 
+def resume_to_the_end(home: Path, spec: Path, sweep_id: str, before: list | None = None) -> None:
+    """`--resume` the sweep to its end: 4 of 4 finished, each once, and the runs finished
+    `before` kept, not run again."""
+    again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
+    out, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["completed"] == 4 and summary["failed"] == 0
+    after = assert_invariants(home, sweep_id, finished=True)
+    assert sorted(r.info.status for r in after) == ["FINISHED"] * 4
+    finished_before = {r.info.run_id for r in before or [] if r.info.status == "FINISHED"}
+    assert finished_before <= {r.info.run_id for r in after}  # kept, not rerun
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_whole_sweep_and_resume_runs_each_trial_once(tmp_path):
     home, spec = tmp_path / "home", tmp_path / "spec.json"
@@ -128,15 +140,8 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_runs_each_trial_once(tmp_path):
     assert {r.info.status for r in before} <= {"FINISHED", "KILLED"}
     assert 1 <= sum(r.info.status == "FINISHED" for r in before) < 4
 
-    again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
-    out, err = again.communicate(timeout=400)
-    assert again.returncode == 0, err
-    summary = json.loads(out)
-    assert summary["completed"] == 4 and summary["failed"] == 0
-    after = assert_invariants(home, sweep_id, finished=True)
-    assert sorted(r.info.status for r in after) == ["FINISHED"] * 4
+    resume_to_the_end(home, spec, sweep_id, before)
     finished_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
-    assert finished_before <= {r.info.run_id for r in after}  # kept, not rerun
     print(
         f"\nSIGINT: stopped in {took:.1f} s with {len(finished_before)} of 4 trials finished; "
         "resumed: 4 of 4 finished, 0 lost, 0 twice"
@@ -161,63 +166,28 @@ def test_sigterm_exits_143_and_a_second_signal_stops_at_once(tmp_path):
     took = time.monotonic() - stopped
     assert took < 10
     assert group_gone(proc.pid), "Ray processes were left behind"
-    # Stopped at once, as a hard kill: resumable, each trial once.
-    again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
-    out, err = again.communicate(timeout=400)
-    assert again.returncode == 0, err
-    assert json.loads(out)["completed"] == 4
-    trials = assert_invariants(home, sweep_id, finished=True)
-    assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4
+    resume_to_the_end(home, spec, sweep_id)  # stopped at once, as a hard kill: resumable
     print(f"\nSIGTERM twice: stopped in {took:.1f} s; resumed: 4 of 4 finished, 0 twice")
 
 
 @pytest.fixture
-def ray_head() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """(address, process) of a one-node cluster started as `ray start --head --block` in a
-    session of its own, with its own temp folder: killing its group loses the cluster."""
-    temp = Path(tempfile.mkdtemp(prefix="bitsweep-lost-"))  # sockets: a short path
-    port = free_port()
-    head = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--num-cpus=2",
-            f"--temp-dir={temp}",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        env={**os.environ, **AUTH_ENV, "RAY_USAGE_STATS_ENABLED": "0"},
-        stdout=(temp / "head.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while reachable_address_or_none(f"127.0.0.1:{port}") is None:
-        assert head.poll() is None, (temp / "head.log").read_text()
-        assert time.monotonic() < deadline, "the Ray head did not start"
-        time.sleep(0.5)
-    yield f"127.0.0.1:{port}", head
+def ray_head(tmp_path, monkeypatch) -> Iterator[LocalHead]:
+    """A one-node cluster of its own (`ray start --head --block` in a session of its own):
+    killing its process group loses the cluster."""
+    for name, value in AUTH_ENV.items():
+        monkeypatch.setenv(name, value)  # which the head sets here too: restored after
+    head = LocalHead(home=tmp_path / "head", cpus=2)
+    head.start()
+    yield head
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)
-    head.wait()
-    shutil.rmtree(temp, ignore_errors=True)
-
-
-def reachable_address_or_none(address: str) -> str | None:
-    try:
-        return reachable_address(address)
-    except SpecError:
-        return None
+    head.stop()
 
 
 @pytest.mark.slow
 def test_a_cluster_lost_mid_sweep_ends_it_interrupted_and_resumable(tmp_path, ray_head):
-    address, head = ray_head
+    head, address = ray_head.process, ray_head.gcs_address
+    assert head is not None
     home, spec = tmp_path / "home", tmp_path / "spec.json"
     spec.write_text(json.dumps(SPEC))
     env = {**AUTH_ENV, LOST_ENV: "5"}
@@ -240,14 +210,7 @@ def test_a_cluster_lost_mid_sweep_ends_it_interrupted_and_resumable(tmp_path, ra
     finished_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 4
 
-    # Resumed on another cluster (here a local one): each trial once, as after a signal.
-    again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
-    out, err = again.communicate(timeout=400)
-    assert again.returncode == 0, err
-    assert json.loads(out)["completed"] == 4
-    after = assert_invariants(home, sweep_id, finished=True)
-    assert sorted(r.info.status for r in after) == ["FINISHED"] * 4
-    assert finished_before <= {r.info.run_id for r in after}
+    resume_to_the_end(home, spec, sweep_id, before)  # on another cluster: a local one
     print(
         f"\ncluster lost: the sweep stopped {took:.1f} s after, with {len(finished_before)} "
         "of 4 trials finished; resumed: 4 of 4 finished, 0 lost, 0 twice"
