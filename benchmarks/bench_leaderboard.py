@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's pa
     sys.path.insert(0, str(ROOT))
 
 DATASET, MODEL = "digits", "mlp"
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 EPOCHS = (1, 2, 3, 5, 10)  # a sweep's epochs, in turn
 # (strategy, weight bits, numeric strategy params): the built-in strategies, in the order a
 # store of `--strategies K` takes them.

@@ -6,12 +6,18 @@ contract suite checks of each field is in `strategies.testing`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 Encoding = Literal["unsigned", "signed", "sign_magnitude"]
+
+#: The release that deprecated an undeclared encoding of negative codes, and the one that will
+#: read an undeclared encoding as `unsigned` whatever the codes (docs/writing-a-strategy.md).
+UNDECLARED_SIGNED_DEPRECATED_IN = "0.2"
+UNDECLARED_SIGNED_REMOVED_IN = "0.4"
 
 
 @dataclass
@@ -27,7 +33,10 @@ class ExportedLayer:
       leading bit-plane dimension); `decode()` of them is `weight`, exactly.
     - `encoding` of the codes in `bits` bits: `unsigned` (0 .. 2^bits - 1), `signed` (two's
       complement; at 1 bit the two values are -1 and +1), or `sign_magnitude` (an unsigned
-      bit pattern: the top bit is the sign, the bits below the magnitude).
+      bit pattern: the top bit is the sign, the bits below the magnitude). Declare it. Left
+      out, it is inferred from the codes as the plugin API before 0.2 read them: `signed`
+      when any code is negative (deprecated: a `DeprecationWarning` says so), else
+      `unsigned`.
     - `scale`, `offset`: value = scale * code + offset (for `sign_magnitude`: scale * signed
       magnitude + offset); `codebook`: value = codebook[code] instead.
     - `info`: anything else worth keeping with the export (JSON-ready values).
@@ -41,7 +50,11 @@ class ExportedLayer:
     info: dict[str, Any] = field(default_factory=dict)
     offset: float | None = None
     codebook: torch.Tensor | None = None
-    encoding: Encoding = "unsigned"
+    encoding: Encoding = None  # type: ignore[assignment]  # None: inferred in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.encoding is None:
+            self.encoding = infer_encoding(self.codes, self.codebook)
 
     @classmethod
     def float32(cls, weight: torch.Tensor, **info: Any) -> ExportedLayer:
@@ -95,3 +108,24 @@ class ExportedLayer:
         if self.offset is not None:
             out = out + torch.tensor(self.offset, dtype=torch.float32)
         return out
+
+
+def infer_encoding(codes: torch.Tensor | None, codebook: torch.Tensor | None) -> Encoding:
+    """The encoding of codes exported without one: `signed` when any code is negative (how the
+    plugin API before 0.2 read them; deprecated, with a warning), else `unsigned`."""
+    if codes is None or codebook is not None or codes.numel() == 0:
+        return "unsigned"
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        return "unsigned"  # not integer codes at all: the contract suite names that fault
+    if int(codes.min()) >= 0:
+        return "unsigned"
+    warnings.warn(
+        "ExportedLayer with negative codes and no `encoding`: read as two's complement "
+        "(encoding='signed'). Declare it, ExportedLayer(..., encoding='signed'); an "
+        f"undeclared encoding is deprecated since bitsweep {UNDECLARED_SIGNED_DEPRECATED_IN} "
+        f"and will mean 'unsigned' from {UNDECLARED_SIGNED_REMOVED_IN} "
+        "(docs/writing-a-strategy.md, 'Deprecations').",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    return "signed"

@@ -260,7 +260,7 @@ def check_exported_tensors(case: Case) -> None:
         if bad:
             raise _fail(name_check, case, f"layer {name}: {bad} weights are NaN or inf")
         if not 0 < layer.bits <= 32:
-            raise _fail(name_check, case, f"layer {name}: declared {layer.bits:g} bits")
+            raise _fail(name_check, case, f"layer {name}: declared {_n_bits(layer.bits)}")
         if int(layer.n_floats) != layer.n_floats or layer.n_floats < 0:
             raise _fail(name_check, case, f"layer {name}: n_floats = {layer.n_floats}")
         if layer.codes is None and layer.bits < 32:
@@ -269,8 +269,9 @@ def check_exported_tensors(case: Case) -> None:
                 raise _fail(
                     name_check,
                     case,
-                    f"layer {name}: declared {layer.bits:g} bits hold {2 ** int(layer.bits)} "
-                    f"values, but the weights take {levels}",
+                    f"layer {name}: declared {_n_bits(layer.bits)} "
+                    f"hold{'s' if layer.bits == 1 else ''} {2 ** int(layer.bits)} values, "
+                    f"but the weights take {levels}",
                 )
 
 
@@ -296,22 +297,18 @@ def check_codes_fit_declared_bits(case: Case) -> None:
         lo, hi = layer.code_range()
         c = codes.to(torch.int64)
         cmin, cmax = int(c.min()), int(c.max())
-        span = int(torch.unique(c).numel())
+        values = torch.unique(c)
+        one_bit_signed = layer.encoding == "signed" and layer.bits == 1
         enc = "codebook index" if layer.codebook is not None else layer.encoding
-        if (
-            cmin < lo
-            or cmax > hi
-            or (layer.encoding == "signed" and layer.bits == 1 and (c == 0).any())
-        ):
-            allowed = (
-                "-1 and +1" if layer.encoding == "signed" and layer.bits == 1 else f"{lo}..{hi}"
-            )
+        if cmin < lo or cmax > hi or (one_bit_signed and (c == 0).any()):
+            allowed = "-1 and +1" if one_bit_signed else f"{lo}..{hi}"
+            need, need_enc = bits_needed(values)
             raise _fail(
                 name_check,
                 case,
-                f"layer {name}: declared {layer.bits:g} bit{'s' if layer.bits != 1 else ''} "
-                f"({enc}) holds codes {allowed}, but codes span {cmin}..{cmax} ({span} values; "
-                f"they need {_bits_needed(cmin, cmax, layer.encoding)} bits)",
+                f"layer {name}: declared {_n_bits(layer.bits)} ({enc}) holds codes {allowed}, "
+                f"but codes span {cmin}..{cmax} ({values.numel()} values; they need "
+                f"{_n_bits(need)} {need_enc})",
             )
         if layer.codebook is not None and cmax >= layer.codebook.numel():
             raise _fail(
@@ -322,10 +319,22 @@ def check_codes_fit_declared_bits(case: Case) -> None:
             )
 
 
-def _bits_needed(cmin: int, cmax: int, encoding: str) -> int:
-    if encoding == "signed":
-        return max(1, max(abs(cmin) - 1, cmax).bit_length() + 1)
-    return max(1, cmax.bit_length())
+def bits_needed(codes: torch.Tensor) -> tuple[int, str]:
+    """The fewest bits that hold these integer codes, and the encoding that holds them in
+    that many: unsigned when none is negative, two's complement otherwise (at 1 bit, -1 and
+    +1 as `ExportedLayer` reads one signed bit)."""
+    c = codes.to(torch.int64)
+    cmin, cmax = int(c.min()), int(c.max())
+    if cmin >= 0:
+        return max(1, cmax.bit_length()), "unsigned"
+    if not bool((c == 0).any()) and cmin == -1 and cmax <= 1:
+        return 1, "signed (-1 and +1)"
+    # Two's complement in b bits holds -2^(b-1) .. 2^(b-1) - 1.
+    return max((-cmin - 1).bit_length(), cmax.bit_length()) + 1, "in two's complement"
+
+
+def _n_bits(bits: float) -> str:
+    return f"{bits:g} bit" if bits == 1 else f"{bits:g} bits"
 
 
 def check_codes_decode_to_weights(case: Case) -> None:

@@ -298,7 +298,7 @@ FAULTS: list[tuple[type[Strategy], str]] = [
     (TernaryGradientBlocked, "the task loss's gradient is None"),
     (TernaryFloat64Export, "weight is torch.float64, not float32"),
     (TernaryFlattenedExport, "weight shape"),
-    (TernaryNoCodesOneBit, "declared 1 bits hold 2 values, but the weights take 3"),
+    (TernaryNoCodesOneBit, "declared 1 bit holds 2 values, but the weights take 3"),
     (TernaryNaNExport, "weights are NaN or inf"),
     (TernaryExportChangesModel, "export changed"),
     (TernaryNondeterministicExport, "export twice: layer conv weight differs"),
