@@ -14,7 +14,7 @@ allocated during a run's steps (`torch.cuda.max_memory_allocated`).
 `resources.gpu` of 1, 0.5 and 0.25 runs them: one process per trial, each training the same
 small model (`--pack-model`, resnet20 by default, full precision, crop + flip augmentation,
 on a CIFAR-shaped synthetic dataset resident on the GPU) with the trial engine
-(`runners.trial.train`) and the memory cap a sweep worker sets (its share of the GPU). The
+(`runners.engine.trial.train`) and the memory cap a sweep worker sets (its share of the GPU). The
 processes start, build their data on the GPU, then all start training at once; each reports
 its training samples per second over its epochs after the first (the first pays for CUDA's
 warm-up), and the table gives them per trial and summed over the trials packed.
@@ -49,7 +49,7 @@ if str(BENCHMARKS) not in sys.path:
 import bench_step_cost  # noqa: E402
 from bench_loader import write_section  # noqa: E402
 
-from runners.trial import pick_device  # noqa: E402
+from runners.engine.trial import pick_device  # noqa: E402
 
 SECTION = "GPU"
 NO_GPU = (
@@ -99,9 +99,9 @@ def pack_sizes(smoke: bool) -> dict[str, Any]:
 def child(spec: dict[str, Any]) -> int:
     """One packed trial: build its data and trial on the device, say ready, wait for go,
     train, and print its measurements."""
-    from runners.data import Dataset
-    from runners.trial import resolve, train
-    from runners.worker import cap_gpu_memory
+    from runners.engine.data import Dataset
+    from runners.engine.trial import resolve, train
+    from runners.sweep.worker import cap_gpu_memory
     from schemas.trial import AugmentConfig, TrialConfig
 
     device = torch.device(spec["device"])

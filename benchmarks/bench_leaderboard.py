@@ -498,7 +498,7 @@ def best_of(fn: Any, repeats: int) -> tuple[float, Any]:
 def time_queries(uri: str, sweep_id: str, repeats: int) -> list[Timing]:
     from mlflow.tracking import MlflowClient
 
-    from runners.leaderboard import leaderboard_runs, query_leaderboard
+    from runners.board.leaderboard import leaderboard_runs, query_leaderboard
 
     client = MlflowClient(uri)
     out = []
@@ -552,7 +552,7 @@ def run_process(args: list[str], env: dict[str, str]) -> tuple[float, str, str]:
 COLD = """
 import sys, time
 t = time.perf_counter()
-from runners.leaderboard import query_leaderboard
+from runners.board.leaderboard import query_leaderboard
 boards = query_leaderboard(sys.argv[1])
 print(time.perf_counter() - t, sum(len(b.rows) for b in boards))
 """
@@ -560,7 +560,7 @@ IMPORTS = """
 import json, sys
 from service.cli import main
 code = main(sys.argv[1:])
-heavy = ("ray", "torch", "optuna", "runners.trial", "runners.sweep", "strategies")
+heavy = ("ray", "torch", "optuna", "runners.engine.trial", "runners.sweep.run", "strategies")
 sys.stderr.write(json.dumps([m for m in heavy if m in sys.modules]) + "\\n")
 sys.exit(code)
 """
@@ -640,7 +640,7 @@ def section(shape: Shape, timings: list[Timing], imported: list[str], repeats: i
         f"`bitsweep leaderboard` imported {heavy}. A fresh process spends about 1.1 s importing "
         "MLflow and 0.8 s opening its SQLAlchemy store (importing it and checking the schema) "
         "before the first query; the queries themselves take tens of milliseconds.",
-        "The ranking is one SQL query on MLflow's tables (`runners/leaderboard.py`): a "
+        "The ranking is one SQL query on MLflow's tables (`runners/board/leaderboard.py`): a "
         "`row_number()` window per strategy for the best, an ORDER BY with LIMIT for every "
         "trial, each ranking metric joined from `latest_metrics` by its primary key (key, "
         "run_uuid). Ranked by MLflow's own `search_runs(order_by=[metrics...])`, which the "

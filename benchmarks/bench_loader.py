@@ -4,7 +4,7 @@
     python benchmarks/bench_loader.py --samples 50000 --workers 0,1,4 --write-docs
 
 The trial engine keeps a dataset's tensors on its device and batches them there
-(`runners.data.batches`): one permutation and every augmentation draw of the epoch from a CPU
+(`runners.engine.data.batches`): one permutation and every augmentation draw of the epoch from a CPU
 generator, moved once, then per batch a gather and the vectorized crop, flip and cutout of
 `augment_batch`. Against it, the usual pipeline: a `torch.utils.data.DataLoader` over the same
 tensors on the host (a TensorDataset whose items are augmented one by one: zero padding and a
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from runners.data import batches
-from runners.trial import pick_device
+from runners.engine.data import batches
+from runners.engine.trial import pick_device
 from schemas.trial import AugmentConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -231,7 +231,7 @@ def write_section(title: str, name: str, body: str, intro: str, path: Path = DOC
 INTRO = """\
     python benchmarks/bench_loader.py
 
-The trial engine's batching on the device (`runners.data.batches`) against a DataLoader that
+The trial engine's batching on the device (`runners.engine.data.batches`) against a DataLoader that
 augments sample by sample on the host. See the script's docstring for what is timed.
 """
 

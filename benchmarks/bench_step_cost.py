@@ -3,7 +3,7 @@
     python benchmarks/bench_step_cost.py --models mlp,lenet --threads 1
     python benchmarks/bench_step_cost.py --models resnet20 --input 1,16,16 --steps 5 --rounds 3
 
-Every strategy is built the way a trial builds it (`runners.trial.resolve`, `build_model`,
+Every strategy is built the way a trial builds it (`runners.engine.trial.resolve`, `build_model`,
 `strategy.prepare`, `strategy.param_groups`, `build_optimizer`), and one step is what the
 trial loop does per batch: the learning-rate factor, forward, cross-entropy,
 `strategy.regularizer`, backward, gradient clipping when configured, the optimizer step,
@@ -53,8 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import strategies
-from runners.models import build_model, model_options
-from runners.trial import ResolvedTrial, build_optimizer, lr_factor, pick_device, resolve
+from runners.engine.models import build_model, model_options
+from runners.engine.trial import ResolvedTrial, build_optimizer, lr_factor, pick_device, resolve
 from schemas.trial import OptimizerConfig, TrialConfig
 from strategies.base import Progress, Strategy
 from strategies.full_precision import FullPrecision
@@ -88,7 +88,7 @@ def target(model: str, strategy: str) -> float | None:
 
 @dataclass
 class Run:
-    """One strategy on one model, trained step by step as `runners.trial.train` does."""
+    """One strategy on one model, trained step by step as `runners.engine.trial.train` does."""
 
     label: str
     model_name: str
@@ -109,7 +109,7 @@ class Run:
     i: int = 0  # step within the epoch
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        # The body of the batch loop of runners.trial.train.
+        # The body of the batch loop of runners.engine.trial.train.
         cfg = self.trial.config
         assert cfg.optimizer and cfg.schedule
         spe = self.progress.steps_per_epoch
@@ -149,7 +149,7 @@ class Run:
         self.i = 0
 
     def end_epoch(self) -> None:
-        # The epoch end of runners.trial.train, up to (not including) deploy and evaluation.
+        # The epoch end of runners.engine.trial.train, up to (not including) deploy and evaluation.
         assert self.loss_sum is not None and self.trial.config.optimizer
         self.progress.loss = float(self.loss_sum) / max(1, self.seen)
         if self.strategy.on_epoch_end(self.model, self.progress):
@@ -188,7 +188,7 @@ def build_run(
     optimizer: OptimizerConfig | None,
     seed: int,
 ) -> Run:
-    """A run built as `runners.trial.train` builds a trial (no dataset loaded)."""
+    """A run built as `runners.engine.trial.train` builds a trial (no dataset loaded)."""
     trial = resolve(
         TrialConfig(
             strategy=strategy_name,

@@ -39,8 +39,8 @@ def plain_optuna(strategy: str, trials: int, epochs: int, seed: int) -> tuple[fl
     """(wall seconds, seconds inside the trials) of an in-process Optuna loop."""
     import optuna
 
-    from runners.data import load_dataset
-    from runners.trial import run_trial
+    from runners.engine.data import load_dataset
+    from runners.engine.trial import run_trial
     from schemas.trial import TrialConfig
 
     t0 = time.perf_counter()

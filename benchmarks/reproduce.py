@@ -320,8 +320,8 @@ def same_recipe_float(config: TrialConfig) -> TrialConfig:
     """`full_precision` trained exactly as `config`'s strategy would be: its resolved
     optimizer, schedule, batch and augmentation, and its recipe's model options where the model
     takes them, on the same data and model."""
-    from runners.models import model_options
-    from runners.trial import resolve
+    from runners.engine.models import model_options
+    from runners.engine.trial import resolve
 
     trial = resolve(config)
     r = trial.config
@@ -358,7 +358,7 @@ def _run(job: tuple[str, str, int, dict[str, str]]) -> tuple[str, str, int, dict
     claim_id, label, seed, files = job
     import torch
 
-    from runners.trial import train
+    from runners.engine.trial import train
 
     torch.set_num_threads(1)
     claim = CLAIMS[claim_id]

@@ -8,26 +8,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from schemas.errors import located_error
+from schemas.names import TRIAL_METRICS
 from schemas.trial import Strict, TrainingSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # Metrics a sweep may optimize: every key `TrialResult.metrics()` reports.
-OBJECTIVE_METRICS = (
-    "test_accuracy",
-    "best_val_accuracy",
-    "test_loss",
-    "unique_weights",
-    "unique_nonzero_weights",
-    "weight_entropy_bits",
-    "weight_entropy_nonzero_bits",
-    "sparsity",
-    "weight_bits",
-    "weight_bytes",
-    "compression_ratio",
-    "mean_bits",
-    "train_seconds",
-)
+OBJECTIVE_METRICS = TRIAL_METRICS
 
 
 class StrategySpec(Strict):

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import FieldError
+from schemas.names import Tag
 from schemas.sweep import OBJECTIVE_METRICS, SweepSpec
 from service.api import (
     BestTrial,
@@ -184,7 +185,7 @@ class Service:
         return found.experiment_id, found.parent_run_id, found.parent_status
 
     def read_runs(self, sweep_id: str) -> Any:
-        from runners.leaderboard import sweep_runs
+        from runners.board.leaderboard import sweep_runs
 
         try:
             return sweep_runs(self.settings.tracking, sweep_id)
@@ -199,7 +200,7 @@ class Service:
         migrations."""
         from mlflow.tracking import MlflowClient
 
-        from runners.leaderboard import is_database_uri
+        from runners.board.leaderboard import is_database_uri
 
         s = self.settings
         for uri in (s.tracking, s.optuna):
@@ -219,7 +220,7 @@ class Service:
     def read_boards(self, **query: Any) -> list[Any]:
         """The leaderboards `query_leaderboard` reads for `query`: none before any sweep has
         written, NotFound for a benchmark or sweep that is not there."""
-        from runners.leaderboard import query_leaderboard
+        from runners.board.leaderboard import query_leaderboard
 
         if not self.store_exists():
             if query.get("sweep_id") is not None:
@@ -247,7 +248,7 @@ class Service:
             return
         from mlflow.tracking import MlflowClient
 
-        from runners.leaderboard import q
+        from runners.board.leaderboard import q
 
         client = MlflowClient(self.settings.tracking)
         flt = f"tags.`bitsweep.sweep_id` = {q(row.id)} and attributes.status = 'RUNNING'"
@@ -257,13 +258,11 @@ class Service:
                 if status == Status.failed and run.info.run_id == found.parent_run_id
                 else "KILLED"
             )
-            client.set_tag(
-                run.info.run_id, "bitsweep.ended_by", f"the service: sweep {status.value}"
-            )
+            client.set_tag(run.info.run_id, Tag.ENDED_BY, f"the service: sweep {status.value}")
             client.set_terminated(run.info.run_id, status=end)
         import optuna
 
-        from runners.sweep_search import fail_lost_study_trials, study_name
+        from runners.sweep.search import fail_lost_study_trials, study_name
 
         storage = optuna.storages.RDBStorage(self.settings.optuna)
         for strategy in row.spec.get("strategies", []):
@@ -329,7 +328,7 @@ class Service:
             storage_path=s.tune_storage,
         )
         filled = SweepSpec.model_validate(data)
-        from runners.sweep_plan import plan_sweep
+        from runners.sweep.plan import plan_sweep
 
         plan_sweep(filled, home=s.home, check_stores=False)
         return filled
@@ -627,7 +626,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         )
 
     def best_trials(row: SweepRow, spec: SweepSpec, experiment_id: str) -> dict[str, BestTrial]:
-        from runners.leaderboard import query_leaderboard
+        from runners.board.leaderboard import query_leaderboard
 
         objective = spec.objectives[0]
         boards = query_leaderboard(
@@ -756,7 +755,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         sweep: Annotated[str | None, Query(pattern=SWEEP_ID, max_length=128)] = None,
     ) -> Response:
         """Test accuracy against weight memory of a benchmark's trials (or one sweep's)."""
-        from runners.leaderboard import pareto_png
+        from runners.board.leaderboard import pareto_png
 
         if not service.store_exists():
             raise NotFound("dataset", f"no benchmark bitsweep/{dataset}/{model}")

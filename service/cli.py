@@ -125,9 +125,9 @@ def train(
         seed=seed,
         device=device,
     )
-    from runners.data import load_dataset
-    from runners.trial import resolve
-    from runners.trial import train as train_trial
+    from runners.engine.data import load_dataset
+    from runners.engine.trial import resolve
+    from runners.engine.trial import train as train_trial
 
     resolved = resolve(config)
     data = load_dataset(resolved.config.dataset, val_fraction=resolved.config.val_fraction)
@@ -155,7 +155,7 @@ def train(
         trained = train_trial(resolved, dataset=data, on_epoch=on_epoch)
     result = trained.result
     if export is not None:
-        from runners.export import save_trained
+        from runners.engine.export import save_trained
 
         save_trained(export, trained, data.input_shape, data.num_classes, packed=not unpacked)
     if as_json:

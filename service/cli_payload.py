@@ -23,7 +23,7 @@ def extract(
     out: Annotated[Path, typer.Argument(help="where to write the payload bytes")],
 ) -> None:
     """Write the payload a bit_learning export carries to OUT, after checking its SHA-256."""
-    from runners.export import load_weights
+    from runners.engine.export import load_weights
     from strategies.bit_learning import PayloadError, read_payload
 
     if not weights.is_file():

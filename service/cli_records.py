@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from schemas.home import Home
 from service.cli_sweep import tracking_store
 from service.errors import InputRefused
 
@@ -29,8 +30,8 @@ def rerun(
     """
     from mlflow.tracking import MlflowClient
 
-    from runners.records import report_lines
-    from runners.records import rerun as rerun_trial
+    from runners.sweep.records import report_lines
+    from runners.sweep.records import rerun as rerun_trial
 
     client = MlflowClient(tracking_store(tracking_uri, must_exist=True))
     report = rerun_trial(client, run_id)
@@ -48,19 +49,19 @@ def remove(
     yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
 ) -> None:
     """Delete a sweep: its MLflow runs (to MLflow's trash), Optuna studies, checkpoints, state."""
-    from runners.records import remove_sweep
-    from runners.stores import default_uris
-    from runners.sweep import SweepState, data_home
+    from runners.sweep.records import remove_sweep
+    from runners.sweep.run import SweepState, data_home
+    from runners.sweep.stores import default_uris
 
     home = data_home()
     tracking, optuna_url = default_uris(home)
-    storage_root = str(home / "ray")
-    state_file = home / "sweeps" / f"{sweep_id}.json"
+    storage_root = str(Home(home).ray)
+    state_file = Home(home).state_file(sweep_id)
     if state_file.exists():
         state = SweepState.load(state_file)
         tracking, optuna_url = state.tracking_uri, state.optuna_url
         storage_root = state.spec.get("storage_path") or storage_root
-    elif not (home / "mlflow.db").exists():
+    elif not Home(home).mlflow_db.exists():
         raise InputRefused("sweep_id", f"no sweep {sweep_id!r} under {home}")
     if not yes and not typer.confirm(f"delete sweep {sweep_id} and everything it wrote?"):
         raise typer.Exit(1)

@@ -26,7 +26,7 @@ def tracking_store(given: str | None, *, must_exist: bool = True) -> str:
     already exist. Refuses, naming `tracking_uri`, a store that cannot be read: a SQLite file
     that does not exist (a read never creates a store, whatever `must_exist` says), a server or
     database that cannot be reached. Imports neither Ray nor torch."""
-    from runners.leaderboard import check_read_store, default_store
+    from runners.board.leaderboard import check_read_store, default_store
 
     path, uri = default_store()
     if given is None and not path.exists():
@@ -94,16 +94,16 @@ def sweep(
     ] = False,
 ) -> None:
     """Sweep every strategy of SPEC: Ray Tune trials, Optuna search, MLflow leaderboard."""
-    from runners.leaderboard import SWEEP_ID_PATTERN
-    from runners.sweep import plan_sweep, run_sweep
-    from runners.sweep_state import state_path
+    from runners.board.leaderboard import SWEEP_ID_PATTERN
+    from runners.sweep.run import plan_sweep, run_sweep
+    from runners.sweep.state import state_path
 
     spec = load_spec(spec_path)
     if sweep_id is not None and not SWEEP_ID_PATTERN.match(sweep_id):
         raise InputRefused("--sweep-id", f"{sweep_id!r} is not a sweep id")
     plan = plan_sweep(spec)
     if resume:
-        from runners.sweep import find_resumable
+        from runners.sweep.run import find_resumable
 
         find_resumable(plan.home, spec, sweep_id)
     elif sweep_id is not None and state_path(plan.home, sweep_id).exists():
@@ -123,7 +123,7 @@ def sweep(
         stamp = time.strftime("%H:%M:%S")
         err.print(f"{stamp} {event.line()}", markup=False, highlight=False, soft_wrap=True)
 
-    from runners.sweep import SweepInterrupted
+    from runners.sweep.run import SweepInterrupted
 
     if live is not None:
         live.start()
@@ -189,7 +189,7 @@ WIDTH, SWEEPS_WIDTH = 100, 130  # of the table in a file or a pipe
 def show_rows(rows: list[dict[str, Any]], title: str) -> None:
     """A leaderboard as a table; with the sweep and epochs of each row when the rows come
     from several sweeps."""
-    from runners.leaderboard import format_cell, several_sweeps
+    from runners.board.leaderboard import format_cell, several_sweeps
 
     columns = list(BOARD_COLUMNS)
     several = several_sweeps(rows)
@@ -235,7 +235,7 @@ def leaderboard(
 ) -> None:
     """The leaderboard of each benchmark: its best trial per strategy, or every trial, over
     every sweep of it, or of one sweep with --sweep-id."""
-    from runners.leaderboard import check_query, query_leaderboard
+    from runners.board.leaderboard import check_query, query_leaderboard
     from schemas.errors import FieldError
 
     try:

@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 
 from schemas.errors import FieldError
+from schemas.names import TOKEN_ENV
 from schemas.sweep import SweepSpec
 from service.api import Health, Leaderboard, StrategyView, SweepDetail, SweepPage, SweepView
-
-TOKEN_ENV = "BITSWEEP_TOKEN"
 
 
 class ServiceRefused(FieldError):

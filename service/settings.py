@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.errors import FieldError
+from schemas.home import Home
 
 ENV_FILE_VAR = "BITSWEEP_ENV_FILE"
 TOKEN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -150,15 +151,15 @@ class ServiceSettings(BaseSettings):
 
     @property
     def tracking(self) -> str:
-        return self.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        return self.tracking_uri or Home(self.home).tracking_uri
 
     @property
     def optuna(self) -> str:
-        return self.optuna_storage or f"sqlite:///{self.home / 'optuna.db'}"
+        return self.optuna_storage or Home(self.home).optuna_uri
 
     @property
     def tune_storage(self) -> str:
-        return self.storage_path or str(self.home / "ray")
+        return self.storage_path or str(Home(self.home).ray)
 
     @property
     def embedded_ray(self) -> bool:

@@ -157,7 +157,7 @@ def test_host_augmentation_of_the_dataloader_is_the_same_transform(
     import bench_loader
     import torch
 
-    from runners.data import _apply, _Draws
+    from runners.engine.data import _apply, _Draws
     from schemas.trial import AugmentConfig
 
     aug = AugmentConfig(crop_padding=3, flip=True, cutout=4)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from runners.export import save_weights
-from runners.trial import train
+from runners.engine.export import save_weights
+from runners.engine.trial import train
 from schemas.trial import TrialConfig
 from service.cli import main
 from strategies.bit_learning import (

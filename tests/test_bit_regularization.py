@@ -256,7 +256,7 @@ def test_init_bits_outside_bounds_is_refused() -> None:
 
 @pytest.mark.slow
 def test_digits_mlp_reaches_90_percent_with_learned_bits_in_band() -> None:
-    from runners.trial import run_trial
+    from runners.engine.trial import run_trial
     from schemas.trial import TrialConfig
 
     result = run_trial(
@@ -305,7 +305,7 @@ def test_regularizer_gradient_is_lambda1_times_w_minus_its_grid_point() -> None:
 def test_bit_update_drops_the_forwards_quantization() -> None:
     # The trial's fused optimizer changes W without bumping its version counter: after the
     # step the forward's W~ must not be taken for the updated W's.
-    from runners.trial import build_optimizer
+    from runners.engine.trial import build_optimizer
     from schemas.trial import OptimizerConfig
 
     strategy, model = _prepared(eps=1.0)  # B stays: only W's change could show

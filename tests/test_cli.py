@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.export import load_weights
+from runners.engine.export import load_weights
 from service.cli import main
 
 

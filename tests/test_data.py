@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from runners.data import (
+from runners.engine.data import (
     DATASET_HELP,
     Dataset,
     DatasetError,
@@ -553,7 +553,7 @@ def test_cutout_larger_than_the_image_clears_it() -> None:
 def test_digits_are_scikit_learns_digits_sample_for_sample() -> None:
     from sklearn.datasets import load_digits
 
-    from runners.data import _digits, _fixed_test_split
+    from runners.engine.data import _digits, _fixed_test_split
 
     bunch = load_digits()
     x = np.asarray(bunch.data, dtype=np.float32).reshape(-1, 1, 8, 8)
@@ -625,7 +625,7 @@ def _augment_step_by_step(x: torch.Tensor, augment: AugmentConfig, d: object) ->
 def test_one_gather_equals_crop_flip_and_cutout_done_one_after_another(
     crop: int, flip: bool, cutout: int
 ) -> None:
-    from runners.data import _apply, _draw
+    from runners.engine.data import _apply, _draw
 
     aug = AugmentConfig(crop_padding=crop, flip=flip, cutout=cutout)
     x = torch.randn(40, 2, 7, 5, generator=torch.Generator().manual_seed(crop + 10 * cutout))

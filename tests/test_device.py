@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import strategies
-from runners.data import load_dataset
-from runners.trial import ConfigError, choose_device, evaluate, run_trial
-from runners.worker import cap_gpu_memory, gpu_memory_fraction
+from runners.engine.data import load_dataset
+from runners.engine.trial import ConfigError, choose_device, evaluate, run_trial
+from runners.sweep.worker import cap_gpu_memory, gpu_memory_fraction
 from schemas.sweep import Resources
 from schemas.trial import TrialConfig
 
@@ -40,7 +40,7 @@ def test_auto_with_no_assigned_gpu_is_the_cpu_on_a_gpu_node() -> None:
 def test_assigned_gpus_torch_cannot_see_fall_back_to_the_cpu_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="runners.trial"):
+    with caplog.at_level(logging.WARNING, logger="runners.engine.trial"):
         dev = choose_device("auto", gpu_ids=[0], cuda_available=False, cuda_count=0)
     assert dev.type == "cpu" and "no CUDA device" in caplog.text
 
@@ -136,7 +136,7 @@ def test_a_tune_trial_gets_the_gpu_share_ray_assigned_it(ray_with_a_gpu: None) -
 
         import ray
 
-        from runners import worker
+        from runners.sweep import worker
 
         caps: list[tuple[float, object]] = []
         torch.cuda.is_available = lambda: True  # type: ignore[assignment]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.trial import run_trial
+from runners.engine.trial import run_trial
 from schemas.trial import TrialConfig
 from strategies import unregister_strategy
 from strategies.testing import run_contract

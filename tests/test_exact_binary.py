@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from runners.data import load_dataset
-from runners.models import build_model
-from runners.trial import Trained, evaluate, train
+from runners.engine.data import load_dataset
+from runners.engine.models import build_model
+from runners.engine.trial import Trained, evaluate, train
 from schemas.trial import TrialConfig
 from strategies.base import Progress
 from strategies.exact_binary import ExactBinary, group_power_map

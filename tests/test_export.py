@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from runners.data import load_dataset
-from runners.export import load_deployed, load_weights, pack, save_trained, unpack
-from runners.trial import train
+from runners.engine.data import load_dataset
+from runners.engine.export import load_deployed, load_weights, pack, save_trained, unpack
+from runners.engine.trial import train
 from schemas.trial import TrialConfig
 from strategies import list_strategies
 

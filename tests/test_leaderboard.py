@@ -1,4 +1,4 @@
-"""The leaderboard query (runners/leaderboard.py) and `bitsweep leaderboard`, on small MLflow
+"""The leaderboard query (runners/board/leaderboard.py) and `bitsweep leaderboard`, on small MLflow
 stores shaped like a sweep's (written by benchmarks/bench_leaderboard.py's store builder)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from runners.leaderboard import (
+from runners.board.leaderboard import (
     check_query,
     leaderboard_runs,
     log_leaderboard,
@@ -142,7 +142,7 @@ def _comparable(board) -> list[dict]:
 
 def test_the_module_imports_neither_ray_nor_torch():
     code = (
-        "import sys, runners.leaderboard, service.cli_sweep; "
+        "import sys, runners.board.leaderboard, service.cli_sweep; "
         "bad = [m for m in ('ray', 'torch', 'mlflow') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -153,7 +153,8 @@ def test_the_leaderboard_command_imports_neither_ray_nor_torch(uri):
     code = (
         "import sys; from service.cli import main; "
         f"assert main(['leaderboard', '--tracking-uri', {uri!r}, '--json']) == 0; "
-        "heavy = ('ray', 'torch', 'optuna', 'strategies', 'runners.trial', 'runners.sweep'); "
+        "heavy = ('ray', 'torch', 'optuna', 'strategies', 'runners.engine.trial', "
+        "'runners.sweep.run'); "
         "bad = [m for m in heavy if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -358,9 +359,9 @@ def test_cli_refuses_a_missing_store_without_creating_it(tmp_path, capsys):
 
 
 def test_default_store_is_where_a_sweep_writes(tmp_path, monkeypatch):
-    from runners.leaderboard import default_store
-    from runners.stores import default_uris
-    from runners.sweep import data_home
+    from runners.board.leaderboard import default_store
+    from runners.sweep.run import data_home
+    from runners.sweep.stores import default_uris
 
     monkeypatch.setenv("BITSWEEP_HOME", str(tmp_path / "home"))
     assert default_store()[1] == default_uris(data_home())[0]

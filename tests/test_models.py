@@ -1,4 +1,5 @@
-"""Tests for runners.models: every registered model on every dataset shape, and option errors."""
+"""Tests for runners.engine.models: every registered model on every dataset shape, and option
+errors."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from runners.models import (
+from runners.engine.models import (
     ModelError,
     build_model,
     list_models,

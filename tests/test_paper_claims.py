@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from runners.trial import train
+from runners.engine.trial import train
 from schemas.trial import TrialConfig, TrialResult
 
 pytestmark = pytest.mark.slow

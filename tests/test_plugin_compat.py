@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runners.export import load_weights, pack, pattern, unpack
+from runners.engine.export import load_weights, pack, pattern, unpack
 from strategies import ExportedLayer, weight_metrics
 from strategies.testing import bits_needed
 

@@ -11,10 +11,10 @@ import pydantic
 import pytest
 import yaml
 
-from runners.search import ConstrainedSpace, SpecError, strategy_space
-from runners.sweep_plan import base_trial
-from runners.sweep_search import StrategySearch, sampler_for
-from runners.trial import resolve
+from runners.engine.trial import resolve
+from runners.sweep.plan import base_trial
+from runners.sweep.search import StrategySearch, sampler_for
+from runners.sweep.space import ConstrainedSpace, SpecError, strategy_space
 from schemas.sweep import StrategySpec, SweepSpec
 from strategies import get_strategy
 

@@ -57,7 +57,7 @@ def spec(**fields: Any) -> dict[str, Any]:
 
 
 def write_npz(path: Path, n_train: int = 40, n_test: int = 10, features: int = 6) -> Path:
-    """A tiny dataset in the layout runners.data._read_npz reads: x/y for train and test."""
+    """A tiny dataset in the layout runners.engine.data._read_npz reads: x/y for train and test."""
     rng = np.random.default_rng(0)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(

@@ -21,7 +21,7 @@ import uvicorn
 from browser import assert_shows_table, dump_dom, screenshot
 from mlflow.tracking import MlflowClient
 
-from runners.sweep import plan_sweep, run_sweep
+from runners.sweep.run import plan_sweep, run_sweep
 from schemas.sweep import SweepSpec
 from service.app import create_app
 from service.settings import load_settings

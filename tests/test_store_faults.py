@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy
 from faults import assert_invariants, sweep_records, wait_healthy
 
-from runners.retry import retried, transient
+from runners.sweep.retry import retried, transient
 from service.jobs import free_port
 
 PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
@@ -136,7 +136,7 @@ def test_connection_failures_are_transient_and_others_are_not():
 
 
 def test_retried_waits_out_transient_failures_and_raises_the_rest(monkeypatch):
-    import runners.retry as retry
+    import runners.sweep.retry as retry
 
     waits: list[float] = []
     monkeypatch.setattr(retry.time, "sleep", waits.append)

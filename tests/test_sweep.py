@@ -9,7 +9,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from runners.sweep import plan_sweep, run_sweep
+from runners.sweep.run import plan_sweep, run_sweep
 from schemas.sweep import SweepSpec
 from service.cli import main
 

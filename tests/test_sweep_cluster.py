@@ -12,7 +12,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from runners.sweep import plan_sweep, run_sweep
+from runners.sweep.run import plan_sweep, run_sweep
 from schemas.sweep import SweepSpec
 
 pytestmark = pytest.mark.slow

@@ -23,8 +23,7 @@ import pytest
 from faults import assert_invariants as check_invariants
 from faults import sweep_records
 
-from runners.search import SpecError
-from runners.sweep_cluster import (
+from runners.sweep.cluster import (
     EXIT_CLUSTER_LOST,
     LOST_ENV,
     RAY_RECONNECT_ENV,
@@ -34,6 +33,7 @@ from runners.sweep_cluster import (
     lost_after,
     reachable_address,
 )
+from runners.sweep.space import SpecError
 from service.jobs import AUTH_ENV, LocalHead, free_port
 
 SPEC = {
@@ -231,7 +231,7 @@ def test_an_address_where_nothing_answers_is_refused_within_seconds():
 
 
 def test_a_stale_address_file_starts_a_new_local_cluster(tmp_path, monkeypatch):
-    import runners.sweep_cluster as cluster
+    import runners.sweep.cluster as cluster
 
     stale = tmp_path / "ray_current_cluster"
     stale.write_text(f"127.0.0.1:{free_port()}")
@@ -264,7 +264,7 @@ def test_the_cli_refuses_an_unreachable_cluster_before_writing_anything(tmp_path
     ],
 )
 def test_resources_no_node_has_are_refused(local_ray, tmp_path, resources, field, reason):
-    from runners.sweep_plan import plan_sweep
+    from runners.sweep.plan import plan_sweep
     from schemas.sweep import SweepSpec
 
     plan = plan_sweep(
@@ -278,7 +278,7 @@ def test_resources_no_node_has_are_refused(local_ray, tmp_path, resources, field
 
 
 def test_resources_a_node_has_are_accepted(local_ray, tmp_path):
-    from runners.sweep_plan import plan_sweep
+    from runners.sweep.plan import plan_sweep
     from schemas.sweep import SweepSpec
 
     plan = plan_sweep(SweepSpec.model_validate({**SPEC, "resources": {"cpu": 2}}), home=tmp_path)

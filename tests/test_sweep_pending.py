@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import ray
 
-from runners.sweep import pending_trials
+from runners.sweep.run import pending_trials
 
 
 def _plan(cpu: float, gpu: float, trials: list[int], limit: int | None = None) -> object:

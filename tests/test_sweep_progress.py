@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from runners import sweep, sweep_progress
-from runners.sweep import TUNE_DEFAULTS, TUNE_REQUIRED, tune_environment
-from runners.sweep_progress import Progress, ProgressCallback, StrategyProgress, TrialEvent
-from runners.sweep_search import STRATEGY_KEY
+from runners.sweep import progress as sweep_progress
+from runners.sweep import run as sweep
+from runners.sweep.progress import Progress, ProgressCallback, StrategyProgress, TrialEvent
+from runners.sweep.run import TUNE_DEFAULTS, TUNE_REQUIRED, tune_environment
+from runners.sweep.search import STRATEGY_KEY
 
 
 def _trial(tid: str, strategy: str, result: dict[str, Any] | None = None) -> Any:
@@ -156,7 +157,7 @@ def test_a_sweep_shows_its_wait_for_busy_resources_then_runs(local_ray, tmp_path
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from runners.sweep import plan_sweep, run_sweep
+    from runners.sweep.run import plan_sweep, run_sweep
     from schemas.sweep import SweepSpec
 
     monkeypatch.setattr(sweep_progress, "WAIT_NOTED_S", 1.0)

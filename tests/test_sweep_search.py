@@ -9,7 +9,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from runners.sweep_search import STRATEGY_KEY, SweepSearcher, split_config
+from runners.sweep.search import STRATEGY_KEY, SweepSearcher, split_config
 
 
 class _Search:
@@ -95,7 +95,7 @@ def test_every_sampler_survives_pickling_as_tune_saves_it():
 
     import optuna
 
-    from runners.sweep_search import sampler_for
+    from runners.sweep.search import sampler_for
     from schemas.sweep import SweepSpec
 
     base = {"name": "p", "strategies": [{"name": "bit_learning"}]}
@@ -118,9 +118,9 @@ def test_a_trial_ends_once_in_optuna_whenever_the_sweep_stopped(tmp_path: Path) 
     # trial again, from its checkpoint. Optuna hears of each trial's end once.
     import optuna
 
-    from runners.sweep_plan import plan_sweep
-    from runners.sweep_search import fail_lost_study_trials, study_name, sweep_searcher
-    from runners.tracking import TUNE_TRIAL_ATTR
+    from runners.sweep.plan import plan_sweep
+    from runners.sweep.search import fail_lost_study_trials, study_name, sweep_searcher
+    from runners.sweep.tracking import TUNE_TRIAL_ATTR
     from schemas.sweep import SweepSpec
 
     spec = SweepSpec.model_validate(

@@ -8,8 +8,8 @@ import pydantic
 import pytest
 import yaml
 
-from runners.search import ConstrainedSpace, SpecError, strategy_space
-from runners.sweep import plan_sweep
+from runners.sweep.run import plan_sweep
+from runners.sweep.space import ConstrainedSpace, SpecError, strategy_space
 from schemas.sweep import StrategySpec, SweepSpec
 from service.cli import main
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runners.data import load_dataset
-from runners.trial import ConfigError, lr_factor, resolve, run_trial
+from runners.engine.data import load_dataset
+from runners.engine.trial import ConfigError, lr_factor, resolve, run_trial
 from schemas.trial import OptimizerConfig, ScheduleConfig, TrialConfig
 
 
@@ -148,7 +148,7 @@ def test_early_stop_from_the_callback_ends_the_trial(digits):
 
 
 def test_diverging_loss_raises(digits):
-    from runners.trial import TrialDiverged
+    from runners.engine.trial import TrialDiverged
 
     cfg = TrialConfig(
         strategy="full_precision", epochs=2, optimizer=OptimizerConfig(name="sgd", lr=10)
@@ -165,10 +165,10 @@ def test_samples_per_second_is_positive(digits):
 def test_every_refusal_survives_pickling_with_its_field_and_reason():
     import pickle
 
-    from runners.data import DatasetError
-    from runners.models import ModelError
-    from runners.search import SpecError
-    from runners.trial import ConfigError
+    from runners.engine.data import DatasetError
+    from runners.engine.models import ModelError
+    from runners.engine.trial import ConfigError
+    from runners.sweep.space import SpecError
     from schemas.errors import FieldError
     from service.errors import InputRefused
     from strategies.bit_learning import PayloadError

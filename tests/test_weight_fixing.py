@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runners.trial import ConfigError, build_optimizer, resolve, train
+from runners.engine.trial import ConfigError, build_optimizer, resolve, train
 from schemas.trial import OptimizerConfig, TrialConfig
 from strategies.base import Progress
 from strategies.layers import parametrizations

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-import runners.trial
-from runners.models import build_model
-from runners.trial import lr_factor, run_trial, train
+import runners.engine.trial
+from runners.engine.models import build_model
+from runners.engine.trial import lr_factor, run_trial, train
 from schemas.trial import TrialConfig
 from strategies.base import Progress
 from strategies.layers import latent_weight, quantizable_layers
@@ -147,7 +147,7 @@ def test_sgd_momentum_buffers_carry_through_a_warm_restart(
     # The trial engine builds one optimizer and only sets its lr at a restart, as the Keras
     # port's LR_WarmRestart callback does; the authors' Matlab code zeroes the buffers there.
     built: list[torch.optim.Optimizer] = []
-    build = runners.trial.build_optimizer
+    build = runners.engine.trial.build_optimizer
 
     def spy_build(*args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         built.append(build(*args, **kwargs))
@@ -168,7 +168,7 @@ def test_sgd_momentum_buffers_carry_through_a_warm_restart(
             }
         )
 
-    monkeypatch.setattr(runners.trial, "build_optimizer", spy_build)
+    monkeypatch.setattr(runners.engine.trial, "build_optimizer", spy_build)
     monkeypatch.setattr(WRN1Bit, "on_step", spy_step)
     train(TrialConfig(strategy="wrn_1bit", dataset="digits", model="mlp", epochs=3))
 

@@ -13,7 +13,7 @@ run id. The best per strategy is the first run of each strategy in that order, k
 the metric.
 
 This module imports neither Ray nor torch (nor MLflow until a query runs), so that a read pays
-for MLflow alone; `runners.tracking` re-exports what it moved here.
+for MLflow alone; `runners.sweep.tracking` re-exports what it moved here.
 
 How it reads
 ------------
@@ -66,7 +66,6 @@ import csv
 import io
 import logging
 import math
-import os
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -74,8 +73,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runners.reach import database_problem, server_problem
+from runners.board.reach import database_problem, server_problem
 from schemas.errors import FieldError
+from schemas.home import Home, data_home
+from schemas.names import EXPERIMENT_PREFIX, LEADERBOARD_COLUMNS, Tag, literal
 from schemas.sweep import NAME_PATTERN, OBJECTIVE_METRICS
 
 if TYPE_CHECKING:
@@ -84,29 +85,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "BITSWEEP_HOME"
-EXPERIMENT_PREFIX = "bitsweep/"
 SWEEP_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_LIMIT = 50000  # MLflow's most results of one search
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's database stores
 
-LEADERBOARD_COLUMNS = (
-    "test_accuracy",
-    "weight_bytes",
-    "weight_bits",
-    "compression_ratio",
-    "unique_weights",
-    "unique_nonzero_weights",
-    "weight_entropy_bits",
-    "sparsity",
-    "train_seconds",
-)
 
-
-def q(value: str) -> str:
-    """A string literal for an MLflow filter."""
-    return "'" + value.replace("'", "\\'") + "'"
+q = literal  # a string literal for an MLflow filter
 
 
 def finite(value: Any) -> bool:
@@ -122,10 +107,9 @@ def finite(value: Any) -> bool:
 
 def default_store() -> tuple[Path, str]:
     """(file, tracking URI) of the embedded default MLflow store: `mlflow.db` under
-    `$BITSWEEP_HOME` (default `./bitsweep-data`), where a sweep writes it (`data_home` and
-    `default_uris` of the sweep's planning, which import the training stack)."""
-    home = Path(os.environ.get(HOME_ENV, "bitsweep-data")).expanduser().resolve()
-    return home / "mlflow.db", f"sqlite:///{home / 'mlflow.db'}"
+    `$BITSWEEP_HOME` (default `./bitsweep-data`), where a sweep writes it."""
+    home = Home(data_home())
+    return home.mlflow_db, home.tracking_uri
 
 
 def is_database_uri(uri: str) -> bool:
@@ -385,7 +369,7 @@ def _benchmark_of(exp: Any) -> tuple[str, str]:
     as `npz:/data/x.npz` holds slashes; a model never does)."""
     tags = exp.tags or {}
     ds, _, md = exp.name[len(EXPERIMENT_PREFIX) :].rpartition("/")
-    return tags.get("bitsweep.dataset", ds), tags.get("bitsweep.model", md)
+    return tags.get(Tag.DATASET, ds), tags.get(Tag.MODEL, md)
 
 
 def _sweep_run(client: MlflowClient, experiment_ids: list[str], sweep_id: str) -> Run | None:
@@ -397,7 +381,7 @@ def _sweep_run(client: MlflowClient, experiment_ids: list[str], sweep_id: str) -
 
 
 def _sweep_strategies(parent: Run) -> list[str]:
-    return [s for s in parent.data.tags.get("bitsweep.strategies", "").split(",") if s]
+    return [s for s in parent.data.tags.get(Tag.STRATEGIES, "").split(",") if s]
 
 
 # -- ranking ---------------------------------------------------------------------------------
@@ -452,9 +436,7 @@ def leaderboard_runs(
     if every_trial:
         return runs
     best = [r for r in runs if metric in r.data.metrics]
-    return sorted(
-        best, key=lambda r: (_rank_key(r, keys), r.data.tags.get("bitsweep.strategy", ""))
-    )
+    return sorted(best, key=lambda r: (_rank_key(r, keys), r.data.tags.get(Tag.STRATEGY, "")))
 
 
 def _strategy_ok(name: str) -> bool:
@@ -547,11 +529,11 @@ def _sql_ranked_ids(
         on = sa.and_(t.c.run_uuid == runs.c.run_uuid, t.c.key == key)
         return t, on if value is None else sa.and_(on, t.c.value == value)
 
-    kind, on_kind = tag("kind", "bitsweep.kind", "trial")
-    strat, on_strat = tag("strategy", "bitsweep.strategy")
+    kind, on_kind = tag("kind", Tag.KIND, "trial")
+    strat, on_strat = tag("strategy", Tag.STRATEGY)
     joined = runs.join(kind, on_kind).join(strat, on_strat)
     if sweep_id is not None:
-        sweep, on_sweep = tag("sweep", "bitsweep.sweep_id", sweep_id)
+        sweep, on_sweep = tag("sweep", Tag.SWEEP_ID, sweep_id)
         joined = joined.join(sweep, on_sweep)
     order: list[Any] = []
     first = None
@@ -646,11 +628,11 @@ def board_rows(runs: list[Run], ranking: Sequence[str] = ()) -> list[BoardRow]:
         rows.append(
             BoardRow(
                 rank=rank,
-                strategy=tags.get("bitsweep.strategy", ""),
+                strategy=tags.get(Tag.STRATEGY, ""),
                 run_id=run.info.run_id,
                 run_name=run.info.run_name or "",
-                trial_id=tags.get("bitsweep.trial_id", ""),
-                sweep_id=tags.get("bitsweep.sweep_id", ""),
+                trial_id=tags.get(Tag.TRIAL_ID, ""),
+                sweep_id=tags.get(Tag.SWEEP_ID, ""),
                 epochs=epochs if epochs is not None else _int(m.get("epochs")),
                 metrics={k: m[k] for k in keys if k in m},
             )
@@ -755,7 +737,7 @@ def pareto_plot(runs: list[Run], path: Path, title: str) -> None:
         (
             r.data.metrics["weight_bytes"],
             r.data.metrics["test_accuracy"],
-            r.data.tags.get("bitsweep.strategy", "?"),
+            r.data.tags.get(Tag.STRATEGY, "?"),
         )
         for r in runs
         if finite(r.data.metrics.get("weight_bytes"))
@@ -886,7 +868,7 @@ def log_leaderboard(
     parent run's), not of the other sweeps of the benchmark. Returns the board's flat `rows`,
     its ranked runs (`best`), the number of `trials` and the parent run's `artifact_uri`."""
     parent = client.get_run(parent_run_id)
-    sweep_id = sweep_id or parent.data.tags.get("bitsweep.sweep_id")
+    sweep_id = sweep_id or parent.data.tags.get(Tag.SWEEP_ID)
     strategies = _sweep_strategies(parent) or None
     common: dict[str, Any] = {
         "metric": metric,

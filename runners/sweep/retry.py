@@ -25,9 +25,11 @@ from typing import Any, TypeVar, cast
 
 import optuna
 
+from schemas.names import STORE_RETRY_ENV
+
 log = logging.getLogger(__name__)
 
-RETRY_ENV = "BITSWEEP_STORE_RETRY_SECONDS"
+RETRY_ENV = STORE_RETRY_ENV
 RETRY_SECONDS = float(os.environ.get(RETRY_ENV, "120"))
 FIRST_WAIT_S = 0.5
 MOST_WAIT_S = 10.0

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runners.search import SpecError
+from runners.sweep.space import SpecError
+from schemas.home import Home
 from schemas.sweep import SweepSpec
 
 
 def state_path(home: Path, sweep_id: str) -> Path:
     """Where the state of sweep `sweep_id` is kept under the data directory `home`."""
-    return home / "sweeps" / f"{sweep_id}.json"
+    return Home(home).state_file(sweep_id)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class SweepState:
 
 def find_resumable(home: Path, spec: SweepSpec, sweep_id: str | None) -> SweepState:
     """The sweep to resume: `sweep_id`, or the newest unfinished sweep of the spec's name."""
-    folder = home / "sweeps"
+    folder = Home(home).sweeps
     if sweep_id is not None:
         path = state_path(home, sweep_id)
         if not path.exists():

@@ -22,21 +22,17 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from runners.search import ConstrainedSpace, SpecError, check_params
-from runners.sweep_plan import Plan
-from runners.tracking import TUNE_TRIAL_ATTR
+from runners.sweep.plan import Plan
+from runners.sweep.space import ConstrainedSpace, SpecError, check_params
+from runners.sweep.tracking import TUNE_TRIAL_ATTR
+from runners.sweep.worker import split_config
+from schemas.names import STRATEGY_KEY, Tag
 from schemas.sweep import SweepSpec
 from strategies import get_strategy
 
 log = logging.getLogger(__name__)
 
-STRATEGY_KEY = "strategy"  # a reserved name: no strategy param can take it
-
-
-def split_config(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """(strategy, sampled params and seed) of a trial's Tune config."""
-    sampled = dict(config)
-    return sampled.pop(STRATEGY_KEY, None), sampled
+__all__ = ["STRATEGY_KEY", "split_config"]  # the worker's, named here for the sweep's readers
 
 
 class StrategySearch(OptunaSearch):
@@ -99,7 +95,7 @@ class StrategySearch(OptunaSearch):
                     params=frozen.params,
                     distributions=frozen.distributions,
                     values=[float(v) for v in values],
-                    user_attrs={**frozen.user_attrs, "bitsweep.continues_trial": frozen.number},
+                    user_attrs={**frozen.user_attrs, Tag.CONTINUES_TRIAL: frozen.number},
                 )
             )
         self._completed_trials.add(trial_id)
@@ -135,7 +131,7 @@ class StrategySearch(OptunaSearch):
     def _redraw(self, trial_id: str, why: str) -> None:
         assert self._ot_study is not None
         ot_trial = self._ot_trials.pop(trial_id)
-        ot_trial.set_user_attr("bitsweep.refused", why)
+        ot_trial.set_user_attr(Tag.REFUSED, why)
         self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
 
     def _repeat_of(self, trial_id: str, config: dict[str, Any]) -> int | None:
@@ -145,13 +141,11 @@ class StrategySearch(OptunaSearch):
         assert self._ot_study is not None
         this = self._ot_trials[trial_id].number
         trials = self._ot_study.get_trials(deepcopy=False)
-        refused = sum(
-            1 for t in trials if "repeats trial" in t.user_attrs.get("bitsweep.refused", "")
-        )
+        refused = sum(1 for t in trials if "repeats trial" in t.user_attrs.get(Tag.REFUSED, ""))
         if refused >= self.MAX_REPEATS:
             return None
         for t in trials:
-            if t.number != this and "bitsweep.refused" not in t.user_attrs and t.params == config:
+            if t.number != this and Tag.REFUSED not in t.user_attrs and t.params == config:
                 return t.number
         return None
 

@@ -3,7 +3,7 @@
 While a sweep runs, `stop_on_signals` holds both signals. The first one ends Tune's experiment
 the way Tune's own Ctrl-C does (Tune's SIGUSR1 handler: the run loop stops, the running trials
 are stopped, the experiment state is saved one last time), and is remembered, so that the
-sweep then records itself as interrupted rather than finished (`runners.sweep.run_sweep`) and
+sweep then records itself as interrupted rather than finished (`runners.sweep.run.run_sweep`) and
 the command exits 130 (SIGINT) or 143 (SIGTERM). A signal before the experiment has started
 stops the sweep at once with `SweepInterrupted`. A second signal exits at once: every store
 commits whole transactions, and a killed sweep is resumable as a hard kill is.

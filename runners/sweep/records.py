@@ -17,15 +17,16 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from runners.search import SpecError
-from runners.tracking import q
-from runners.worker import RESULT_FILE
+from runners.sweep.space import SpecError
+from runners.sweep.tracking import q
+from runners.sweep.worker import RESULT_FILE
+from schemas.home import Home
+from schemas.names import TIMING_METRICS, Tag
 from schemas.trial import TrialResult
 
 log = logging.getLogger(__name__)
 
 # Wall-time figures differ on every run; every other metric must come out the same.
-TIMING_METRICS = frozenset({"train_seconds", "samples_per_second"})
 
 
 @dataclass
@@ -77,7 +78,7 @@ def recorded_result(client: MlflowClient, run_id: str) -> TrialResult:
         run = client.get_run(run_id)
     except MlflowException:
         raise SpecError("run_id", f"no run {run_id!r} in this tracking store") from None
-    if run.data.tags.get("bitsweep.kind") != "trial":
+    if run.data.tags.get(Tag.KIND) != "trial":
         raise SpecError("run_id", f"run {run_id} is not a bitsweep trial")
     if run.info.status != "FINISHED":
         raise SpecError("run_id", f"run {run_id} is {run.info.status}, not a finished trial")
@@ -93,8 +94,8 @@ def rerun(client: MlflowClient, run_id: str) -> RerunReport:
     """Train the trial of `run_id` again, on this machine, with the thread count it ran with."""
     import torch
 
-    from runners.data import load_dataset
-    from runners.trial import resolve, train
+    from runners.engine.data import load_dataset
+    from runners.engine.trial import resolve, train
     from strategies import strategy_origin
 
     recorded = recorded_result(client, run_id)
@@ -151,7 +152,7 @@ def remove_sweep(
         filter_string=f"tags.`bitsweep.sweep_id` = {q(sweep_id)}",
         max_results=50_000,
     ) if exps else []  # fmt: skip
-    state = home / "sweeps" / f"{sweep_id}.json"
+    state = Home(home).state_file(sweep_id)
     if not runs and not state.exists():
         raise SpecError("sweep_id", f"no sweep {sweep_id!r} in {tracking_uri} or under {home}")
     for run in runs:

@@ -12,7 +12,7 @@ Client server of a `ray://` address, no longer answers). Ray itself ends a drive
 has been gone for `RAY_gcs_rpc_server_reconnect_timeout_s` (60 s), at once and without a word
 to the sweep, whose runs would stay RUNNING; the watch declares the cluster lost sooner
 (`BITSWEEP_CLUSTER_LOST_SECONDS`, 30 s), so that the sweep can record itself as interrupted
-first (`runners.sweep`).
+first (`runners.sweep.run`).
 """
 
 from __future__ import annotations
@@ -26,15 +26,16 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from runners.search import SpecError
-from runners.sweep_plan import Plan
+from runners.sweep.plan import Plan
+from runners.sweep.space import SpecError
+from schemas.names import CLUSTER_LOST_ENV
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3.0
 ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # where `ray start` leaves its address
 
-LOST_ENV = "BITSWEEP_CLUSTER_LOST_SECONDS"
+LOST_ENV = CLUSTER_LOST_ENV
 LOST_DEFAULT_S = 30.0
 # How long Ray keeps a driver whose GCS does not answer, and what the sweep keeps of that time
 # to record its interruption.

@@ -17,8 +17,8 @@ from typing import Any
 
 from ray import tune
 
-from runners.sweep_search import split_config
-from runners.tracking import trial_error
+from runners.sweep.tracking import trial_error
+from runners.sweep.worker import split_config
 
 WAIT_NOTED_S = 10.0  # a worker's start takes seconds: a shorter wait is not for resources
 FREE_CHECKED_S = 2.0  # how often a long wait asks the cluster what is free

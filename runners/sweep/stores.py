@@ -11,13 +11,14 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from runners.reach import database_problem, reason, server_problem
-from runners.search import SpecError
+from runners.board.reach import database_problem, reason, server_problem
+from runners.sweep.space import SpecError
+from schemas.home import Home
 
 
 def default_uris(home: Path) -> tuple[str, str]:
     """(MLflow tracking URI, Optuna storage URL) of the embedded default under `home`."""
-    return f"sqlite:///{home / 'mlflow.db'}", f"sqlite:///{home / 'optuna.db'}"
+    return Home(home).tracking_uri, Home(home).optuna_uri
 
 
 def check_store(field: str, uri: str, *, mlflow_store: bool) -> None:
@@ -56,7 +57,7 @@ def check_storage_path(raw: str | None, home: Path) -> str:
     """The Ray Tune storage root: an absolute local folder that can be created, or a URI that
     pyarrow can open. Default `home/ray`. Creates nothing."""
     if raw is None:
-        return str(home / "ray")
+        return str(Home(home).ray)
     if "://" in raw:
         import pyarrow.fs
 

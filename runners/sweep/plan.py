@@ -4,28 +4,21 @@ dataset, model, stores), before anything is written."""
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runners.data import Dataset, DatasetError, load_dataset
-from runners.models import build_model
-from runners.search import SpecError, strategy_space
-from runners.stores import check_storage_path, check_store, default_uris
-from runners.tracking import dataset_input
-from runners.trial import ConfigError, resolve
+from runners.engine.data import Dataset, DatasetError, load_dataset
+from runners.engine.models import build_model
+from runners.engine.trial import ConfigError, resolve
+from runners.sweep.space import SpecError, strategy_space
+from runners.sweep.stores import check_storage_path, check_store, default_uris
+from runners.sweep.tracking import dataset_input
+from schemas.home import Home, data_home
+from schemas.names import HOME_ENV
 from schemas.sweep import StrategySpec, SweepSpec
 from schemas.trial import TrialConfig
 from strategies.base import Search, Strategy
-
-HOME_ENV = "BITSWEEP_HOME"
-
-
-def data_home() -> Path:
-    """The data directory: `$BITSWEEP_HOME`, or `./bitsweep-data`."""
-    return Path(os.environ.get(HOME_ENV, "bitsweep-data")).expanduser().resolve()
-
 
 # -- planning --------------------------------------------------------------------------------
 
@@ -114,7 +107,7 @@ def plan_sweep(spec: SweepSpec, *, home: Path | None = None, check_stores: bool 
         home=home,
         tracking_uri=tracking,
         optuna_url=optuna_url,
-        artifact_root=(home / "artifacts").as_uri(),
+        artifact_root=Home(home).artifacts.as_uri(),
         storage_root=storage_root,
         dataset=dataset,
         strategies=plans,

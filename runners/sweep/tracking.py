@@ -21,8 +21,9 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run,
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-# The leaderboard lives in runners.leaderboard (no Ray, no torch); its names stay importable here.
-from runners.leaderboard import (  # noqa: F401
+# The leaderboard lives in runners.board.leaderboard (no Ray, no torch); its names stay
+# importable here.
+from runners.board.leaderboard import (  # noqa: F401
     LEADERBOARD_COLUMNS,
     finite,
     format_cell,
@@ -37,26 +38,16 @@ from runners.leaderboard import (  # noqa: F401
     rows_to_markdown,
     trial_strategies,
 )
-from runners.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE
+from runners.sweep.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE
 from schemas.errors import FieldError
+from schemas.names import EPOCH_METRICS, Attr, Tag
 from schemas.trial import TrialConfig, TrialResult
 
 log = logging.getLogger(__name__)
 
-VERSION_TAG = "bitsweep.version"
-TUNE_TRIAL_ATTR = "bitsweep.tune_trial_id"
-"""User attribute of an Optuna trial: the Tune trial it was drawn for."""
-RUN_ID_ATTR = "mlflow_run_id"
-"""User attribute of an Optuna trial: the MLflow run of its Tune trial."""
-# Per-epoch keys a trial reports to Tune and that are logged as step metrics.
-EPOCH_METRICS = (
-    "train_loss",
-    "train_accuracy",
-    "val_accuracy",
-    "val_loss",
-    "epoch_lr",
-    "epoch_seconds",
-)
+VERSION_TAG = Tag.VERSION
+TUNE_TRIAL_ATTR = Attr.TUNE_TRIAL_ID
+RUN_ID_ATTR = Attr.MLFLOW_RUN_ID
 
 
 def bitsweep_version() -> str:
@@ -98,8 +89,8 @@ def describe_experiment(
         "ranks the finished trials by the sweep's objectives, best trial per strategy."
     )
     client.set_experiment_tag(experiment_id, "mlflow.note.content", text)
-    client.set_experiment_tag(experiment_id, "bitsweep.dataset", dataset)
-    client.set_experiment_tag(experiment_id, "bitsweep.model", model)
+    client.set_experiment_tag(experiment_id, Tag.DATASET, dataset)
+    client.set_experiment_tag(experiment_id, Tag.MODEL, model)
 
 
 def dataset_input(ref: str, summary: dict[str, Any], digest: str) -> DatasetInput:
@@ -191,7 +182,7 @@ class TrialLogger(tune.Callback):
         tid = trial.trial_id
         if tid in self._runs:
             return self._runs[tid]
-        key = {"bitsweep.sweep_id": self.sweep_id, "bitsweep.trial_id": tid}
+        key = {Tag.SWEEP_ID: self.sweep_id, Tag.TRIAL_ID: tid}
         run = find_run(self.client, self.experiment_id, key)
         if run is not None:
             run_id = run.info.run_id
@@ -207,10 +198,10 @@ class TrialLogger(tune.Callback):
                 run_name=f"{self.strategy}-{tid}",
                 tags={
                     "mlflow.parentRunId": self.parent_run_id,
-                    "bitsweep.kind": "trial",
-                    "bitsweep.trial_id": tid,
-                    "bitsweep.trial_number": str(number),
-                    "bitsweep.strategy": self.strategy,
+                    Tag.KIND: "trial",
+                    Tag.TRIAL_ID: tid,
+                    Tag.TRIAL_NUMBER: str(number),
+                    Tag.STRATEGY: self.strategy,
                     **self.tags,
                 },
             ).info.run_id
@@ -232,7 +223,7 @@ class TrialLogger(tune.Callback):
             return
 
         if self._optuna is None:
-            from runners.retry import RetryingRDBStorage
+            from runners.sweep.retry import RetryingRDBStorage
 
             self._optuna = RetryingRDBStorage(self.optuna_url)
         storage = self._optuna
@@ -249,8 +240,8 @@ class TrialLogger(tune.Callback):
                     self.client,
                     run_id,
                     tags=[
-                        RunTag("bitsweep.optuna_study", self.study_name),
-                        RunTag("bitsweep.optuna_trial", str(t.number)),
+                        RunTag(Tag.OPTUNA_STUDY, self.study_name),
+                        RunTag(Tag.OPTUNA_TRIAL, str(t.number)),
                     ],
                 )
                 return
@@ -279,7 +270,7 @@ class TrialLogger(tune.Callback):
             if k.startswith(("strategy.", "layer.")) and finite(v)
         ]
         node = result.get("node")
-        tags = [RunTag("bitsweep.node", str(node))] if node else []
+        tags = [RunTag(Tag.NODE, str(node))] if node else []
         log_in_batches(self.client, run_id, metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -293,7 +284,7 @@ class TrialLogger(tune.Callback):
             final = Path(stack.enter_context(ckpt.as_directory())) if ckpt is not None else None
             if final is None or not (final / RESULT_FILE).exists():
                 # Stopped early by the scheduler: its epochs are logged, no test metrics.
-                self.client.set_tag(run_id, "bitsweep.stopped_early", "true")
+                self.client.set_tag(run_id, Tag.STOPPED_EARLY, "true")
                 self.client.set_terminated(run_id, status="KILLED")
                 self._done.add(tid)
                 return
@@ -304,15 +295,15 @@ class TrialLogger(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
-        self.client.set_tag(run_id, "bitsweep.retried", str(trial.num_failures))
+        self.client.set_tag(run_id, Tag.RETRIED, str(trial.num_failures))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
         field, line = trial_error(trial)
         self.errors[trial.trial_id] = line
-        tags = [RunTag("bitsweep.error", line)]
+        tags = [RunTag(Tag.ERROR, line)]
         if field is not None:
-            tags.append(RunTag("bitsweep.error_field", field))
+            tags.append(RunTag(Tag.ERROR_FIELD, field))
         log_in_batches(self.client, run_id, tags=tags)
         self.client.set_terminated(run_id, status="FAILED")
         self._done.add(trial.trial_id)
@@ -331,10 +322,10 @@ class TrialLogger(tune.Callback):
         entries.append(Metric("best_epoch", float(result.best_epoch), now, 0))
         env = result.environment
         tags = [
-            RunTag("bitsweep.device", env.device),
-            RunTag("bitsweep.git_commit", env.git_commit or ""),
-            RunTag("bitsweep.torch", env.torch),
-            RunTag("bitsweep.threads", str(env.threads or "")),
+            RunTag(Tag.DEVICE, env.device),
+            RunTag(Tag.GIT_COMMIT, env.git_commit or ""),
+            RunTag(Tag.TORCH, env.torch),
+            RunTag(Tag.THREADS, str(env.threads or "")),
         ]
         log_in_batches(self.client, run_id, metrics=entries, tags=tags)
         self.client.log_artifact(run_id, str(folder / RESULT_FILE))
@@ -344,7 +335,7 @@ class TrialLogger(tune.Callback):
 
 def run_params(base: TrialConfig, sampled: dict[str, Any]) -> dict[str, Any]:
     """The params of the run of a trial drawn as `sampled` from `base` (see `resolved_params`)."""
-    from runners.trial import resolve
+    from runners.engine.trial import resolve
 
     sampled = dict(sampled)
     sampled.pop("strategy", None)  # the strategy of a sweep's trial is the base's

@@ -15,12 +15,11 @@ from typing import Any
 
 from ray import tune
 
-from runners.retry import retrying, retrying_client
-from runners.sweep_plan import Plan, StrategyPlan, base_trial
-from runners.sweep_progress import Progress
-from runners.sweep_search import split_config
-from runners.sweep_state import SweepState
-from runners.tracking import (
+from runners.sweep.plan import Plan, StrategyPlan, base_trial
+from runners.sweep.progress import Progress
+from runners.sweep.retry import retrying, retrying_client
+from runners.sweep.state import SweepState
+from runners.sweep.tracking import (
     TrialLogger,
     bitsweep_version,
     describe_experiment,
@@ -30,6 +29,8 @@ from runners.tracking import (
     q,
     set_tracking,
 )
+from runners.sweep.worker import split_config
+from schemas.names import Tag
 from strategies import strategy_origin
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,13 @@ class SweepRecord:
             self.experiment_id,
             run_name=sweep_id,
             tags={
-                "bitsweep.kind": "sweep",
-                "bitsweep.sweep_id": sweep_id,
-                "bitsweep.dataset": spec.dataset,
-                "bitsweep.model": spec.model,
-                "bitsweep.version": bitsweep_version(),
-                "bitsweep.strategies": ",".join(s.name for s in spec.strategies),
-                "bitsweep.objectives": ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives),
+                Tag.KIND: "sweep",
+                Tag.SWEEP_ID: sweep_id,
+                Tag.DATASET: spec.dataset,
+                Tag.MODEL: spec.model,
+                Tag.VERSION: bitsweep_version(),
+                Tag.STRATEGIES: ",".join(s.name for s in spec.strategies),
+                Tag.OBJECTIVES: ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives),
             },
         )
         run_id = parent.info.run_id
@@ -198,12 +199,12 @@ class SweepRecord:
             sweep_id=state.sweep_id,
             strategy=sp.name,
             tags={
-                "bitsweep.sweep_id": state.sweep_id,
-                "bitsweep.dataset": spec.dataset,
-                "bitsweep.model": spec.model,
-                "bitsweep.version": bitsweep_version(),
-                "bitsweep.strategy_distribution": origin.distribution,
-                "bitsweep.strategy_version": origin.version,
+                Tag.SWEEP_ID: state.sweep_id,
+                Tag.DATASET: spec.dataset,
+                Tag.MODEL: spec.model,
+                Tag.VERSION: bitsweep_version(),
+                Tag.STRATEGY_DISTRIBUTION: origin.distribution,
+                Tag.STRATEGY_VERSION: origin.version,
             },
             base=base_trial(spec, sp.spec),
             export_weights=spec.export_weights,
@@ -229,13 +230,13 @@ class SweepRecord:
         """Count into `progress` the trials a resumed sweep already finished or failed."""
         for run in self.trial_runs(state):
             tags, status = run.data.tags, run.info.status
-            if status not in ("FINISHED", "FAILED") or tags.get("bitsweep.strategy") not in (
+            if status not in ("FINISHED", "FAILED") or tags.get(Tag.STRATEGY) not in (
                 progress.strategies
             ):
                 continue
             progress.finish(
-                tags["bitsweep.strategy"],
-                tags.get("bitsweep.trial_id", run.info.run_id),
+                tags[Tag.STRATEGY],
+                tags.get(Tag.TRIAL_ID, run.info.run_id),
                 failed=status == "FAILED",
                 value=run.data.metrics.get(progress.objective),
             )
@@ -244,7 +245,7 @@ class SweepRecord:
         """A sweep stopped by a signal: each trial run left RUNNING, and the parent run,
         marked KILLED. A resumed sweep finds each trial's run by its tags and continues it."""
         for run in self.trial_runs(state, status="RUNNING"):
-            self.client.set_tag(run.info.run_id, "bitsweep.interrupted", "true")
+            self.client.set_tag(run.info.run_id, Tag.INTERRUPTED, "true")
             self.client.set_terminated(run.info.run_id, status="KILLED")
         self.client.set_terminated(state.parent_run_id, status="KILLED")
 
@@ -260,9 +261,7 @@ class SweepRecord:
             log.warning(
                 "trial %s was lost when the sweep stopped; its run is deleted", run.info.run_id
             )
-            self.client.set_tag(
-                run.info.run_id, "bitsweep.lost", "started before the sweep was killed"
-            )
+            self.client.set_tag(run.info.run_id, Tag.LOST, "started before the sweep was killed")
             self.client.set_terminated(run.info.run_id, status="KILLED")
             self.client.delete_run(run.info.run_id)
 
@@ -291,14 +290,14 @@ class SweepRecord:
         failures = [
             {
                 "run_id": r.info.run_id,
-                "strategy": r.data.tags.get("bitsweep.strategy", ""),
-                "trial_id": r.data.tags.get("bitsweep.trial_id", ""),
-                "error": r.data.tags.get("bitsweep.error", ""),
+                "strategy": r.data.tags.get(Tag.STRATEGY, ""),
+                "trial_id": r.data.tags.get(Tag.TRIAL_ID, ""),
+                "error": r.data.tags.get(Tag.ERROR, ""),
             }
             for r in failed_runs
         ]
         best = {
-            run.data.tags["bitsweep.strategy"]: {
+            run.data.tags[Tag.STRATEGY]: {
                 "run_id": run.info.run_id,
                 "metrics": run.data.metrics,
             }
@@ -308,7 +307,7 @@ class SweepRecord:
         if len(spec.objectives) > 1:
             objs = [(o.metric, o.mode) for o in spec.objectives]
             for name in strategies:
-                mine = [r for r in finished if r.data.tags.get("bitsweep.strategy") == name]
+                mine = [r for r in finished if r.data.tags.get(Tag.STRATEGY) == name]
                 pareto[name] = [
                     {"run_id": r.info.run_id, "metrics": r.data.metrics}
                     for r in nondominated(mine, objs)

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import strategies
-from runners.data import Dataset, batches, load_dataset
-from runners.models import build_model, model_options
+from runners.engine.data import Dataset, batches, load_dataset
+from runners.engine.models import build_model, model_options
 from schemas.errors import FieldError, validation_field
+from schemas.names import CHECKPOINT_FILE
 from schemas.trial import (
     AugmentConfig,
     EnvironmentInfo,
@@ -46,8 +47,6 @@ from strategies.registry import Origin
 from strategies.space import split_params
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "trial.pt"
 
 
 class ConfigError(FieldError):

@@ -194,7 +194,8 @@ def save_weights(
 def save_trained(
     path: Path, trained: Any, input_shape: tuple[int, ...], num_classes: int, *, packed: bool
 ) -> int:
-    """Export a finished trial (`runners.trial.Trained`) to `path`; returns the payload bytes."""
+    """Export a finished trial (`runners.engine.trial.Trained`) to `path`; returns the payload
+    bytes."""
     result = trained.result
     cfg = result.config
     return save_weights(
@@ -268,7 +269,7 @@ def load_weights(
 
 def load_deployed(path: Path) -> nn.Module:
     """The float model a packed export stands for: built by name, every tensor loaded."""
-    from runners.models import build_model
+    from runners.engine.models import build_model
 
     meta, tensors = _read(path)
     if meta["format"] != PACKED_FORMAT:

@@ -5,11 +5,11 @@ params, MLflow recording every trial as a child run of the sweep's parent run.
 a plan, or resumes a stopped sweep of the same spec, with every strategy's trials interleaved
 in one Tune experiment. The pieces, one job each:
 
-- `runners.sweep_plan`: the plan (`plan_sweep`, `Plan`, `data_home`);
-- `runners.sweep_search`: the searcher (a study per strategy) and the scheduler;
-- `runners.sweep_state`: the sweep's saved state, for resuming (`SweepState`);
-- `runners.sweep_progress`: the trial counts the caller's progress view shows;
-- `runners.sweep_record`: every MLflow write of the sweep, and its summary;
+- `runners.sweep.plan`: the plan (`plan_sweep`, `Plan`, `data_home`);
+- `runners.sweep.search`: the searcher (a study per strategy) and the scheduler;
+- `runners.sweep.state`: the sweep's saved state, for resuming (`SweepState`);
+- `runners.sweep.progress`: the trial counts the caller's progress view shows;
+- `runners.sweep.record`: every MLflow write of the sweep, and its summary;
 - this module: the run loop, which starts Ray and runs the one Tune experiment.
 """
 
@@ -27,9 +27,7 @@ from typing import Any
 import optuna
 from ray import tune
 
-from runners.retry import RetryingRDBStorage
-from runners.search import SpecError
-from runners.sweep_cluster import (
+from runners.sweep.cluster import (
     EXIT_CLUSTER_LOST,
     ClusterWatch,
     check_resources,
@@ -37,24 +35,26 @@ from runners.sweep_cluster import (
     lost_after,
     reachable_address,
 )
-from runners.sweep_plan import HOME_ENV, Plan, StrategyPlan, base_trial, data_home, plan_sweep
-from runners.sweep_progress import Progress, ProgressCallback, StrategyProgress, TrialEvent
-from runners.sweep_record import SweepRecord, SweepSummary
-from runners.sweep_search import (
+from runners.sweep.plan import HOME_ENV, Plan, StrategyPlan, base_trial, data_home, plan_sweep
+from runners.sweep.progress import Progress, ProgressCallback, StrategyProgress, TrialEvent
+from runners.sweep.record import SweepRecord, SweepSummary
+from runners.sweep.retry import RetryingRDBStorage
+from runners.sweep.search import (
     fail_lost_study_trials,
     study_name,
     sweep_scheduler,
     sweep_searcher,
 )
-from runners.sweep_signals import (
+from runners.sweep.signals import (
     TUNE_ENV,
     Stop,
     SweepInterrupted,
     kill_own_ray,
     stop_on_signals,
 )
-from runners.sweep_state import SweepState, find_resumable
-from runners.worker import trainable
+from runners.sweep.space import SpecError
+from runners.sweep.state import SweepState, find_resumable
+from runners.sweep.worker import trainable
 
 log = logging.getLogger(__name__)
 

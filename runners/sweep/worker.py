@@ -10,13 +10,16 @@ from typing import Any
 import torch
 from ray import tune
 
-from runners.data import Dataset
-from runners.trial import pick_device, resolve, train
+from runners.engine.data import Dataset
+from runners.engine.trial import pick_device, resolve, train
+from schemas.names import FINAL_KEY, RESULT_FILE, STRATEGY_KEY, WEIGHTS_FILE
 from schemas.trial import TrialConfig, TrialResult
 
-RESULT_FILE = "result.json"
-WEIGHTS_FILE = "weights.safetensors"
-FINAL_KEY = "bitsweep_final"
+
+def split_config(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(strategy, sampled params and seed) of a trial's Tune config."""
+    sampled = dict(config)
+    return sampled.pop(STRATEGY_KEY, None), sampled
 
 
 def trainable(
@@ -32,8 +35,6 @@ def trainable(
     strategy's trial config), and its searched params or a `seed` for seed replicates.
     """
     import ray
-
-    from runners.sweep_search import split_config
 
     node = ray.get_runtime_context().get_node_id()
     strategy, sampled = split_config(config)
@@ -81,7 +82,7 @@ def trainable(
         folder = Path(tmp)
         (folder / RESULT_FILE).write_text(result.model_dump_json())
         if export_weights:
-            from runners.export import save_trained
+            from runners.engine.export import save_trained
 
             save_trained(
                 folder / WEIGHTS_FILE, trained, data.input_shape, data.num_classes, packed=True
@@ -92,8 +93,8 @@ def trainable(
 def trial_device(requested: str) -> torch.device:
     """The device of the trial running in this Ray worker, from what Ray assigned it.
 
-    A trial without GPUs runs on the CPU (see `runners.trial.choose_device`); one holding part
-    of a GPU may allocate that fraction of its memory (`gpu_memory_fraction`).
+    A trial without GPUs runs on the CPU (see `runners.engine.trial.choose_device`); one holding
+    part of a GPU may allocate that fraction of its memory (`gpu_memory_fraction`).
     """
     import ray
 

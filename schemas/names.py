@@ -1,0 +1,123 @@
+"""Every name that crosses a process or a store, defined once: MLflow tag keys, Optuna trial
+attributes, Tune result keys, file names, metric columns and environment variables.
+
+A new metric is added to `TRIAL_METRICS` (and, if a sweep may optimize it, nowhere else: the
+objectives are the trial metrics); a new tag to `Tag`. Plain constants: importable from every
+layer, including a Ray worker, at no cost.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Tag:
+    """MLflow tag keys that bitsweep writes and reads."""
+
+    SWEEP_ID: Final = "bitsweep.sweep_id"
+    TRIAL_ID: Final = "bitsweep.trial_id"
+    STRATEGY: Final = "bitsweep.strategy"
+    STRATEGIES: Final = "bitsweep.strategies"
+    DATASET: Final = "bitsweep.dataset"
+    MODEL: Final = "bitsweep.model"
+    VERSION: Final = "bitsweep.version"
+    KIND: Final = "bitsweep.kind"
+    NODE: Final = "bitsweep.node"
+    DEVICE: Final = "bitsweep.device"
+    THREADS: Final = "bitsweep.threads"
+    TORCH: Final = "bitsweep.torch"
+    GIT_COMMIT: Final = "bitsweep.git_commit"
+    OBJECTIVES: Final = "bitsweep.objectives"
+    REFUSED: Final = "bitsweep.refused"
+    ERROR: Final = "bitsweep.error"
+    ERROR_FIELD: Final = "bitsweep.error_field"
+    ENDED_BY: Final = "bitsweep.ended_by"
+    INTERRUPTED: Final = "bitsweep.interrupted"
+    LOST: Final = "bitsweep.lost"
+    RETRIED: Final = "bitsweep.retried"
+    STOPPED_EARLY: Final = "bitsweep.stopped_early"
+    CONTINUES_TRIAL: Final = "bitsweep.continues_trial"
+    TUNE_TRIAL_ID: Final = "bitsweep.tune_trial_id"
+    TRIAL_NUMBER: Final = "bitsweep.trial_number"
+    OPTUNA_STUDY: Final = "bitsweep.optuna_study"
+    OPTUNA_TRIAL: Final = "bitsweep.optuna_trial"
+    STRATEGY_DISTRIBUTION: Final = "bitsweep.strategy_distribution"
+    STRATEGY_VERSION: Final = "bitsweep.strategy_version"
+    PARENT_RUN: Final = "mlflow.parentRunId"
+
+
+def literal(value: str) -> str:
+    """A string literal for an MLflow filter."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def tag_filter(key: str, value: str) -> str:
+    """The MLflow filter `tags.`key` = 'value'`."""
+    return f"tags.`{key}` = {literal(value)}"
+
+
+class Attr:
+    """User attributes of Optuna trials."""
+
+    TUNE_TRIAL_ID: Final = Tag.TUNE_TRIAL_ID  # the Tune trial it was drawn for
+    MLFLOW_RUN_ID: Final = "mlflow_run_id"  # the MLflow run of its Tune trial
+
+
+# Keys of a trial's Tune config and results.
+STRATEGY_KEY: Final = "strategy"  # a reserved name: no strategy param can take it
+FINAL_KEY: Final = "bitsweep_final"
+
+# Files a trial and a sweep write.
+RESULT_FILE: Final = "result.json"
+WEIGHTS_FILE: Final = "weights.safetensors"
+CHECKPOINT_FILE: Final = "trial.pt"
+
+# Every metric a finished trial reports (`TrialResult.metrics()`): the columns of its MLflow run
+# and what a sweep may optimize.
+TRIAL_METRICS: Final = (
+    "test_accuracy",
+    "best_val_accuracy",
+    "test_loss",
+    "unique_weights",
+    "unique_nonzero_weights",
+    "weight_entropy_bits",
+    "weight_entropy_nonzero_bits",
+    "sparsity",
+    "weight_bits",
+    "weight_bytes",
+    "compression_ratio",
+    "mean_bits",
+    "train_seconds",
+    "samples_per_second",
+)
+# Metrics that measure the machine, not the method: never reproducible bit for bit.
+TIMING_METRICS: Final = frozenset({"train_seconds", "samples_per_second"})
+# Per-epoch keys a trial reports to Tune and that are logged as step metrics.
+EPOCH_METRICS: Final = (
+    "train_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "val_loss",
+    "epoch_lr",
+    "epoch_seconds",
+)
+# The leaderboard's metric columns, in the order tables show them.
+LEADERBOARD_COLUMNS: Final = (
+    "test_accuracy",
+    "weight_bytes",
+    "weight_bits",
+    "compression_ratio",
+    "unique_weights",
+    "unique_nonzero_weights",
+    "weight_entropy_bits",
+    "sparsity",
+    "train_seconds",
+)
+
+# Environment variables bitsweep reads.
+HOME_ENV: Final = "BITSWEEP_HOME"
+TOKEN_ENV: Final = "BITSWEEP_TOKEN"
+CLUSTER_LOST_ENV: Final = "BITSWEEP_CLUSTER_LOST_SECONDS"
+STORE_RETRY_ENV: Final = "BITSWEEP_STORE_RETRY_SECONDS"
+
+EXPERIMENT_PREFIX: Final = "bitsweep/"
