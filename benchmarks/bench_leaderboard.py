@@ -20,7 +20,7 @@ log_inputs, set_terminated, as the sweep's logger does): about 0.1 s a run here,
 trials would take 15-20 minutes. `--writer bulk` (the default) writes the experiments, the
 sweeps' parent runs and the dataset through the client and the trial runs as rows of MLflow's
 own tables (its SQLAlchemy models `SqlRun`, `SqlTag`, `SqlParam`, `SqlMetric`,
-`SqlLatestMetric`, `SqlInput`, `SqlInputTag`) in a few transactions; tests/test_leaderboard.py
+`SqlLatestMetric`, `SqlInput`, `SqlInputTag`) in a few transactions; tests/unit/test_leaderboard.py
 holds both writers to the same leaderboards.
 
 Timed, each the best of `--repeats` after one untimed call in the same process, and the

@@ -68,7 +68,7 @@ def reference_weight_metrics(
 ) -> WeightMetrics:
     """The definition written out, and the previous implementation: every deployed weight
     concatenated, one float unique over them, and one per layer. `weight_metrics` must agree
-    with it exactly (tests/test_metrics.py), entropies bit for bit."""
+    with it exactly (tests/unit/test_metrics.py), entropies bit for bit."""
     flat = [lay.weight.detach().reshape(-1).to(torch.float32) for lay in layers.values()]
     rows, total_bits = [], 0.0
     for (name, lay), w in zip(layers.items(), flat, strict=True):

@@ -9,8 +9,8 @@ trial (`--jobs` trials at once), and a rule that reads the paper's quantity off 
 results. "float" in a claim is `full_precision` trained with the strategy's own resolved
 recipe (optimizer, schedule, batch, augmentation, model options) on the same model, so the
 comparison isolates the weights' transform. A claim's row says whether it holds by the rule
-stated in it. `tests/test_paper_claims.py` holds a one-seed, shorter version of one claim per
-strategy, so a change that breaks a claim fails CI.
+stated in it. `tests/integration/test_paper_claims.py` holds a one-seed, shorter version of one
+claim per strategy, so a change that breaks a claim fails CI.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The service's own database: one table of sweeps, with SQLAlchemy 2's typed ORM.
 
 Its schema is Alembic's (`service/migrations`), applied by `migrate` when the service starts;
-the ORM model here and the migrations are compared by tests/test_service_db.py, so that they
-cannot drift. It is separate from MLflow's and Optuna's databases: the service keeps what it
-alone knows (who submitted what, the Ray job, the status) and reads results from MLflow.
+the ORM model here and the migrations are compared by tests/integration/test_service_db.py, so
+that they cannot drift. It is separate from MLflow's and Optuna's databases: the service keeps
+what it alone knows (who submitted what, the Ray job, the status) and reads results from MLflow.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from service.db import SweepRow
 
 if TYPE_CHECKING:
-    from service.app import Service
+    from service.core import Service
 
 TEMPLATES = Path(__file__).with_name("templates")
 # (row key, header): the page's columns.

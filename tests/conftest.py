@@ -1,9 +1,28 @@
-"""Shared fixtures: a data directory per test, PostgreSQL databases, and a Ray cluster."""
+"""The test tiers, and shared fixtures: a data directory per test, PostgreSQL databases, and a
+Ray cluster.
+
+Every test has exactly one tier, decided for it (docs/contributing.md):
+
+- **unit**: nothing but the package (SQLite, in-process apps and stores). Its folder is
+  `tests/unit`. A unit test that starts a real process (Python, bitsweep, Ray, MLflow, Chromium,
+  PostgreSQL) or leaves Ray running fails, saying which tier it belongs to.
+- **integration**: one real dependency: PostgreSQL or a Ray cluster, or minutes of real training
+  (the paper claims). `tests/integration`, or any test that uses `pg_database`,
+  `module_pg_database` or `local_ray`, or is marked `@pytest.mark.integration`.
+- **system**: real processes: `bitsweep sweep|serve`, a PostgreSQL or MLflow server of its own,
+  Chromium. `tests/system`, or a test marked `@pytest.mark.system`.
+
+Under pytest-xdist (`-n 2 --dist loadgroup`) unit tests spread over the workers one by one;
+integration and system tests run one after another on one worker (their clusters and servers
+take the machine's cores and fixed names).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +30,69 @@ from pathlib import Path
 import pytest
 
 PG_ADMIN_URL = os.environ.get("BITSWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TIERS = ("unit", "integration", "system")
+TESTS = Path(__file__).parent
+# Fixtures that bring a real dependency, and so lift a test to the integration tier.
+INTEGRATION_FIXTURES = {"pg_database", "module_pg_database", "local_ray"}
+# Executables whose start makes a test a system test.
+PROCESS_NAMES = ("python", "bitsweep", "ray", "raylet", "gcs_server", "mlflow", "chromium")
+PROCESS_NAMES += ("postgres", "pg_ctl", "initdb", "uvicorn")
+
+
+def _tier(item: pytest.Item) -> str:
+    folder = Path(str(item.path)).relative_to(TESTS).parts[0]
+    if folder not in TIERS:
+        raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit, integration or system")
+    marked = [t for t in TIERS if item.get_closest_marker(t) is not None]
+    tier = max([folder, *marked], key=TIERS.index)
+    if tier == "unit" and INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        tier = "integration"
+    return tier
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = _tier(item)
+        item.add_marker(getattr(pytest.mark, tier))
+        item.user_properties.append(("tier", tier))
+        if tier != "unit":  # unit tests go to whichever worker is free
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+def _is_unit(item: pytest.Item) -> bool:
+    return ("tier", "unit") in item.user_properties
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Hold a unit test to its tier: no real process, no Ray left running."""
+    if not _is_unit(request.node):
+        yield
+        return
+    start = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+
+    def refuse(self, args, executable, *rest):  # type: ignore[no-untyped-def]
+        argv = [args] if isinstance(args, (str, bytes)) else list(args)
+        program = Path(str(executable or argv[0])).name
+        if program == Path(sys.executable).name or program.startswith(PROCESS_NAMES):
+            raise RuntimeError(
+                f"a unit test starts no process ({program}): mark it @pytest.mark.system, or "
+                "move it to tests/system (tests/conftest.py)"
+            )
+        return start(self, args, executable, *rest)
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("a unit test left Ray running: use the local_ray fixture (integration)")
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture
@@ -32,6 +114,13 @@ def _pg_databases() -> Iterator[callable]:
     import sqlalchemy
 
     engine = _admin()
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as e:
+        if _in_ci():
+            raise  # CI provides PostgreSQL: its absence is a failure there
+        pytest.skip(f"no PostgreSQL answers at {PG_ADMIN_URL} (set BITSWEEP_TEST_PG): {e}")
     created: list[str] = []
 
     def make(prefix: str) -> str:
@@ -54,8 +143,9 @@ def _pg_databases() -> Iterator[callable]:
 def pg_database() -> Iterator[callable]:
     """A factory of throwaway PostgreSQL databases on 127.0.0.1; dropped after the test.
 
-    PostgreSQL is part of the test environment (CI runs on a machine with it): a test that
-    needs it fails, with the connection error, when it is absent.
+    PostgreSQL is part of the test environment: with `CI=true` (as `.ci/run` sets) a test that
+    needs it fails, with the connection error, when it is absent; elsewhere it skips, saying
+    so.
     """
     with _pg_databases() as make:
         yield make

@@ -24,7 +24,7 @@ so the column names are MLflow's), every value a bound parameter; the best per s
 The ranked runs are then read through `MlflowClient.search_runs` with an
 `attributes.run_id IN (...)` filter of validated run ids. On a tracking server (`http(s)://`)
 the ranking is `search_runs` with filters and `order_by` (one query per strategy for the
-best). Both give the same boards (tests/test_leaderboard.py).
+best). Both give the same boards (tests/unit/test_leaderboard.py).
 
 Why not `search_runs(order_by=[metrics...])` on SQLite: MLflow joins the metric it sorts by as
 a LEFT OUTER JOIN on a subquery of `latest_metrics` (every run of the store that has the key),

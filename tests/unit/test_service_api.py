@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import service.app
+import service.core
 from schemas.errors import FieldError
 from service.app import create_app
 from service.cli import main
@@ -516,7 +517,7 @@ def test_health_has_its_shape(fresh: Callable[..., TestClient]) -> None:
 
 
 def test_health_hides_a_store_password() -> None:
-    public = service.app._public_uri("postgresql://bitsweep:s3cret@db.example:5432/mlflow")
+    public = service.core.public_uri("postgresql://bitsweep:s3cret@db.example:5432/mlflow")
     assert "s3cret" not in public and "db.example" in public
 
 

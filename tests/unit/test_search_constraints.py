@@ -18,7 +18,7 @@ from runners.sweep.space import ConstrainedSpace, SpecError, strategy_space
 from schemas.sweep import StrategySpec, SweepSpec
 from strategies import get_strategy
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -94,7 +94,7 @@ def test_float32_layer_has_compression_one():
 
 
 def _load_reference() -> Callable[..., WeightMetrics]:
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_weight_metrics.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_weight_metrics.py"
     spec = importlib.util.spec_from_file_location("bench_weight_metrics", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

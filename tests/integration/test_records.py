@@ -16,7 +16,7 @@ from strategies import get_strategy
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "records.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "records.md"
 
 
 def documented() -> dict[str, dict[str, bool]]:

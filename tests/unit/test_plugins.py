@@ -91,6 +91,7 @@ def test_entry_point_strategy_is_listed(with_plugin):
     assert strategies.get_strategy("ternary").__module__ == "ternary_plugin"
 
 
+@pytest.mark.system  # starts real processes
 def test_entry_point_strategy_trains_from_the_cli(plugin_path: Path):
     env = {
         **os.environ,
@@ -121,6 +122,7 @@ def test_entry_point_strategy_trains_from_the_cli(plugin_path: Path):
     assert result["weights"]["unique_weights"] <= 3 * len(result["weights"]["layers"])
 
 
+@pytest.mark.system  # starts real processes
 def test_entry_point_strategy_is_in_the_cli_listing(plugin_path: Path):
     env = {**os.environ, "PYTHONPATH": str(plugin_path)}
     proc = subprocess.run(
@@ -283,6 +285,7 @@ def _cli(args: list[str], path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.system  # starts real processes
 def test_cli_lists_the_others_and_names_each_broken_entry_point(broken_path: Path):
     proc = _cli(["strategies", "--json"], broken_path)
     assert proc.returncode == 0, proc.stderr

@@ -124,6 +124,7 @@ def ray_with_a_gpu() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.mark.integration  # a Ray cluster
 def test_a_tune_trial_gets_the_gpu_share_ray_assigned_it(ray_with_a_gpu: None) -> None:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group

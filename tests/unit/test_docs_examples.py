@@ -17,7 +17,7 @@ from schemas.trial import TrialConfig
 from strategies import unregister_strategy
 from strategies.testing import run_contract
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -54,6 +54,7 @@ def test_readme_strategy_passes_the_contract_and_trains(module_dir: Path) -> Non
         sys.modules.pop("readme_ternary", None)
 
 
+@pytest.mark.system  # starts real processes
 def test_guide_strategy_and_its_contract_test_run_as_written(module_dir: Path) -> None:
     strategy_code, test_code = python_blocks(ROOT / "docs" / "writing-a-strategy.md")[:2]
     module = _import("my_strategies.lsq", strategy_code, module_dir)

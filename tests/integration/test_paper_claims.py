@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def _reproduce() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
     spec = importlib.util.spec_from_file_location("bitsweep_reproduce", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture
@@ -60,6 +60,7 @@ def test_bench_step_cost_smoke_prints_a_table(load, capsys, monkeypatch):
         assert cells[5].endswith("(ref)") or "x" in cells[5]
 
 
+@pytest.mark.system  # starts real processes
 def test_bench_sweep_overhead_smoke_prints_a_table(load, capsys):
     bench = load("bench_sweep_overhead")
     assert bench.main(["--smoke"]) == 0
@@ -81,6 +82,7 @@ def test_bench_weight_fixing_smoke_prints_a_table(load, capsys):
     assert cells[0] == "2000" and int(cells[1]) >= 1 and int(cells[4]) > 1
 
 
+@pytest.mark.system  # starts real processes
 def test_bench_leaderboard_smoke_prints_a_table_and_writes_its_section(
     load, capsys, monkeypatch, tmp_path
 ):
@@ -196,6 +198,7 @@ def test_write_section_rewrites_only_its_marked_block(
     assert doc.read_text() == second
 
 
+@pytest.mark.system  # starts real processes
 def test_bench_gpu_smoke_runs_step_cost_and_packed_trials(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

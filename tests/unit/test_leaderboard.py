@@ -25,7 +25,7 @@ from runners.board.leaderboard import (
 from schemas.errors import FieldError
 from service.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = "bitsweep/digits/mlp"
 
 
@@ -140,6 +140,7 @@ def _comparable(board) -> list[dict]:
 # -- imports ---------------------------------------------------------------------------------
 
 
+@pytest.mark.system  # starts real processes
 def test_the_module_imports_neither_ray_nor_torch():
     code = (
         "import sys, runners.board.leaderboard, service.cli_sweep; "
@@ -149,6 +150,7 @@ def test_the_module_imports_neither_ray_nor_torch():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
+@pytest.mark.system  # starts real processes
 def test_the_leaderboard_command_imports_neither_ray_nor_torch(uri):
     code = (
         "import sys; from service.cli import main; "

@@ -157,6 +157,7 @@ def _env(root: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(root)}
 
 
+@pytest.mark.system  # starts real processes
 def test_legacy_plugin_passes_the_contract_suite_with_only_deprecation_warnings(
     legacy_package: Path,
 ) -> None:
@@ -189,6 +190,7 @@ def test_legacy_plugin_passes_the_contract_suite_with_only_deprecation_warnings(
     assert "encoding='signed'" in out
 
 
+@pytest.mark.system  # starts real processes
 def test_legacy_plugin_trains_and_exports_a_file_that_reads_back(
     legacy_package: Path, tmp_path: Path
 ) -> None:

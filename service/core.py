@@ -1,0 +1,275 @@
+"""The service's core, shared by the HTTP API, the page and the scheduler: settings, the
+database of sweeps, the Ray jobs that run them, admission of a spec, and the reads of MLflow
+and Optuna that the routes answer from. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import FieldError
+from schemas.names import Tag
+from schemas.sweep import SweepSpec
+from service.api import (
+    Links,
+    SweepView,
+)
+from service.db import Status, SweepRow, engine_for, sessions, sqlite_file
+from service.jobs import LocalHead, RayJobs
+from service.scheduler import Scheduler
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+STORE_FIELDS = {
+    "tracking_uri": "BITSWEEP_TRACKING_URI",
+    "optuna_storage": "BITSWEEP_OPTUNA_STORAGE",
+    "storage_path": "BITSWEEP_STORAGE_PATH",
+}
+
+
+class NotFound(FieldError):
+    """A request naming something the service does not have (404)."""
+
+
+class Conflict(FieldError):
+    """A request the thing it names is in no state for (409)."""
+
+
+class Unauthorized(FieldError):
+    """A state-changing request without a valid token (401)."""
+
+
+class Service:
+    """What the routes share: settings, database, Ray jobs, scheduler."""
+
+    def __init__(self, settings: ServiceSettings, run_jobs: bool) -> None:
+        self.settings = settings
+        self.run_jobs = run_jobs
+        self.engine = engine_for(settings.database)
+        self.sessions = sessions(self.engine)
+        self.head: LocalHead | None = None
+        self._jobs: RayJobs | None = None
+        self.scheduler = Scheduler(
+            self.sessions,
+            lambda: self.jobs,
+            max_running=settings.max_concurrent_sweeps,
+            finalize=self.finalize,
+            locate=self.locate,
+        )
+
+    # -- Ray -----------------------------------------------------------------------------------
+
+    def start_ray(self) -> None:
+        s = self.settings
+        address = s.ray_address
+        if address is None:
+            self.head = LocalHead(s.home, cpus=s.ray_cpus)
+            address = self.head.start()
+        python = s.job_python or (sys.executable if s.embedded_ray else "python")
+        self._jobs = RayJobs(address, python=python, env={"BITSWEEP_HOME": str(s.home)})
+
+    @property
+    def ray_address(self) -> str:
+        return self._jobs.address if self._jobs is not None else (self.settings.ray_address or "")
+
+    @property
+    def jobs(self) -> RayJobs:
+        if self._jobs is None:
+            raise RuntimeError("this service runs no Ray jobs")
+        return self._jobs
+
+    # -- MLflow --------------------------------------------------------------------------------
+
+    def locate(self, sweep_id: str) -> tuple[str, str, str] | None:
+        found = self.read_runs(sweep_id)
+        if found is None:
+            return None
+        return found.experiment_id, found.parent_run_id, found.parent_status
+
+    def read_runs(self, sweep_id: str) -> Any:
+        from runners.board.leaderboard import sweep_runs
+
+        try:
+            return sweep_runs(self.settings.tracking, sweep_id)
+        except FieldError as e:
+            if e.field == "tracking_uri" and not self.store_exists():
+                return None  # no sweep has written yet
+            raise
+
+    def init_stores(self) -> None:
+        """Create the MLflow store and the Optuna storage of the sweeps before any sweep runs:
+        a sweep's job and the service reading a store it is still creating would both run its
+        migrations."""
+        from mlflow.tracking import MlflowClient
+
+        from runners.board.leaderboard import is_database_uri
+
+        s = self.settings
+        for uri in (s.tracking, s.optuna):
+            file = sqlite_file(uri)
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+        if is_database_uri(s.tracking):
+            MlflowClient(s.tracking).search_experiments(max_results=1)
+        import optuna
+
+        optuna.storages.RDBStorage(s.optuna)
+
+    def store_exists(self) -> bool:
+        file = sqlite_file(self.settings.tracking)
+        return file is None or file.exists()
+
+    def read_boards(self, **query: Any) -> list[Any]:
+        """The leaderboards `query_leaderboard` reads for `query`: none before any sweep has
+        written, NotFound for a benchmark or sweep that is not there."""
+        from runners.board.leaderboard import query_leaderboard
+
+        if not self.store_exists():
+            if query.get("sweep_id") is not None:
+                raise NotFound("sweep", f"no sweep {query['sweep_id']}")
+            return []
+        try:
+            return query_leaderboard(self.settings.tracking, **query)
+        except FieldError as e:
+            if e.field == "dataset" and query.get("dataset") is None and query.get("model") is None:
+                if query.get("sweep_id") is not None:
+                    raise NotFound("sweep", f"no sweep {query['sweep_id']}") from None
+                return []  # no benchmark yet
+            if e.field in ("dataset", "sweep_id"):
+                raise NotFound("sweep" if e.field == "sweep_id" else "dataset", e.reason) from None
+            raise
+
+    def finalize(self, row: SweepRow, status: Status) -> None:
+        """A sweep that ended without finishing (cancelled, failed, lost): its parent run and
+        every trial run left RUNNING are marked KILLED (FAILED for the parent of a failed
+        sweep), and its Optuna trials left RUNNING are failed, so that nothing stays RUNNING."""
+        if status == Status.succeeded:
+            return
+        found = self.read_runs(row.id)
+        if found is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        from runners.board.leaderboard import q
+
+        client = MlflowClient(self.settings.tracking)
+        flt = f"tags.`bitsweep.sweep_id` = {q(row.id)} and attributes.status = 'RUNNING'"
+        for run in client.search_runs([found.experiment_id], filter_string=flt, max_results=50000):
+            end = (
+                "FAILED"
+                if status == Status.failed and run.info.run_id == found.parent_run_id
+                else "KILLED"
+            )
+            client.set_tag(run.info.run_id, Tag.ENDED_BY, f"the service: sweep {status.value}")
+            client.set_terminated(run.info.run_id, status=end)
+        import optuna
+
+        from runners.sweep.search import fail_lost_study_trials, study_name
+
+        storage = optuna.storages.RDBStorage(self.settings.optuna)
+        for strategy in row.spec.get("strategies", []):
+            fail_lost_study_trials(storage, study_name(row.id, strategy["name"]))
+
+    def links(self, row: SweepRow) -> Links:
+        ui = self.settings.mlflow_ui_url
+        exp = f"{ui}/#/experiments/{row.experiment_id}" if ui and row.experiment_id else None
+        run = f"{exp}/runs/{row.parent_run_id}" if exp and row.parent_run_id else None
+        return Links(
+            experiment=exp,
+            parent_run=run,
+            leaderboard=f"/leaderboard?sweep={row.id}",
+            logs=f"/sweeps/{row.id}/logs",
+        )
+
+    def run_link(self, experiment_id: str | None, run_id: str) -> str | None:
+        ui = self.settings.mlflow_ui_url
+        return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" if ui and experiment_id else None
+
+    def view(self, row: SweepRow) -> SweepView:
+        return SweepView(
+            id=row.id,
+            name=row.name,
+            status=row.status.value,
+            benchmark=row.benchmark,
+            submitted_by=row.submitted_by,
+            ray_job_id=row.ray_job_id,
+            experiment_id=row.experiment_id,
+            parent_run_id=row.parent_run_id,
+            cancel_requested=row.cancel_requested,
+            error=row.error,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            links=self.links(row),
+        )
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def admit(self, spec: SweepSpec) -> SweepSpec:
+        """The spec as the sweep will run it, after the checks the CLI makes (`plan_sweep`)
+        and the service's own: its limits, its stores, its data roots. Raises FieldError."""
+        s = self.settings
+        for name, env in STORE_FIELDS.items():
+            if getattr(spec, name) is not None:
+                raise FieldError(name, f"is the service's to choose ({env}); leave it out")
+        counts = [st.trials or spec.trials_per_strategy for st in spec.strategies]
+        if sum(counts) > s.max_trials_per_sweep:
+            over = next((i for i, st in enumerate(spec.strategies) if st.trials), None)
+            name = f"strategies.{over}.trials" if over is not None else "trials_per_strategy"
+            raise FieldError(
+                name,
+                f"the sweep asks for {sum(counts)} trials; this service runs at most "
+                f"{s.max_trials_per_sweep} per sweep",
+            )
+        dataset = checked_dataset(spec.dataset, s.data_roots)
+        data = spec.model_dump(mode="json")
+        data.update(
+            dataset=dataset,
+            tracking_uri=s.tracking,
+            optuna_storage=s.optuna,
+            storage_path=s.tune_storage,
+        )
+        filled = SweepSpec.model_validate(data)
+        from runners.sweep.plan import plan_sweep
+
+        plan_sweep(filled, home=s.home, check_stores=False)
+        return filled
+
+
+def checked_dataset(ref: str, roots: list[Path]) -> str:
+    """A dataset reference a request may give: a built-in, or a format and a path under one of
+    the data roots (after symlinks; no '..', no '~'). Returns it with the path resolved."""
+    kind, sep, arg = ref.partition(":")
+    if not sep:
+        return ref
+    raw = Path(arg)
+    if arg.startswith("~") or ".." in raw.parts:
+        raise FieldError("dataset", "a dataset path may not contain '..' or start with '~'")
+    if not roots:
+        raise FieldError(
+            "dataset", "this service takes no dataset files (no BITSWEEP_DATA_ROOTS set)"
+        )
+    candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
+    for candidate in candidates:
+        real = candidate.resolve()
+        if any(real.is_relative_to(root) for root in roots) and real.exists():
+            return f"{kind}:{real}"
+    raise FieldError("dataset", f"{arg} is not a file or folder under the service's data roots")
+
+
+def public_uri(uri: str) -> str:
+    """A store URI without its password."""
+    from sqlalchemy.engine import make_url
+
+    if "://" not in uri or uri.startswith(("http://", "https://", "file:")):
+        return uri
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri.split("@")[-1]
+
+
+__all__ = ["Conflict", "NotFound", "Service", "Unauthorized", "checked_dataset", "public_uri"]
