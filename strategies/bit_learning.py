@@ -271,8 +271,91 @@ def _check_payload(v: str | None) -> str | None:
     return str(path.resolve())
 
 
+class BitLearningParams(StrategyParams):
+    bits: Annotated[
+        int,
+        Field(
+            ge=2,
+            le=32,
+            description="n: bits per weight, sign included; W_int in [-(2^(n-1)-1), 2^(n-1)-1]",
+        ),
+        Search(3, 8),
+    ] = 6
+    trainable_msbs: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=31,
+            description="most significant magnitude bits that train (at most bits-1; "
+            "unset: min(2, bits-1)); the others are frozen at their random init or carry "
+            "the payload",
+        ),
+        Search(0, 31),  # narrowed to bits - 1: 1..n trainable bits with the sign
+    ] = 2
+    train_sign: Annotated[bool, Field(description="whether the sign bit trains")] = True
+    train_bits: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[01]+$",
+            description="explicit mask instead of trainable_msbs/train_sign: one 0/1 per "
+            "bit, magnitude bits from the LSB then the sign (the authors' order); "
+            "'000111' = sign + 2 MSBs at 6 bits",
+        ),
+    ] = None
+    payload: Annotated[
+        str | None,
+        Field(description="path of a file whose bytes are written into the frozen bits"),
+    ] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_msbs(cls, data: Any) -> Any:
+        # The paper's "sign + 2 MSBs", capped so that bits=2 alone is valid; the value is
+        # filled in (not left implicit) so a dumped Params validates again unchanged.
+        if isinstance(data, dict) and "trainable_msbs" not in data:
+            bits = data.get("bits")
+            if isinstance(bits, int) and not isinstance(bits, bool) and bits >= 2:
+                return {**data, "trainable_msbs": min(2, bits - 1)}
+        return data
+
+    @field_validator("train_sign")
+    @classmethod
+    def _something_trains(cls, v: bool, info: ValidationInfo) -> bool:
+        if not v and info.data.get("trainable_msbs") == 0:
+            raise ValueError("with trainable_msbs=0 and train_sign=false no bit would train")
+        return v
+
+    @field_validator("train_bits", mode="before")
+    @classmethod
+    def _mask_from_number(cls, v: Any) -> Any:
+        # `--param train_bits=111111` arrives as a JSON number; without a leading zero its
+        # digits are the mask exactly (a leading zero keeps it a string).
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("train_bits")
+    @classmethod
+    def _mask_fits(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        bits = info.data.get("bits")
+        if bits is not None and len(v) != bits:
+            raise ValueError(f"has {len(v)} characters; a {bits}-bit weight needs {bits}")
+        if "1" not in v:
+            raise ValueError("trains no bit; put a 1 at each bit that trains")
+        default_msbs = min(2, (bits or 6) - 1)
+        if info.data.get("trainable_msbs", default_msbs) != default_msbs or not info.data.get(
+            "train_sign", True
+        ):
+            raise ValueError("give train_bits or trainable_msbs/train_sign, not both")
+        return v
+
+    _payload_file = field_validator("payload")(_check_payload)
+
+    relations = (Relation("trainable_msbs", "<=", "bits", -1),)
+
+
 @register_strategy("bit_learning")
-class BitLearning(Strategy):
+class BitLearning(Strategy[BitLearningParams]):
     """Ivan & Florian, "Bit-wise training of neural network weights" (arXiv 2202.09571).
 
     Forward: each quantized layer keeps n real latents of its weight's shape, magnitude bits
@@ -318,88 +401,6 @@ class BitLearning(Strategy):
         "MLPs, payload header and layout"
     )
 
-    class Params(StrategyParams):
-        bits: Annotated[
-            int,
-            Field(
-                ge=2,
-                le=32,
-                description="n: bits per weight, sign included; W_int in [-(2^(n-1)-1), 2^(n-1)-1]",
-            ),
-            Search(3, 8),
-        ] = 6
-        trainable_msbs: Annotated[
-            int,
-            Field(
-                ge=0,
-                le=31,
-                description="most significant magnitude bits that train (at most bits-1; "
-                "unset: min(2, bits-1)); the others are frozen at their random init or carry "
-                "the payload",
-            ),
-            Search(0, 31),  # narrowed to bits - 1: 1..n trainable bits with the sign
-        ] = 2
-        train_sign: Annotated[bool, Field(description="whether the sign bit trains")] = True
-        train_bits: Annotated[
-            str | None,
-            Field(
-                pattern=r"^[01]+$",
-                description="explicit mask instead of trainable_msbs/train_sign: one 0/1 per "
-                "bit, magnitude bits from the LSB then the sign (the authors' order); "
-                "'000111' = sign + 2 MSBs at 6 bits",
-            ),
-        ] = None
-        payload: Annotated[
-            str | None,
-            Field(description="path of a file whose bytes are written into the frozen bits"),
-        ] = None
-
-        @model_validator(mode="before")
-        @classmethod
-        def _default_msbs(cls, data: Any) -> Any:
-            # The paper's "sign + 2 MSBs", capped so that bits=2 alone is valid; the value is
-            # filled in (not left implicit) so a dumped Params validates again unchanged.
-            if isinstance(data, dict) and "trainable_msbs" not in data:
-                bits = data.get("bits")
-                if isinstance(bits, int) and not isinstance(bits, bool) and bits >= 2:
-                    return {**data, "trainable_msbs": min(2, bits - 1)}
-            return data
-
-        @field_validator("train_sign")
-        @classmethod
-        def _something_trains(cls, v: bool, info: ValidationInfo) -> bool:
-            if not v and info.data.get("trainable_msbs") == 0:
-                raise ValueError("with trainable_msbs=0 and train_sign=false no bit would train")
-            return v
-
-        @field_validator("train_bits", mode="before")
-        @classmethod
-        def _mask_from_number(cls, v: Any) -> Any:
-            # `--param train_bits=111111` arrives as a JSON number; without a leading zero its
-            # digits are the mask exactly (a leading zero keeps it a string).
-            return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-        @field_validator("train_bits")
-        @classmethod
-        def _mask_fits(cls, v: str | None, info: ValidationInfo) -> str | None:
-            if v is None:
-                return v
-            bits = info.data.get("bits")
-            if bits is not None and len(v) != bits:
-                raise ValueError(f"has {len(v)} characters; a {bits}-bit weight needs {bits}")
-            if "1" not in v:
-                raise ValueError("trains no bit; put a 1 at each bit that trains")
-            default_msbs = min(2, (bits or 6) - 1)
-            if info.data.get("trainable_msbs", default_msbs) != default_msbs or not info.data.get(
-                "train_sign", True
-            ):
-                raise ValueError("give train_bits or trainable_msbs/train_sign, not both")
-            return v
-
-        _payload_file = field_validator("payload")(_check_payload)
-
-        relations = (Relation("trainable_msbs", "<=", "bits", -1),)
-
     recipe = Recipe(
         optimizer=OptimizerConfig(name="adam", lr=9e-4, weight_decay=0.0),
         schedule=ScheduleConfig(name="step", milestones=[40, 80], gamma=0.1),
@@ -412,21 +413,21 @@ class BitLearning(Strategy):
         },
     )
 
-    def __init__(self, params: StrategyParams | None = None) -> None:
+    def __init__(self, params: BitLearningParams | None = None) -> None:
         super().__init__(params)
         self.payload_bytes = 0
         self.payload_stream_bits = 0
 
     def trainable_mask(self) -> list[bool]:
         """One flag per bit in the authors' order: magnitude bits from the LSB, the sign last."""
-        p = cast(BitLearning.Params, self.params)
+        p = self.params
         if p.train_bits is not None:
             return [c == "1" for c in p.train_bits]
         n, k = p.bits, p.trainable_msbs
         return [i >= n - 1 - k for i in range(n - 1)] + [p.train_sign]
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        n = cast(BitLearning.Params, self.params).bits
+        n = self.params.bits
         mask = self.trainable_mask()
         frozen = [i for i in range(n) if not mask[i]]
         weights = {name: cast(torch.Tensor, m.weight) for name, m in quantizable_layers(model)}
@@ -466,7 +467,7 @@ class BitLearning(Strategy):
         return attach(model, lambda name, _layer: made[name])
 
     def _payload_stream(self, capacity_bits: int) -> torch.Tensor | None:
-        path = cast(BitLearning.Params, self.params).payload
+        path = self.params.payload
         if path is None:
             return None
         try:

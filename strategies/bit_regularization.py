@@ -181,8 +181,57 @@ class _BitQuant(nn.Module):
         return _StraightThrough.apply(w, quantized[0])
 
 
+class BitRegularizationParams(StrategyParams):
+    lambda1: Annotated[
+        float,
+        Field(ge=0, le=10, description="Weight of the quantization error 1/2 ||W~ - W||^2."),
+        Search(1e-5, 1e-1, log=True),
+    ] = 1e-3
+    lambda2: Annotated[
+        float,
+        Field(ge=0, le=10, description="Weight of the bit cost sum_n 2^{B_n}."),
+        Search(1e-8, 1e-4, log=True),
+    ] = 1e-6
+    mu: Annotated[
+        float,
+        Field(ge=0, le=10, description="Step size of the bit-depth update (paper: 1e-3)."),
+    ] = 1e-3
+    mu_from_lr: Annotated[
+        bool,
+        Field(description="Decay mu with the learning-rate schedule: mu * lr_t / lr_0."),
+    ] = True
+    eps: Annotated[
+        float,
+        Field(ge=0, le=1, description="B moves only when |update| >= eps (sign_eps)."),
+        Search(1e-9, 1e-5, log=True),
+    ] = 1e-7
+    init_bits: Annotated[
+        int,
+        Field(ge=1, le=32, description="Bit-depth B_0 of every layer at the start."),
+        Search(2, 16),
+    ] = 8
+    min_bits: Annotated[int, Field(ge=1, le=32, description="Lowest bit-depth B may take.")] = 1
+    max_bits: Annotated[
+        int,
+        Field(ge=1, le=32, description="Highest bit-depth B may take (32: the paper's limit)."),
+    ] = 16
+    train_forward: Annotated[
+        Literal["full_precision", "quantized"],
+        Field(
+            description="What the training forward computes with: 'full_precision' W (the "
+            "paper's CE(W)) or 'quantized' W~ with a straight-through gradient; evaluation "
+            "and deployment always use W~."
+        ),
+    ] = "full_precision"
+
+    relations = (
+        Relation("init_bits", ">=", "min_bits"),
+        Relation("init_bits", "<=", "max_bits"),
+    )
+
+
 @register_strategy("bit_regularization")
-class BitRegularization(Strategy):
+class BitRegularization(Strategy[BitRegularizationParams]):
     """BitNet: bit-regularized deep neural networks (Raghavan et al., arXiv 1708.04788).
 
     Grid, per quantized layer n with integer bit-depth B_n:
@@ -256,54 +305,6 @@ class BitRegularization(Strategy):
         "from 2^B ~ eps/(mu lambda2)), B bounds, mu following the lr schedule"
     )
 
-    class Params(StrategyParams):
-        lambda1: Annotated[
-            float,
-            Field(ge=0, le=10, description="Weight of the quantization error 1/2 ||W~ - W||^2."),
-            Search(1e-5, 1e-1, log=True),
-        ] = 1e-3
-        lambda2: Annotated[
-            float,
-            Field(ge=0, le=10, description="Weight of the bit cost sum_n 2^{B_n}."),
-            Search(1e-8, 1e-4, log=True),
-        ] = 1e-6
-        mu: Annotated[
-            float,
-            Field(ge=0, le=10, description="Step size of the bit-depth update (paper: 1e-3)."),
-        ] = 1e-3
-        mu_from_lr: Annotated[
-            bool,
-            Field(description="Decay mu with the learning-rate schedule: mu * lr_t / lr_0."),
-        ] = True
-        eps: Annotated[
-            float,
-            Field(ge=0, le=1, description="B moves only when |update| >= eps (sign_eps)."),
-            Search(1e-9, 1e-5, log=True),
-        ] = 1e-7
-        init_bits: Annotated[
-            int,
-            Field(ge=1, le=32, description="Bit-depth B_0 of every layer at the start."),
-            Search(2, 16),
-        ] = 8
-        min_bits: Annotated[int, Field(ge=1, le=32, description="Lowest bit-depth B may take.")] = 1
-        max_bits: Annotated[
-            int,
-            Field(ge=1, le=32, description="Highest bit-depth B may take (32: the paper's limit)."),
-        ] = 16
-        train_forward: Annotated[
-            Literal["full_precision", "quantized"],
-            Field(
-                description="What the training forward computes with: 'full_precision' W (the "
-                "paper's CE(W)) or 'quantized' W~ with a straight-through gradient; evaluation "
-                "and deployment always use W~."
-            ),
-        ] = "full_precision"
-
-        relations = (
-            Relation("init_bits", ">=", "min_bits"),
-            Relation("init_bits", "<=", "max_bits"),
-        )
-
     recipe = Recipe(
         optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9),
         schedule=ScheduleConfig(name="halving", every_steps=200, gamma=0.5),
@@ -313,9 +314,8 @@ class BitRegularization(Strategy):
         search={"lr": Search(5e-3, 0.2, log=True)},
     )
 
-    def __init__(self, params: StrategyParams | None = None) -> None:
+    def __init__(self, params: BitRegularizationParams | None = None) -> None:
         super().__init__(params)
-        self.params: BitRegularization.Params
         self._lr0: float | None = None  # learning rate of the first step, for mu_from_lr
         self._found: tuple[weakref.ref[nn.Module], list[tuple[str, nn.Module, _BitQuant]]] | None
         self._found = None

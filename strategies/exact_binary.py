@@ -105,8 +105,40 @@ class _GroupPowerMap(nn.Module):
         return f"scale={self.scale:.6g}, group={self.group}, eps={self.eps:g}, p={self.p:.4g}"
 
 
+class ExactBinaryParams(StrategyParams):
+    group: Annotated[
+        Literal["row", "layer"],
+        Field(description="weights normalized together: each output unit/filter, or a layer"),
+        Search(choices=("row", "layer")),
+    ] = "row"
+    p_initial: Annotated[
+        float,
+        Field(gt=0, le=1, description="exponent at the start (1: a linear, normalized map)"),
+    ] = 1.0
+    p_final: Annotated[
+        float,
+        Field(gt=0, le=1, description="exponent at the end of the anneal (-> 0 is binary)"),
+        Search(0.001, 0.05, log=True),
+    ] = 0.005
+    anneal_fraction: Annotated[
+        float,
+        Field(gt=0, le=1, description="share of the optimizer steps over which p anneals"),
+        Search(0.5, 1.0),
+    ] = 0.8
+    anneal: Annotated[
+        Literal["geometric", "linear"],
+        Field(description="shape of p's path from p_initial to p_final"),
+        Search(choices=("geometric", "linear")),
+    ] = "geometric"
+    eps: Annotated[
+        float,
+        Field(gt=0, le=0.1, description="smoothing inside the power map; slope at 0 ~ eps^(p-1)"),
+        Search(1e-4, 1e-2, log=True),
+    ] = 1e-3
+
+
 @register_strategy("exact_binary")
-class ExactBinary(Strategy):
+class ExactBinary(Strategy[ExactBinaryParams]):
     """Shulman, "Exact backpropagation in binary weighted networks with group weight
     transformations" (arXiv 2107.01400), reconstructed from its abstract.
 
@@ -156,39 +188,6 @@ class ExactBinary(Strategy):
         "the anneal the power map is a soft sign (slope 0.01 at |u|=0.5, ~1000 near 0)"
     )
 
-    class Params(StrategyParams):
-        group: Annotated[
-            Literal["row", "layer"],
-            Field(description="weights normalized together: each output unit/filter, or a layer"),
-            Search(choices=("row", "layer")),
-        ] = "row"
-        p_initial: Annotated[
-            float,
-            Field(gt=0, le=1, description="exponent at the start (1: a linear, normalized map)"),
-        ] = 1.0
-        p_final: Annotated[
-            float,
-            Field(gt=0, le=1, description="exponent at the end of the anneal (-> 0 is binary)"),
-            Search(0.001, 0.05, log=True),
-        ] = 0.005
-        anneal_fraction: Annotated[
-            float,
-            Field(gt=0, le=1, description="share of the optimizer steps over which p anneals"),
-            Search(0.5, 1.0),
-        ] = 0.8
-        anneal: Annotated[
-            Literal["geometric", "linear"],
-            Field(description="shape of p's path from p_initial to p_final"),
-            Search(choices=("geometric", "linear")),
-        ] = "geometric"
-        eps: Annotated[
-            float,
-            Field(
-                gt=0, le=0.1, description="smoothing inside the power map; slope at 0 ~ eps^(p-1)"
-            ),
-            Search(1e-4, 1e-2, log=True),
-        ] = 1e-3
-
     recipe = Recipe(
         optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4),
         schedule=ScheduleConfig(name="cosine"),
@@ -200,20 +199,20 @@ class ExactBinary(Strategy):
         },
     )
 
-    def __init__(self, params: StrategyParams | None = None) -> None:
+    def __init__(self, params: ExactBinaryParams | None = None) -> None:
         super().__init__(params)
-        self.p = float(self.params.p_initial)  # type: ignore[attr-defined]
+        self.p = float(self.params.p_initial)
         # The transforms of the prepared model, so that a restored p reaches them at once.
         self._transforms: list[_GroupPowerMap] = []
 
     def exponent(self, fraction: float) -> float:
         """p after `fraction` of the trial's optimizer steps."""
         prm = self.params
-        t = min(1.0, max(0.0, fraction / prm.anneal_fraction))  # type: ignore[attr-defined]
-        p0, p1 = float(prm.p_initial), float(prm.p_final)  # type: ignore[attr-defined]
+        t = min(1.0, max(0.0, fraction / prm.anneal_fraction))
+        p0, p1 = float(prm.p_initial), float(prm.p_final)
         if t >= 1.0:
             return p1
-        if prm.anneal == "linear":  # type: ignore[attr-defined]
+        if prm.anneal == "linear":
             return p0 + (p1 - p0) * t
         return p0 * (p1 / p0) ** t
 
@@ -223,8 +222,8 @@ class ExactBinary(Strategy):
         def make(_name: str, layer: nn.Module) -> nn.Module:
             t = _GroupPowerMap(
                 math.sqrt(2.0 / fan_in(latent_weight(layer))),
-                prm.group,  # type: ignore[attr-defined]
-                prm.eps,  # type: ignore[attr-defined]
+                prm.group,
+                prm.eps,
                 self.p,
             )
             self._transforms.append(t)
@@ -242,7 +241,7 @@ class ExactBinary(Strategy):
 
     def selectable(self, progress: Progress) -> bool:
         # Before the anneal ends the training forward is not yet the deployed one.
-        return progress.fraction >= self.params.anneal_fraction  # type: ignore[attr-defined]
+        return progress.fraction >= self.params.anneal_fraction
 
     def export(self, model: nn.Module) -> dict[str, ExportedLayer]:
         out: dict[str, ExportedLayer] = {}

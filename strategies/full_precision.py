@@ -10,8 +10,12 @@ from strategies.layers import quantizable_layers, weight_of
 from strategies.registry import register_strategy
 
 
+class FullPrecisionParams(StrategyParams):
+    pass
+
+
 @register_strategy("full_precision")
-class FullPrecision(Strategy):
+class FullPrecision(Strategy[FullPrecisionParams]):
     """Baseline: float32 weights, trained and deployed unchanged.
 
     Every Linear and Conv weight is reported as a 32-bit layer, so its cost sits on the same
@@ -21,9 +25,6 @@ class FullPrecision(Strategy):
     paper = "baseline (float32 weights)"
     summary = "float32 weights, the reference every strategy is compared with"
     fidelity = "exact: no transform"
-
-    class Params(StrategyParams):
-        pass
 
     recipe = Recipe(
         optimizer=OptimizerConfig(name="adam", lr=1e-3),

@@ -379,8 +379,77 @@ def _fixables(model: nn.Module) -> list[tuple[str, torch.Tensor, _Fixable]]:
 # -- the strategy -------------------------------------------------------------------------------
 
 
+class WeightFixingParams(StrategyParams):
+    delta: Annotated[
+        float,
+        Field(
+            ge=0.001,
+            le=0.1,
+            description="delta: allowed mean relative distance of the last fixing step; step t "
+            "allows max(delta, delta*(10-t)) (paper: 0.0075-0.015 on ImageNet)",
+        ),
+        Search(0.005, 0.1, log=True),
+    ] = 0.015
+    max_terms: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=3,
+            description="most signed powers of two in one centre; each step starts with single "
+            "powers of two and adds a term only when no centre can take more weights",
+        ),
+        Search(1, 3),
+    ] = 3
+    reg_lambda: Annotated[
+        float,
+        Field(ge=0, le=10, description="regularizer weight: its value is reg_lambda * CE"),
+        Search(0.0, 1.0),
+    ] = 0.4
+    temperature: Annotated[
+        float,
+        Field(gt=0, le=10, description="softmin temperature over relative distances"),
+    ] = 0.05
+    gamma0: Annotated[
+        float,
+        Field(gt=0, le=1, description="gamma0: magnitudes below it are fixed to zero (2^-7)"),
+        Search(2.0**-9, 2.0**-5, log=True),
+    ] = 2.0**-7
+    pretrain_epochs: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=10_000,
+            description="float training epochs before the first fixing step; default a third "
+            "of the trial's epochs (at least 1), or 0 with init_checkpoint",
+        ),
+    ] = None
+    epochs_per_step: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=1_000,
+            description="training epochs between fixing steps (paper: 3); default the "
+            "trial's epochs after pre-training spread over the 9 later steps",
+        ),
+    ] = None
+    init_checkpoint: Annotated[
+        str | None,
+        Field(
+            description="path of a torch state_dict of the same float model to start from "
+            "instead of training it"
+        ),
+    ] = None
+
+    @field_validator("init_checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+
 @register_strategy("weight_fixing")
-class WeightFixing(Strategy):
+class WeightFixing(Strategy[WeightFixingParams]):
     """Subia-Waud & Dasmahapatra, "Weight Fixing Networks" (ECCV 2022, arXiv 2210.13554).
 
     All Linear and Conv weights form one whole-network vector (biases and BatchNorm stay
@@ -444,74 +513,6 @@ class WeightFixing(Strategy):
         "(paper: 3) is set, lr for training from scratch, BatchNorm and biases left float"
     )
 
-    class Params(StrategyParams):
-        delta: Annotated[
-            float,
-            Field(
-                ge=0.001,
-                le=0.1,
-                description="delta: allowed mean relative distance of the last fixing step; step t "
-                "allows max(delta, delta*(10-t)) (paper: 0.0075-0.015 on ImageNet)",
-            ),
-            Search(0.005, 0.1, log=True),
-        ] = 0.015
-        max_terms: Annotated[
-            int,
-            Field(
-                ge=1,
-                le=3,
-                description="most signed powers of two in one centre; each step starts with single "
-                "powers of two and adds a term only when no centre can take more weights",
-            ),
-            Search(1, 3),
-        ] = 3
-        reg_lambda: Annotated[
-            float,
-            Field(ge=0, le=10, description="regularizer weight: its value is reg_lambda * CE"),
-            Search(0.0, 1.0),
-        ] = 0.4
-        temperature: Annotated[
-            float,
-            Field(gt=0, le=10, description="softmin temperature over relative distances"),
-        ] = 0.05
-        gamma0: Annotated[
-            float,
-            Field(gt=0, le=1, description="gamma0: magnitudes below it are fixed to zero (2^-7)"),
-            Search(2.0**-9, 2.0**-5, log=True),
-        ] = 2.0**-7
-        pretrain_epochs: Annotated[
-            int | None,
-            Field(
-                ge=0,
-                le=10_000,
-                description="float training epochs before the first fixing step; default a third "
-                "of the trial's epochs (at least 1), or 0 with init_checkpoint",
-            ),
-        ] = None
-        epochs_per_step: Annotated[
-            int | None,
-            Field(
-                ge=1,
-                le=1_000,
-                description="training epochs between fixing steps (paper: 3); default the "
-                "trial's epochs after pre-training spread over the 9 later steps",
-            ),
-        ] = None
-        init_checkpoint: Annotated[
-            str | None,
-            Field(
-                description="path of a torch state_dict of the same float model to start from "
-                "instead of training it"
-            ),
-        ] = None
-
-        @field_validator("init_checkpoint")
-        @classmethod
-        def _checkpoint_exists(cls, v: str | None) -> str | None:
-            if v is not None and not Path(v).is_file():
-                raise ValueError(f"no such file: {v}")
-            return v
-
     recipe = Recipe(
         optimizer=OptimizerConfig(name="adam", lr=1e-3, grad_clip=0.5),
         schedule=ScheduleConfig(name="constant"),
@@ -524,10 +525,10 @@ class WeightFixing(Strategy):
     )
 
     @property
-    def cfg(self) -> WeightFixing.Params:
-        return cast(WeightFixing.Params, self.params)
+    def cfg(self) -> WeightFixingParams:
+        return self.params
 
-    def __init__(self, params: StrategyParams | None = None) -> None:
+    def __init__(self, params: WeightFixingParams | None = None) -> None:
         super().__init__(params)
         self.steps_done = 0
         self.last_report: FixReport | None = None

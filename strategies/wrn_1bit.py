@@ -58,8 +58,19 @@ class _Binarize(nn.Module):
         return f"scale={self.scale:.6g}"
 
 
+class WRN1BitParams(StrategyParams):
+    scale: Annotated[
+        Literal["he", "plain"],
+        Field(
+            description="deployed magnitude: 'he' = sqrt(2/fan_in) (the paper's, for nets "
+            "with skip connections); 'plain' = 2/sqrt(fan_in) (the paper's for plain CNNs)"
+        ),
+        Search(choices=("he", "plain")),
+    ] = "he"
+
+
 @register_strategy("wrn_1bit")
-class WRN1Bit(Strategy):
+class WRN1Bit(Strategy[WRN1BitParams]):
     """McDonnell, "Training wide residual networks for deployment using a single bit for each
     weight" (ICLR 2018, arXiv 1802.08530).
 
@@ -107,16 +118,6 @@ class WRN1Bit(Strategy):
     # The paper's CIFAR augmentation, for users who train on CIFAR.
     PAPER_AUGMENT = AugmentConfig(crop_padding=4, flip=True)
 
-    class Params(StrategyParams):
-        scale: Annotated[
-            Literal["he", "plain"],
-            Field(
-                description="deployed magnitude: 'he' = sqrt(2/fan_in) (the paper's, for nets "
-                "with skip connections); 'plain' = 2/sqrt(fan_in) (the paper's for plain CNNs)"
-            ),
-            Search(choices=("he", "plain")),
-        ] = "he"
-
     recipe = Recipe(
         optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4),
         schedule=ScheduleConfig(name="cosine_restarts", t0=2, t_mult=2, eta_min=1e-4),
@@ -130,7 +131,7 @@ class WRN1Bit(Strategy):
     )
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        kind = self.params.scale  # type: ignore[attr-defined]
+        kind = self.params.scale
         return attach(
             model, lambda _name, layer: _Binarize(layer_scale(latent_weight(layer), kind))
         )
