@@ -50,6 +50,7 @@ def _tier(item: pytest.Item) -> str:
     return tier
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         tier = _tier(item)
