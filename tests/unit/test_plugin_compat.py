@@ -154,7 +154,10 @@ def legacy_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(root: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(root)}
+    """The environment of a user's shell with the package on the path: no pytest-xdist worker
+    variables of this run, and only pytest's own plugins (whatever else is installed here)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    return {**env, "PYTHONPATH": str(root), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 @pytest.mark.system  # starts real processes
