@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import FieldError
-from schemas.names import Tag
+from schemas.names import Tag, tag_filter
 from schemas.sweep import SweepSpec
 from service.api import (
     Links,
@@ -153,10 +153,8 @@ class Service:
             return
         from mlflow.tracking import MlflowClient
 
-        from runners.board.leaderboard import q
-
         client = MlflowClient(self.settings.tracking)
-        flt = f"tags.`bitsweep.sweep_id` = {q(row.id)} and attributes.status = 'RUNNING'"
+        flt = f"{tag_filter(Tag.SWEEP_ID, row.id)} and attributes.status = 'RUNNING'"
         for run in client.search_runs([found.experiment_id], filter_string=flt, max_results=50000):
             end = (
                 "FAILED"

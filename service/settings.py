@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.errors import FieldError
-from schemas.home import Home
+from schemas.home import DEFAULT_HOME, Home
 
 ENV_FILE_VAR = "BITSWEEP_ENV_FILE"
 TOKEN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -34,7 +34,7 @@ class ServiceSettings(BaseSettings):
     )
 
     home: Path = Field(
-        Path("bitsweep-data"),
+        Path(DEFAULT_HOME),
         description="data directory: the default stores, sweep states, job logs",
     )
     database_url: str | None = Field(

@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any
 from runners.board.reach import database_problem, server_problem
 from schemas.errors import FieldError
 from schemas.home import Home, data_home
-from schemas.names import EXPERIMENT_PREFIX, LEADERBOARD_COLUMNS, Tag, literal
+from schemas.names import EXPERIMENT_PREFIX, LEADERBOARD_COLUMNS, Tag, literal, tag_filter
 from schemas.sweep import NAME_PATTERN, OBJECTIVE_METRICS
 
 if TYPE_CHECKING:
@@ -373,7 +373,7 @@ def _benchmark_of(exp: Any) -> tuple[str, str]:
 
 
 def _sweep_run(client: MlflowClient, experiment_ids: list[str], sweep_id: str) -> Run | None:
-    flt = f"tags.`bitsweep.kind` = 'sweep' and tags.`bitsweep.sweep_id` = {q(sweep_id)}"
+    flt = f"{tag_filter(Tag.KIND, 'sweep')} and {tag_filter(Tag.SWEEP_ID, sweep_id)}"
     runs = client.search_runs(experiment_ids, filter_string=flt, max_results=2)
     if len(runs) > 1:
         log.warning("several parent runs carry sweep id %s; reading the first", sweep_id)
@@ -483,9 +483,9 @@ def _search_ranked(
 ) -> list[Run]:
     """The ranking through MLflow's search: one query, or one per strategy for the best."""
     order = [f"metrics.`{m}` {'DESC' if md == 'max' else 'ASC'}" for m, md in keys]
-    base = "tags.`bitsweep.kind` = 'trial' and attributes.status = 'FINISHED'"
+    base = f"{tag_filter(Tag.KIND, 'trial')} and attributes.status = 'FINISHED'"
     if sweep_id:
-        base += f" and tags.`bitsweep.sweep_id` = {q(sweep_id)}"
+        base += f" and {tag_filter(Tag.SWEEP_ID, sweep_id)}"
     if every_trial:
         return list(
             client.search_runs(
@@ -498,7 +498,7 @@ def _search_ranked(
     for name in strategies:
         runs = client.search_runs(
             [experiment_id],
-            filter_string=f"{base} and tags.`bitsweep.strategy` = {q(name)}",
+            filter_string=f"{base} and {tag_filter(Tag.STRATEGY, name)}",
             order_by=order,
             max_results=1,
         )
@@ -595,7 +595,7 @@ def trial_strategies(client: MlflowClient, experiment_id: str) -> list[str]:
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string="tags.`bitsweep.kind` = 'sweep'",
+            filter_string=tag_filter(Tag.KIND, "sweep"),
             max_results=1000,
             page_token=token,
         )
@@ -820,7 +820,7 @@ def sweep_runs(store: str | MlflowClient, sweep_id: str) -> SweepRuns | None:
     parent = _sweep_run(client, exps, sweep_id) if exps else None
     if parent is None:
         return None
-    flt = f"tags.`bitsweep.kind` = 'trial' and tags.`bitsweep.sweep_id` = {q(sweep_id)}"
+    flt = f"{tag_filter(Tag.KIND, 'trial')} and {tag_filter(Tag.SWEEP_ID, sweep_id)}"
     counts: dict[str, int] = {}
     token = None
     while True:

@@ -30,7 +30,7 @@ from runners.sweep.tracking import (
     set_tracking,
 )
 from runners.sweep.worker import split_config
-from schemas.names import Tag
+from schemas.names import Tag, tag_filter
 from strategies import strategy_origin
 
 log = logging.getLogger(__name__)
@@ -217,9 +217,9 @@ class SweepRecord:
         self, state: SweepState, *, strategy: str | None = None, status: str | None = None
     ) -> list[Any]:
         """The trial runs of the sweep, optionally of one strategy and in one status."""
-        flt = f"tags.`bitsweep.sweep_id` = {q(state.sweep_id)} and tags.`bitsweep.kind` = 'trial'"
+        flt = f"{tag_filter(Tag.SWEEP_ID, state.sweep_id)} and {tag_filter(Tag.KIND, 'trial')}"
         if strategy is not None:
-            flt += f" and tags.`bitsweep.strategy` = {q(strategy)}"
+            flt += f" and {tag_filter(Tag.STRATEGY, strategy)}"
         if status is not None:
             flt += f" and attributes.status = {q(status)}"
         return list(

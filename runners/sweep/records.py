@@ -18,10 +18,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from runners.sweep.space import SpecError
-from runners.sweep.tracking import q
 from runners.sweep.worker import RESULT_FILE
 from schemas.home import Home
-from schemas.names import TIMING_METRICS, Tag
+from schemas.names import TIMING_METRICS, Tag, tag_filter
 from schemas.trial import TrialResult
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ def remove_sweep(
     exps = client.search_experiments(filter_string="name LIKE 'bitsweep/%'", max_results=1000)
     runs = client.search_runs(
         [e.experiment_id for e in exps],
-        filter_string=f"tags.`bitsweep.sweep_id` = {q(sweep_id)}",
+        filter_string=tag_filter(Tag.SWEEP_ID, sweep_id),
         max_results=50_000,
     ) if exps else []  # fmt: skip
     state = Home(home).state_file(sweep_id)

@@ -40,7 +40,7 @@ from runners.board.leaderboard import (  # noqa: F401
 )
 from runners.sweep.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE
 from schemas.errors import FieldError
-from schemas.names import EPOCH_METRICS, Attr, Tag
+from schemas.names import EPOCH_METRICS, Attr, Tag, tag_filter
 from schemas.trial import TrialConfig, TrialResult
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def dataset_input(ref: str, summary: dict[str, Any], digest: str) -> DatasetInpu
 
 def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> Run | None:
     """The run carrying every tag in `tags`, or None."""
-    flt = " and ".join(f"tags.`{k}` = {q(v)}" for k, v in tags.items())
+    flt = " and ".join(tag_filter(k, v) for k, v in tags.items())
     runs = client.search_runs([experiment_id], filter_string=flt, max_results=2)
     if len(runs) > 1:
         log.warning("several runs carry %s; continuing the first", tags)
@@ -197,7 +197,7 @@ class TrialLogger(tune.Callback):
                 self.experiment_id,
                 run_name=f"{self.strategy}-{tid}",
                 tags={
-                    "mlflow.parentRunId": self.parent_run_id,
+                    Tag.PARENT_RUN: self.parent_run_id,
                     Tag.KIND: "trial",
                     Tag.TRIAL_ID: tid,
                     Tag.TRIAL_NUMBER: str(number),
