@@ -43,6 +43,15 @@ class Tag:
     OPTUNA_TRIAL: Final = "bitsweep.optuna_trial"
     STRATEGY_DISTRIBUTION: Final = "bitsweep.strategy_distribution"
     STRATEGY_VERSION: Final = "bitsweep.strategy_version"
+    # A trial run's phase (`Phase`); a confirmation run names the search trial it confirms.
+    PHASE: Final = "bitsweep.phase"
+    CONFIRMS: Final = "bitsweep.confirms"  # the confirmed search trial's MLflow run id
+    CONFIRMS_TRIAL: Final = "bitsweep.confirms_trial"  # and its trial id
+    # A sweep's parent run: the validation objectives it selected on, and the fresh seeds of
+    # each confirmation ("0": confirmation off). A parent run without them was recorded
+    # before bitsweep 0.2, when a sweep selected on its objective, often the test split.
+    SELECTION: Final = "bitsweep.selection"
+    CONFIRM_SEEDS: Final = "bitsweep.confirm_seeds"
     PARENT_RUN: Final = "mlflow.parentRunId"
 
 
@@ -66,6 +75,15 @@ class Attr:
 # Keys of a trial's Tune config and results.
 STRATEGY_KEY: Final = "strategy"  # a reserved name: no strategy param can take it
 FINAL_KEY: Final = "bitsweep_final"
+CONFIRMS_KEY: Final = "bitsweep_confirms"  # a confirmation trial: the Tune trial it confirms
+
+
+class Phase:
+    """The phase of a sweep's trial (its run's `Tag.PHASE`)."""
+
+    SEARCH: Final = "search"  # drawn by Optuna, selected on validation
+    CONFIRM: Final = "confirm"  # a selected config trained again with a fresh seed
+
 
 # Files a trial and a sweep write.
 RESULT_FILE: Final = "result.json"
@@ -77,6 +95,7 @@ CHECKPOINT_FILE: Final = "trial.pt"
 TRIAL_METRICS: Final = (
     "test_accuracy",
     "best_val_accuracy",
+    "best_val_loss",
     "test_loss",
     "unique_weights",
     "unique_nonzero_weights",
@@ -90,6 +109,12 @@ TRIAL_METRICS: Final = (
     "train_seconds",
     "samples_per_second",
 )
+# Metrics measured on the test split: reported, never read by anything that chooses (a search
+# objective, early stopping, a selected config, a Pareto front). Each with the validation metric
+# that selection uses in its place.
+TEST_METRICS: Final = {"test_accuracy": "best_val_accuracy", "test_loss": "best_val_loss"}
+# What a sweep may optimize: every trial metric but the test split's.
+OBJECTIVE_METRICS: Final = tuple(m for m in TRIAL_METRICS if m not in TEST_METRICS)
 # Metrics that measure the machine, not the method: never reproducible bit for bit.
 TIMING_METRICS: Final = frozenset({"train_seconds", "samples_per_second"})
 # Per-epoch keys a trial reports to Tune and that are logged as step metrics.

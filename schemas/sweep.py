@@ -5,16 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from schemas.errors import located_error
-from schemas.names import TRIAL_METRICS
+from schemas.names import OBJECTIVE_METRICS, TEST_METRICS, TRIAL_METRICS
 from schemas.trial import Strict, TrainingSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-# Metrics a sweep may optimize: every key `TrialResult.metrics()` reports.
-OBJECTIVE_METRICS = TRIAL_METRICS
+MAX_TRIALS = 10_000  # a strategy's most trials in one sweep
+# Validation context of a spec read back from a record (`SweepSpec.recorded`).
+RECORDED = "recorded"
 
 
 class StrategySpec(Strict):
@@ -31,7 +31,9 @@ class StrategySpec(Strict):
     search_defaults: bool = Field(
         True, description="also search the strategy's default ranges not named in `search`"
     )
-    trials: int | None = Field(None, ge=1, le=10_000, description="overrides trials_per_strategy")
+    trials: int | None = Field(
+        None, ge=1, le=MAX_TRIALS, description="overrides trials_per_strategy"
+    )
 
     @model_validator(mode="after")
     def _disjoint(self) -> StrategySpec:
@@ -44,8 +46,42 @@ class StrategySpec(Strict):
 
 
 class Objective(Strict):
-    metric: Literal[OBJECTIVE_METRICS] = "test_accuracy"  # type: ignore[valid-type]
+    """What the search optimizes and each strategy's config is selected on: a validation
+    metric or a cost metric, never a test metric (`OBJECTIVE_METRICS`)."""
+
+    metric: Literal[TRIAL_METRICS] = Field(  # type: ignore[valid-type]
+        "best_val_accuracy",
+        description="one of " + ", ".join(OBJECTIVE_METRICS) + "; test metrics are refused",
+    )
     mode: Literal["max", "min"] = "max"
+
+    @field_validator("metric")
+    @classmethod
+    def _not_test(cls, v: str, info: ValidationInfo) -> str:
+        # A spec recorded before 0.2 (read back, never run) may name a test metric.
+        if v in TEST_METRICS and not (info.context or {}).get(RECORDED):
+            raise ValueError(
+                f"{v} is measured on the test split, which nothing that selects may read; "
+                f"use {TEST_METRICS[v]} (the same measure on the validation split, at the "
+                "epoch whose weights are deployed)"
+            )
+        return v
+
+
+class Confirmation(Strict):
+    """After the search, each strategy's selected config trained again with fresh seeds.
+
+    The selected config is the search trial best on the first objective's validation metric;
+    with several objectives, each config on the strategy's validation front, up to
+    `max_configs`. The board reports the mean of the fresh seeds' test accuracy, never the
+    search trial's own.
+    """
+
+    enabled: bool = Field(True, description="off: every board row is one unconfirmed seed")
+    seeds: int = Field(3, ge=2, le=50, description="fresh seeds per selected config")
+    max_configs: int = Field(
+        3, ge=1, le=20, description="configs confirmed per strategy (several objectives)"
+    )
 
 
 # The smallest share of a resource Ray schedules: a smaller nonzero request fails every trial.
@@ -93,8 +129,16 @@ class SweepSpec(TrainingSettings):
         json_schema_extra={"pattern": NAME_PATTERN.pattern},
     )
     strategies: list[StrategySpec] = Field(..., min_length=1)
-    trials_per_strategy: int = Field(4, ge=1, le=10_000)
+    trials_per_strategy: int = Field(4, ge=1, le=MAX_TRIALS)
     epochs: int = Field(5, ge=1, le=10_000)
+    val_fraction: float = Field(
+        0.2,
+        ge=0.05,
+        le=0.5,
+        description="share of the training data held out for validation, which selects "
+        "every config; 0.05-0.5",
+    )
+    confirmation: Confirmation = Field(default_factory=Confirmation)
     resources: Resources = Field(default_factory=Resources)
     max_concurrent_trials: int | None = Field(None, ge=1, le=1024)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
@@ -146,6 +190,23 @@ class SweepSpec(TrainingSettings):
                 True,
             )
         return self
+
+    @classmethod
+    def recorded(cls, data: Any) -> SweepSpec:
+        """A spec read back from a record, to show, never to run: one recorded before 0.2 may
+        select on a test metric, which a spec to run may not."""
+        return cls.model_validate(data, context={RECORDED: True})
+
+    def total_trials(self) -> int:
+        """The most trials the sweep runs: every strategy's search and its confirmations."""
+        c = self.confirmation
+        per = (c.max_configs if len(self.objectives) > 1 else 1) * c.seeds if c.enabled else 0
+        return sum((s.trials or self.trials_per_strategy) + per for s in self.strategies)
+
+    def confirmation_seeds(self) -> list[int]:
+        """The fresh seeds of each confirmation: disjoint from every seed the search used
+        (`seed` .. `seed` + 9,999, a strategy's most trials)."""
+        return [(self.seed + MAX_TRIALS + k) % 2**32 for k in range(self.confirmation.seeds)]
 
     @property
     def benchmark(self) -> str:

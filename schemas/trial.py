@@ -193,6 +193,9 @@ class TrialResult(BaseModel):
     test_accuracy: float
     test_loss: float
     best_val_accuracy: float
+    best_val_loss: float = Field(
+        float("nan"), description="validation loss at the best epoch (the deployed weights')"
+    )
     best_epoch: int
     epochs_run: int
     train_seconds: float
@@ -209,6 +212,7 @@ class TrialResult(BaseModel):
             "test_accuracy": self.test_accuracy,
             "test_loss": self.test_loss,
             "best_val_accuracy": self.best_val_accuracy,
+            "best_val_loss": self.best_val_loss,
             "unique_weights": float(w.unique_weights),
             "unique_nonzero_weights": float(w.unique_nonzero_weights),
             "weight_entropy_bits": w.weight_entropy_bits,

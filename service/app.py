@@ -26,7 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import FieldError
-from schemas.sweep import OBJECTIVE_METRICS, SweepSpec
+from schemas.names import TRIAL_METRICS
+from schemas.sweep import SweepSpec
 from service.api import (
     BestTrial,
     BoardView,
@@ -255,7 +256,7 @@ def token_name(request: Request) -> str:
 
 Caller = Annotated[str, Depends(token_name)]
 SweepId = Annotated[str, PathParam(pattern=SWEEP_ID, max_length=128)]
-Metric = Literal[OBJECTIVE_METRICS]  # type: ignore[valid-type]
+Metric = Literal[TRIAL_METRICS]  # type: ignore[valid-type]
 
 
 def _routes(app: FastAPI, service: Service) -> None:
@@ -366,14 +367,14 @@ def _routes(app: FastAPI, service: Service) -> None:
         return detail(row)
 
     def detail(row: SweepRow) -> SweepDetail:
-        spec = SweepSpec.model_validate(row.spec)
+        spec = SweepSpec.recorded(row.spec)
         shown = spec.model_copy(  # the stores as /health shows them: no password
             update={
                 "tracking_uri": public_uri(spec.tracking_uri or ""),
                 "optuna_storage": public_uri(spec.optuna_storage or ""),
             }
         )
-        planned = sum(st.trials or spec.trials_per_strategy for st in spec.strategies)
+        planned = spec.total_trials()
         found = service.read_runs(row.id)
         trials = found.trials if found is not None else {}
         best: dict[str, BestTrial] = {}
@@ -393,22 +394,28 @@ def _routes(app: FastAPI, service: Service) -> None:
         )
 
     def best_trials(row: SweepRow, spec: SweepSpec, experiment_id: str) -> dict[str, BestTrial]:
+        """Each strategy's first row on the sweep's board: its selected config, with the
+        objective value that selected it and the board's numbers (test accuracy once
+        confirmed)."""
         from runners.board.leaderboard import query_leaderboard
 
         objective = spec.objectives[0]
-        boards = query_leaderboard(
-            settings.tracking, metric=objective.metric, mode=objective.mode, sweep_id=row.id
-        )
+        boards = query_leaderboard(settings.tracking, sweep_id=row.id)
         out: dict[str, BestTrial] = {}
         for r in boards[0].rows if boards else []:
+            if r.strategy in out:
+                continue
+            flat = r.to_dict()
             metrics = {
-                k: v for k, v in r.metrics.items() if v is None or isinstance(v, float | int)
+                k: v
+                for k, v in flat.items()
+                if v is None or (isinstance(v, float | int) and not isinstance(v, bool))
             }
             out[r.strategy] = BestTrial(
                 run_id=r.run_id,
                 trial_id=r.trial_id,
                 metric=objective.metric,
-                value=r.metrics.get(objective.metric),
+                value=r.selected.get(objective.metric),
                 metrics=metrics,
                 link=service.run_link(experiment_id, r.run_id),
             )

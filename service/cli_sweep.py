@@ -149,9 +149,9 @@ def sweep(
     if as_json:
         sys.stdout.write(json.dumps(summary.to_json()) + "\n")
         return
-    show_rows(
+    show_board(
         summary.leaderboard,
-        f"leaderboard of sweep {summary.sweep_id} on {summary.experiment} (best per strategy)",
+        f"leaderboard of sweep {summary.sweep_id} on {summary.experiment}: {summary.selection}",
     )
     out.print(f"{summary.completed} trials completed, {summary.failed} failed")
     for f in summary.failures:
@@ -166,6 +166,59 @@ def sweep(
         soft_wrap=True,
     )
     out.print(f"browse: mlflow ui --backend-store-uri {plan.tracking_uri}", soft_wrap=True)
+
+
+# (header, cell of a board row): a board as a table of at most 160 columns.
+def _board_columns() -> list[tuple[str, Any]]:
+    from runners.board.render import (
+        accuracy_text,
+        gap_text,
+        interval_text,
+        number,
+        seeds_text,
+        versus_text,
+    )
+
+    return [
+        ("#", lambda d: str(d["rank"])),
+        ("strategy", lambda d: d["strategy"]),
+        ("test accuracy", accuracy_text),
+        ("95% CI", interval_text),
+        ("seeds", seeds_text),
+        ("vs #1", versus_text),
+        ("gap to float", gap_text),
+        ("val", lambda d: number(d.get("val_accuracy"))),
+        ("bytes", lambda d: number(d.get("weight_bytes"))),
+        ("search", lambda d: f"{d.get('search_trials', 0)} tr / {d.get('search_epochs', 0)} ep"),
+    ]
+
+
+def show_board(rows: list[dict[str, Any]], title: str) -> None:
+    """One sweep's board as a table, and how it is measured in one line under it."""
+    table = Table(title=title, title_justify="left")
+    columns = _board_columns()
+    for header, _ in columns:
+        table.add_column(
+            header,
+            justify="left" if header in ("strategy", "vs #1", "seeds") else "right",
+            no_wrap=True,
+            min_width=14 if header == "strategy" else None,
+        )
+    for r in rows:
+        table.add_row(*[cell(r) for _, cell in columns])
+    if not out.is_terminal:
+        out.width = BOARD_WIDTH  # rich would assume 80
+    out.print(table)
+    if any(r.get("status") == "unconfirmed" for r in rows):
+        out.print(
+            "unconfirmed: one seed, the search trial's own; no spread, no test", soft_wrap=True
+        )
+    else:
+        out.print(
+            "mean ± std over fresh seeds; 'tied': Welch's t-test p >= 0.05 against #1; "
+            "search: trials / trial-epochs",
+            soft_wrap=True,
+        )
 
 
 # (column, header): short headers so that the table fits 100 columns.
@@ -183,7 +236,7 @@ BOARD_COLUMNS = (
 # With rows from several sweeps the table shows each row's sweep and epochs in place of its
 # trial id (which repeats across sweeps; the JSON and leaderboard.md keep it), and is wider.
 SWEEP_COLUMNS = (("sweep_id", "sweep"), ("epochs", "ep"))
-WIDTH, SWEEPS_WIDTH = 100, 130  # of the table in a file or a pipe
+WIDTH, SWEEPS_WIDTH, BOARD_WIDTH = 100, 130, 160  # of the table in a file or a pipe
 
 
 def show_rows(rows: list[dict[str, Any]], title: str) -> None:
@@ -218,10 +271,12 @@ OPTION_OF = {"metric": "--metric", "mode": "--mode", "limit": "--limit", "sweep_
 def leaderboard(
     dataset: Annotated[str | None, typer.Option(help="only this benchmark's dataset")] = None,
     model: Annotated[str | None, typer.Option(help="only this benchmark's model")] = None,
-    metric: Annotated[str, typer.Option(help="rank by this metric")] = "test_accuracy",
+    metric: Annotated[
+        str, typer.Option(help="rank by the mean of this metric (with --all: by its value)")
+    ] = "test_accuracy",
     mode: Annotated[str, typer.Option(help="max or min")] = "max",
     every: Annotated[
-        bool, typer.Option("--all", help="every trial, not the best per strategy")
+        bool, typer.Option("--all", help="every trial (search and confirmation), not the board")
     ] = False,
     sweep_id: Annotated[
         str | None,
@@ -233,8 +288,9 @@ def leaderboard(
     limit: Annotated[int, typer.Option(help="rows at most with --all")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
 ) -> None:
-    """The leaderboard of each benchmark: its best trial per strategy, or every trial, over
-    every sweep of it, or of one sweep with --sweep-id."""
+    """The leaderboard of each benchmark: the board of each of its sweeps (each strategy's
+    config selected on validation, its test accuracy over fresh seeds with its uncertainty),
+    or of one sweep with --sweep-id; or with --all its trials."""
     from runners.board.leaderboard import check_query, query_leaderboard
     from schemas.errors import FieldError
 
@@ -255,5 +311,13 @@ def leaderboard(
     if as_json:
         sys.stdout.write(json.dumps({b.benchmark: b.to_json() for b in boards}) + "\n")
         return
+    from runners.board.leaderboard import sweep_title
+
     for board in boards:
-        show_rows(board.to_json(), board.title())
+        if board.every_trial:
+            show_rows(board.to_json(), board.title())
+            continue
+        if not board.sweep_infos:
+            out.print(f"{board.benchmark}: no sweep", soft_wrap=True)
+        for info, rows in board.by_sweep():
+            show_board(rows, f"{board.benchmark}, {sweep_title(info, info.sweep_id, info.epochs)}")

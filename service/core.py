@@ -222,6 +222,12 @@ class Service:
                 f"the sweep asks for {sum(counts)} trials; this service runs at most "
                 f"{s.max_trials_per_sweep} per sweep",
             )
+        if spec.total_trials() > s.max_trials_per_sweep:
+            raise FieldError(
+                "confirmation.seeds",
+                f"with its confirmations the sweep asks for {spec.total_trials()} trials; this "
+                f"service runs at most {s.max_trials_per_sweep} per sweep",
+            )
         dataset = checked_dataset(spec.dataset, s.data_roots)
         data = spec.model_dump(mode="json")
         data.update(

@@ -19,31 +19,60 @@ if TYPE_CHECKING:
     from service.core import Service
 
 TEMPLATES = Path(__file__).with_name("templates")
-# (row key, header): the page's columns.
+# (row key, header): the page's columns; each table is one sweep's board.
 COLUMNS = (
     ("rank", "#"),
     ("strategy", "strategy"),
-    ("test_accuracy", "test accuracy"),
+    ("test_accuracy", "test accuracy (mean ± std)"),
+    ("test_accuracy_ci_low", "95% CI"),
+    ("seeds", "seeds"),
+    ("p_vs_best", "vs #1 (Welch p)"),
+    ("gap_to_float", "gap to float [95% CI]"),
+    ("val_accuracy", "val accuracy (selected on)"),
     ("weight_bytes", "weight bytes"),
     ("compression_ratio", "compression"),
     ("unique_weights", "unique weights"),
     ("weight_entropy_bits", "entropy (bits)"),
     ("sparsity", "sparsity"),
-    ("epochs", "epochs"),
-    ("sweep_id", "sweep"),
+    ("search_trials", "search: trials / epochs / s"),
+    ("status", "status"),
 )
 SortKey = Literal[
     "rank",
     "strategy",
     "test_accuracy",
+    "test_accuracy_ci_low",
+    "seeds",
+    "p_vs_best",
+    "gap_to_float",
+    "val_accuracy",
     "weight_bytes",
     "compression_ratio",
     "unique_weights",
     "weight_entropy_bits",
     "sparsity",
-    "epochs",
-    "sweep_id",
+    "search_trials",
+    "status",
 ]
+
+
+def show(row: dict[str, Any], key: str) -> str:
+    """A board row's cell on the page: the board's own texts where a number needs its spread."""
+    from runners.board import render
+
+    texts = {
+        "test_accuracy": render.accuracy_text,
+        "test_accuracy_ci_low": render.interval_text,
+        "seeds": render.seeds_text,
+        "p_vs_best": render.versus_text,
+        "gap_to_float": render.gap_text,
+        "search_trials": render.budget_text,
+    }
+    if key in texts:
+        return texts[key](row)
+    if key in ("weight_bytes", "unique_weights", "weight_entropy_bits", "sparsity"):
+        return render.cost_text(row, key)
+    return cell(row.get(key))
 
 
 def cell(value: Any) -> str:
@@ -67,6 +96,7 @@ def sort_rows(rows: list[dict[str, Any]], key: str, order: str) -> list[dict[str
 def add_page(app: FastAPI, service: Service) -> None:
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["cell"] = cell
+    templates.env.globals["show"] = show
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(
@@ -90,15 +120,22 @@ def add_page(app: FastAPI, service: Service) -> None:
             flip = "desc" if sort == key and order == "asc" else "asc"
             return "?" + urlencode({"sort": key, "order": flip})
 
+        from runners.board.leaderboard import sweep_title
+
         tables = []
         for b in boards:
-            rows = sort_rows(b.to_json(), sort, order)
-            for r in rows:
-                r["link"] = service.run_link(b.experiment_id, r["run_id"])
+            sweeps_of = []
+            for info, rows in b.by_sweep():
+                rows = sort_rows(rows, sort, order)
+                for r in rows:
+                    r["link"] = service.run_link(b.experiment_id, r["run_id"])
+                sweeps_of.append(
+                    {"title": sweep_title(info, info.sweep_id, info.epochs), "rows": rows}
+                )
             tables.append(
                 {
                     "board": b,
-                    "rows": rows,
+                    "sweeps": sweeps_of,
                     "pareto": "/leaderboard/pareto.png?"
                     + urlencode({"dataset": b.dataset, "model": b.model}),
                     "experiment_link": (

@@ -73,11 +73,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runners.board.board import Row, SweepInfo, sweep_rows
 from runners.board.reach import database_problem, server_problem
+from runners.board.read import read_params, read_sweeps, read_trials
+from runners.board.render import board_plot, csv_value, rows_markdown
 from schemas.errors import FieldError
 from schemas.home import Home, data_home
-from schemas.names import EXPERIMENT_PREFIX, LEADERBOARD_COLUMNS, Tag, literal, tag_filter
-from schemas.sweep import NAME_PATTERN, OBJECTIVE_METRICS
+from schemas.names import (
+    EXPERIMENT_PREFIX,
+    LEADERBOARD_COLUMNS,
+    TRIAL_METRICS,
+    Tag,
+    literal,
+    tag_filter,
+)
+from schemas.sweep import NAME_PATTERN
+
+# What a board may be ranked by: any metric a trial reports (reading is not selecting).
+BOARD_METRICS = TRIAL_METRICS
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -164,6 +177,8 @@ class BoardRow:
     metrics: dict[str, float]
     """`LEADERBOARD_COLUMNS` and the ranking metrics, those the run has."""
 
+    phase: str = "search"
+
     def to_dict(self) -> dict[str, Any]:
         """The flat row of the JSON and CSV: ids, then every leaderboard column (None where
         the run lacks it), then any other ranking metric."""
@@ -171,6 +186,7 @@ class BoardRow:
         return {
             "rank": self.rank,
             "strategy": self.strategy,
+            "phase": self.phase,
             "run_id": self.run_id,
             "run_name": self.run_name,
             "trial_id": self.trial_id,
@@ -183,7 +199,9 @@ class BoardRow:
 
 @dataclass(frozen=True)
 class Board:
-    """The leaderboard of one benchmark, in one scope."""
+    """The leaderboard of one benchmark, in one scope: the board of each sweep (`rows` are
+    `runners.board.board.Row`s, sweep by sweep, newest first), or (`every_trial`) its trial
+    runs ranked (`BoardRow`s)."""
 
     benchmark: str
     experiment_id: str
@@ -194,9 +212,11 @@ class Board:
     every_trial: bool
     sweep_id: str | None
     """The scope: this sweep's trials, or (None) every sweep of the benchmark."""
-    rows: list[BoardRow] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)
     epochs: int | None = None
     """The sweep's epochs per trial (a sweep's board only)."""
+    sweep_infos: list[SweepInfo] = field(default_factory=list)
+    """The sweeps whose boards `rows` holds, newest first (not `every_trial`)."""
 
     @property
     def scope(self) -> str:
@@ -212,7 +232,9 @@ class Board:
         return len(self.sweeps) > 1
 
     def title(self) -> str:
-        what = "every trial" if self.every_trial else "best per strategy"
+        if not self.every_trial:
+            return self._board_title()
+        what = "every trial"
         head = f"{self.benchmark} — {what} by {self.metric}" + (
             " (lowest first)" if self.mode == "min" else ""
         )
@@ -221,12 +243,53 @@ class Board:
             return f"{head}, sweep {self.sweep_id}{epochs}"
         return f"{head}, {_sweeps_text(self.sweeps, [r.epochs for r in self.rows])}"
 
+    def _board_title(self) -> str:
+        order = "" if self.metric == "test_accuracy" else f", ranked by mean {self.metric}"
+        order += " (lowest first)" if self.mode == "min" else ""
+        if self.sweep_id is not None:
+            info = self.sweep_infos[0] if self.sweep_infos else None
+            return f"{self.benchmark}, {sweep_title(info, self.sweep_id, self.epochs)}{order}"
+        n = len(self.sweep_infos)
+        sweeps = "no sweep" if n == 0 else "its sweep" if n == 1 else f"each of its {n} sweeps"
+        return f"{self.benchmark} — the board of {sweeps}, newest first{order}"
+
     def to_json(self) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.rows]
 
+    def by_sweep(self) -> list[tuple[SweepInfo, list[dict[str, Any]]]]:
+        """Each sweep's rows (as `to_json`), newest sweep first."""
+        rows = self.to_json()
+        return [(i, [r for r in rows if r["sweep_id"] == i.sweep_id]) for i in self.sweep_infos]
+
     def markdown(self) -> str:
-        """A heading line saying the board's scope, then its table."""
-        return f"**{self.title()}**\n\n" + rows_to_markdown(self.to_json(), board=True)
+        """A heading line saying the board's scope, then its table (a board's: one per sweep)."""
+        if self.every_trial:
+            return f"**{self.title()}**\n\n" + rows_to_markdown(self.to_json(), board=True)
+        parts = [f"**{self.title()}**\n"]
+        for info, rows in self.by_sweep():
+            if self.sweep_id is None:
+                parts.append(f"*{sweep_title(info, info.sweep_id, info.epochs)}*\n")
+            parts.append(rows_markdown(rows))
+        return "\n".join(parts)
+
+
+def sweep_title(info: SweepInfo | None, sweep_id: str, epochs: int | None) -> str:
+    """`sweep ID, 8 epochs: selected on ..., confirmed over 3 fresh seeds`."""
+    head = f"sweep {sweep_id}" + ("" if epochs is None else f", {_epochs_text(epochs)}")
+    if info is None:
+        return head
+    if info.legacy:
+        how = (
+            f"recorded before 0.2: the best trial per strategy on {info.selection_text()}, one "
+            "seed, unconfirmed"
+        )
+    elif info.confirm_seeds:
+        how = (
+            f"selected on {info.selection_text()}, confirmed over {info.confirm_seeds} fresh seeds"
+        )
+    else:
+        how = f"selected on {info.selection_text()}, confirmation off: one seed per row"
+    return f"{head}: {how}"
 
 
 def _epochs_text(n: int) -> str:
@@ -256,8 +319,8 @@ def check_query(
 ) -> None:
     """Refuse a leaderboard query's bad arguments (FieldError naming `metric`, `mode`, `limit`,
     `sweep_id` or `tiebreak`)."""
-    if metric not in OBJECTIVE_METRICS:
-        raise FieldError("metric", f"must be one of {', '.join(OBJECTIVE_METRICS)}")
+    if metric not in BOARD_METRICS:
+        raise FieldError("metric", f"must be one of {', '.join(BOARD_METRICS)}")
     if mode not in ("max", "min"):
         raise FieldError("mode", "must be max or min")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
@@ -265,7 +328,7 @@ def check_query(
     if sweep_id is not None and not SWEEP_ID_PATTERN.match(sweep_id):
         raise FieldError("sweep_id", f"{sweep_id!r} is not a sweep id")
     for i, (m, md) in enumerate(tiebreak):
-        if m not in OBJECTIVE_METRICS or md not in ("max", "min"):
+        if m not in BOARD_METRICS or md not in ("max", "min"):
             raise FieldError(f"tiebreak.{i}", "must be an objective metric and max or min")
 
 
@@ -309,6 +372,27 @@ def query_leaderboard(
         parent = None
     for exp in exps:
         eid = str(exp.experiment_id)
+        ds, md = _benchmark_of(exp)
+        if not every_trial:
+            rows, infos = board_of(
+                client, eid, sweep_id=sweep_id, metric=metric, mode=mode, limit=limit
+            )
+            boards.append(
+                Board(
+                    benchmark=exp.name,
+                    experiment_id=eid,
+                    dataset=ds,
+                    model=md,
+                    metric=metric,
+                    mode=mode,
+                    every_trial=False,
+                    sweep_id=sweep_id,
+                    rows=rows,
+                    epochs=_int(parent.data.params.get("epochs")) if parent is not None else None,
+                    sweep_infos=infos,
+                )
+            )
+            continue
         runs = leaderboard_runs(
             client,
             eid,
@@ -320,7 +404,6 @@ def query_leaderboard(
             limit=limit,
             tiebreak=tiebreak,
         )
-        ds, md = _benchmark_of(exp)
         boards.append(
             Board(
                 benchmark=exp.name,
@@ -336,6 +419,36 @@ def query_leaderboard(
             )
         )
     return boards
+
+
+def board_of(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    sweep_id: str | None = None,
+    metric: str = "test_accuracy",
+    mode: str = "max",
+    limit: int = MAX_LIMIT,
+) -> tuple[list[Row], list[SweepInfo]]:
+    """The board rows of one sweep, or of each sweep of the experiment (newest first, at most
+    `limit` rows), with the sweeps they come from; each row with its selected config."""
+    infos = read_sweeps(client, experiment_id, sweep_id)
+    trials = read_trials(client, experiment_id, sweep_id)
+    by_sweep: dict[str, list[Any]] = {}
+    for t in trials:
+        by_sweep.setdefault(t.sweep_id, []).append(t)
+    rows: list[Row] = []
+    shown: list[SweepInfo] = []
+    for info in infos:
+        if len(rows) >= limit:
+            break
+        mine = sweep_rows(info, by_sweep.get(info.sweep_id, []), metric=metric, mode=mode)
+        rows += mine[: limit - len(rows)]
+        shown.append(info)
+    params = read_params(client, [r.run_id for r in rows])
+    for r in rows:
+        r.params = {k: v for k, v in params.get(r.run_id, {}).items() if k != "seed"}
+    return rows, shown
 
 
 def _benchmarks(client: MlflowClient, dataset: str | None, model: str | None) -> list[Any]:
@@ -635,6 +748,7 @@ def board_rows(runs: list[Run], ranking: Sequence[str] = ()) -> list[BoardRow]:
                 sweep_id=tags.get(Tag.SWEEP_ID, ""),
                 epochs=epochs if epochs is not None else _int(m.get("epochs")),
                 metrics={k: m[k] for k in keys if k in m},
+                phase=tags.get(Tag.PHASE, "search"),
             )
         )
     return rows
@@ -694,109 +808,24 @@ def format_cell(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-# -- Pareto front ----------------------------------------------------------------------------
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points not dominated when memory (x) goes down and accuracy (y) up,
-    ordered by memory."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
-
-
-def nondominated(runs: list[Run], objectives: Sequence[tuple[str, str]]) -> list[Run]:
-    """The runs no other run beats on every objective (`(metric, 'max' | 'min')`), ordered by
-    the first objective, best first. Runs missing an objective are left out."""
-    signs = [1.0 if mode == "max" else -1.0 for _, mode in objectives]
-    scored = [
-        (r, [s * float(r.data.metrics[m]) for (m, _), s in zip(objectives, signs, strict=True)])
-        for r in runs
-        if all(finite(r.data.metrics.get(m)) for m, _ in objectives)
-    ]
-
-    def beats(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
-
-    front = [(r, v) for r, v in scored if not any(beats(w, v) for _, w in scored)]
-    return [r for r, _ in sorted(front, key=lambda rv: [-x for x in rv[1]])]
-
-
-def pareto_plot(runs: list[Run], path: Path, title: str) -> None:
-    """Test accuracy against weight memory (log scale), one colour per strategy, front drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [
-        (
-            r.data.metrics["weight_bytes"],
-            r.data.metrics["test_accuracy"],
-            r.data.tags.get(Tag.STRATEGY, "?"),
-        )
-        for r in runs
-        if finite(r.data.metrics.get("weight_bytes"))
-        and finite(r.data.metrics.get("test_accuracy"))
-    ]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    names = sorted({p[2] for p in pts})
-    cmap = plt.get_cmap("tab10")
-    for i, name in enumerate(names):
-        xs = [p[0] for p in pts if p[2] == name]
-        ys = [p[1] for p in pts if p[2] == name]
-        ax.scatter(xs, ys, s=28, color=cmap(i % 10), label=name, alpha=0.85, edgecolors="none")
-    front = pareto_front([(p[0], p[1]) for p in pts])
-    if front:
-        ax.step(
-            [pts[i][0] for i in front],
-            [pts[i][1] for i in front],
-            where="post",
-            color="black",
-            linewidth=1,
-            label="Pareto front",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("weight memory (bytes, log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    if pts:
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+# -- Pareto plot ----------------------------------------------------------------------------
 
 
 def pareto_png(
     store: str | MlflowClient, *, dataset: str, model: str, sweep_id: str | None = None
 ) -> bytes:
-    """The Pareto plot (PNG) of one benchmark's every finished trial, or of one sweep's, as
-    `log_leaderboard` draws it. Raises FieldError as `query_leaderboard` does."""
+    """The Pareto plot (PNG) of one benchmark's boards, or of one sweep's, as `log_leaderboard`
+    draws it. Raises FieldError as `query_leaderboard` does."""
     client = _client(store)
-    boards = query_leaderboard(client, dataset=dataset, model=model, sweep_id=sweep_id, limit=1)
+    boards = query_leaderboard(client, dataset=dataset, model=model, sweep_id=sweep_id)
     exps = [b for b in boards if b.dataset == dataset and b.model == model]
     if not exps:
         raise FieldError("dataset", f"no benchmark bitsweep/{dataset}/{model}")
     board = exps[0]
-    runs = leaderboard_runs(
-        client,
-        board.experiment_id,
-        metric="test_accuracy",
-        mode="max",
-        strategies=None,
-        every_trial=True,
-        sweep_id=sweep_id,
-        limit=MAX_LIMIT,
-    )
     title = f"{board.benchmark}: test accuracy against weight memory"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pareto.png"
-        pareto_plot(runs, path, title if sweep_id is None else f"{title}\nsweep {sweep_id}")
+        board_plot(board.rows, path, title if sweep_id is None else f"{title}\nsweep {sweep_id}")
         return path.read_bytes()
 
 
@@ -857,28 +886,28 @@ def log_leaderboard(
     experiment_id: str,
     parent_run_id: str,
     *,
-    metric: str,
-    mode: str,
     title: str,
-    tiebreak: Sequence[tuple[str, str]] = (),
     sweep_id: str | None = None,
 ) -> dict[str, Any]:
-    """Write the sweep's leaderboard (CSV, markdown), its every trial (trials.csv) and its
-    Pareto plot to its parent run: the board of that sweep alone (`sweep_id`, by default the
-    parent run's), not of the other sweeps of the benchmark. Returns the board's flat `rows`,
-    its ranked runs (`best`), the number of `trials` and the parent run's `artifact_uri`."""
+    """Write the sweep's board (leaderboard.csv, leaderboard.md), its every trial (trials.csv,
+    search and confirmation, each with its phase) and the Pareto plot of its board to its
+    parent run: the board of that sweep alone (`sweep_id`, by default the parent run's).
+    Returns the board (`board`), its flat `rows`, the number of `trials` and the parent run's
+    `artifact_uri`."""
     parent = client.get_run(parent_run_id)
     sweep_id = sweep_id or parent.data.tags.get(Tag.SWEEP_ID)
-    strategies = _sweep_strategies(parent) or None
-    common: dict[str, Any] = {
-        "metric": metric,
-        "mode": mode,
-        "strategies": strategies,
-        "sweep_id": sweep_id,
-        "tiebreak": tiebreak,
-    }
-    best = leaderboard_runs(client, experiment_id, **common)
-    every = leaderboard_runs(client, experiment_id, every_trial=True, limit=MAX_LIMIT, **common)
+    assert sweep_id is not None
+    rows, infos = board_of(client, experiment_id, sweep_id=sweep_id)
+    every = leaderboard_runs(
+        client,
+        experiment_id,
+        metric="best_val_accuracy",
+        mode="max",
+        strategies=_sweep_strategies(parent) or None,
+        every_trial=True,
+        sweep_id=sweep_id,
+        limit=MAX_LIMIT,
+    )
     exp = client.get_experiment(experiment_id)
     ds, md = _benchmark_of(exp)
     board = Board(
@@ -886,26 +915,28 @@ def log_leaderboard(
         experiment_id=experiment_id,
         dataset=ds,
         model=md,
-        metric=metric,
-        mode=mode,
+        metric="test_accuracy",
+        mode="max",
         every_trial=False,
         sweep_id=sweep_id,
-        rows=board_rows(best, [k for k, _ in _ranking(metric, mode, tiebreak)]),
+        rows=rows,
         epochs=_int(parent.data.params.get("epochs")),
+        sweep_infos=infos,
     )
-    rows = board.to_json()
+    flat = board.to_json()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "leaderboard.csv").write_text(rows_to_csv(rows))
+        (folder / "leaderboard.csv").write_text(
+            rows_to_csv([{k: csv_value(v) for k, v in r.items()} for r in flat])
+        )
         (folder / "leaderboard.md").write_text(board.markdown())
         (folder / "trials.csv").write_text(rows_to_csv(leaderboard_rows(every)))
-        plot_title = title if sweep_id is None else f"{title}\nsweep {sweep_id}"
-        pareto_plot(every, folder / "pareto.png", plot_title)
+        board_plot(rows, folder / "pareto.png", f"{title}\nsweep {sweep_id}")
         for name in ("leaderboard.csv", "leaderboard.md", "trials.csv", "pareto.png"):
             client.log_artifact(parent_run_id, str(folder / name))
     return {
-        "rows": rows,
-        "best": best,
+        "board": board,
+        "rows": flat,
         "trials": len(every),
         "artifact_uri": parent.info.artifact_uri,
     }

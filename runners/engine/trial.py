@@ -588,6 +588,9 @@ def train(
         best_val_accuracy=state.best_val
         if math.isfinite(history[-1].val_accuracy)
         else float("nan"),
+        best_val_loss=history[state.best_epoch - 1].val_loss
+        if 0 < state.best_epoch <= len(history)
+        else float("nan"),
         best_epoch=state.best_epoch,
         epochs_run=state.epoch,
         train_seconds=state.train_seconds,

@@ -18,7 +18,7 @@ from typing import Any
 from ray import tune
 
 from runners.sweep.tracking import trial_error
-from runners.sweep.worker import split_config
+from runners.sweep.worker import confirms, split_config
 
 WAIT_NOTED_S = 10.0  # a worker's start takes seconds: a shorter wait is not for resources
 FREE_CHECKED_S = 2.0  # how often a long wait asks the cluster what is free
@@ -26,12 +26,18 @@ FREE_CHECKED_S = 2.0  # how often a long wait asks the cluster what is free
 
 @dataclass
 class StrategyProgress:
+    """One strategy's trials: `trials` to search (`done`, `failed`, `best` count those alone)
+    and up to `confirm` confirmation trials (`confirmed`, `confirm_failed`)."""
+
     trials: int
     waiting: int = 0
     running: int = 0
     done: int = 0
     failed: int = 0
     best: float | None = None
+    confirm: int = 0
+    confirmed: int = 0
+    confirm_failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class Progress:
         failed: bool,
         value: float | None,
         was_running: bool = False,
+        confirmation: bool = False,
     ) -> None:
         p = self.strategies[strategy]
         if was_running:
@@ -94,6 +101,13 @@ class Progress:
             self.changed()
             return
         self.counted.add(trial_id)
+        if confirmation:
+            if failed:
+                p.confirm_failed += 1
+            else:
+                p.confirmed += 1
+            self.changed()
+            return
         if failed:
             p.failed += 1
         else:
@@ -180,19 +194,28 @@ class ProgressCallback(tune.Callback):
         if self.progress is None:
             return
         strategy = split_config(trial.config)[0] or ""
+        confirmed = confirms(trial.config)
+        metric = self.progress.objective if confirmed is None else "test_accuracy"
         value = None
         if not failed:
-            v = (trial.last_result or {}).get(self.progress.objective)
+            v = (trial.last_result or {}).get(metric)
             value = float(v) if isinstance(v, (int, float)) else None
         self.progress.finish(
-            strategy, trial.trial_id, failed=failed, value=value, was_running=was_running
+            strategy,
+            trial.trial_id,
+            failed=failed,
+            value=value if confirmed is None else None,
+            was_running=was_running,
+            confirmation=confirmed is not None,
         )
         if failed:
             detail = trial_error(trial)[1]
         elif value is not None:
-            detail = f"{self.progress.objective} = {value:.6g}"
+            detail = f"{metric} = {value:.6g}"
         else:
             detail = "stopped early"
+        if confirmed is not None:
+            detail = f"confirms trial {confirmed}, seed {trial.config.get('seed')}: {detail}"
         kind = "failed" if failed else "finished"
         self.progress.event(TrialEvent(kind, strategy, trial.trial_id, detail))
 

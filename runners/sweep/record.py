@@ -25,12 +25,11 @@ from runners.sweep.tracking import (
     describe_experiment,
     ensure_experiment,
     log_leaderboard,
-    nondominated,
     q,
     set_tracking,
 )
 from runners.sweep.worker import split_config
-from schemas.names import Tag, tag_filter
+from schemas.names import Phase, Tag, tag_filter
 from strategies import strategy_origin
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,8 @@ class SweepSummary:
     failures: list[dict[str, str]] = field(default_factory=list)
     objectives: list[str] = field(default_factory=list)
     pareto: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    selection: str = ""
+    """How the board was measured, in words (its title's tail)."""
 
     @property
     def pareto_plot(self) -> str:
@@ -154,6 +155,8 @@ class SweepRecord:
                 Tag.VERSION: bitsweep_version(),
                 Tag.STRATEGIES: ",".join(s.name for s in spec.strategies),
                 Tag.OBJECTIVES: ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives),
+                Tag.SELECTION: ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives),
+                Tag.CONFIRM_SEEDS: str(spec.confirmation.seeds if spec.confirmation.enabled else 0),
             },
         )
         run_id = parent.info.run_id
@@ -163,6 +166,9 @@ class SweepRecord:
             "epochs": spec.epochs,
             "trials_per_strategy": spec.trials_per_strategy,
             "seed": spec.seed,
+            "val_fraction": spec.val_fraction,
+            "confirm_seeds": spec.confirmation.seeds if spec.confirmation.enabled else 0,
+            "confirm_max_configs": spec.confirmation.max_configs,
         }.items():
             client.log_param(run_id, k, str(v))
         with tempfile.TemporaryDirectory() as tmp:
@@ -234,11 +240,13 @@ class SweepRecord:
                 progress.strategies
             ):
                 continue
+            confirmation = tags.get(Tag.PHASE) == Phase.CONFIRM
             progress.finish(
                 tags[Tag.STRATEGY],
                 tags.get(Tag.TRIAL_ID, run.info.run_id),
                 failed=status == "FAILED",
-                value=run.data.metrics.get(progress.objective),
+                value=None if confirmation else run.data.metrics.get(progress.objective),
+                confirmation=confirmation,
             )
 
     def interrupt(self, state: SweepState) -> None:
@@ -271,17 +279,12 @@ class SweepRecord:
         """Log the leaderboard, the Pareto plot and the trial counts to the parent run, mark it
         FINISHED, and return the summary."""
         spec, client = self.plan.spec, self.client
-        objective = spec.objectives[0]
         strategies = [s.name for s in self.plan.strategies]
-        tiebreak = [(o.metric, o.mode) for o in spec.objectives[1:]]
         board = log_leaderboard(
             client,
             state.experiment_id,
             state.parent_run_id,
-            metric=objective.metric,
-            mode=objective.mode,
             title=f"{spec.benchmark}: test accuracy against weight memory",
-            tiebreak=tiebreak,
             sweep_id=state.sweep_id,
         )
         runs = self.trial_runs(state)
@@ -296,22 +299,14 @@ class SweepRecord:
             }
             for r in failed_runs
         ]
-        best = {
-            run.data.tags[Tag.STRATEGY]: {
-                "run_id": run.info.run_id,
-                "metrics": run.data.metrics,
-            }
-            for run in board["best"]
-        }
-        pareto: dict[str, list[dict[str, Any]]] = {}
-        if len(spec.objectives) > 1:
-            objs = [(o.metric, o.mode) for o in spec.objectives]
-            for name in strategies:
-                mine = [r for r in finished if r.data.tags.get(Tag.STRATEGY) == name]
-                pareto[name] = [
-                    {"run_id": r.info.run_id, "metrics": r.data.metrics}
-                    for r in nondominated(mine, objs)
-                ]
+        best: dict[str, dict[str, Any]] = {}
+        pareto: dict[str, list[dict[str, Any]]] = {name: [] for name in strategies}
+        for row in board["rows"]:
+            entry = {"run_id": row["run_id"], "metrics": numbers(row)}
+            best.setdefault(row["strategy"], entry)
+            pareto.setdefault(row["strategy"], []).append(entry)
+        if len(spec.objectives) == 1:
+            pareto = {}
         client.log_metric(state.parent_run_id, "completed_trials", len(finished))
         client.log_metric(state.parent_run_id, "failed_trials", len(failed_runs))
         client.set_terminated(state.parent_run_id, status="FINISHED")
@@ -328,7 +323,17 @@ class SweepRecord:
             failures=failures,
             objectives=[f"{o.metric}:{o.mode}" for o in spec.objectives],
             pareto=pareto,
+            selection=board["board"].title().split(": ", 1)[-1],
         )
+
+
+def numbers(row: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a board row (its metrics in a summary)."""
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "rank"
+    }
 
 
 __all__ = ["StrategyCallbacks", "SweepLogger", "SweepRecord", "SweepSummary"]

@@ -40,7 +40,9 @@ from runners.sweep.progress import Progress, ProgressCallback, StrategyProgress,
 from runners.sweep.record import SweepRecord, SweepSummary
 from runners.sweep.retry import RetryingRDBStorage
 from runners.sweep.search import (
+    Confirm,
     fail_lost_study_trials,
+    max_trials,
     study_name,
     sweep_scheduler,
     sweep_searcher,
@@ -127,7 +129,7 @@ def pending_trials(plan: Plan) -> int:
     fits = have.get("CPU", 0.0) / spec.resources.cpu
     if spec.resources.gpu > 0:
         fits = min(fits, have.get("GPU", 0.0) / spec.resources.gpu)
-    n = min(max(1, int(fits)), sum(sp.trials for sp in plan.strategies))
+    n = min(max(1, int(fits)), max_trials(plan))
     return min(n, spec.max_concurrent_trials) if spec.max_concurrent_trials else n
 
 
@@ -166,8 +168,12 @@ def run_sweep(
                 on_start(state.sweep_id, state.parent_run_id)
             objective = spec.objectives[0]
             progress = Progress(objective.metric, objective.mode, on_progress, on_event)
+            confirm = Confirm.of(spec)
             progress.strategies = {
-                p.name: StrategyProgress(trials=p.trials) for p in plan.strategies
+                p.name: StrategyProgress(
+                    trials=p.trials, confirm=confirm.trials() if confirm is not None else 0
+                )
+                for p in plan.strategies
             }
             if resume:
                 record.count_into(progress, state)
@@ -338,7 +344,7 @@ def _new_tuner(
         tune_config=tune.TuneConfig(
             search_alg=sweep_searcher(plan, state.sweep_id, storage),
             scheduler=sweep_scheduler(plan),
-            num_samples=sum(sp.trials for sp in plan.strategies),
+            num_samples=max_trials(plan),
             max_concurrent_trials=spec.max_concurrent_trials,
             reuse_actors=True,
         ),

@@ -14,19 +14,21 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from runners.board.selection import select
 from runners.sweep.plan import Plan
 from runners.sweep.space import ConstrainedSpace, SpecError, check_params
 from runners.sweep.tracking import TUNE_TRIAL_ATTR
 from runners.sweep.worker import split_config
-from schemas.names import STRATEGY_KEY, Tag
+from schemas.names import CONFIRMS_KEY, FINAL_KEY, STRATEGY_KEY, Tag
 from schemas.sweep import SweepSpec
 from strategies import get_strategy
 
@@ -154,7 +156,14 @@ class SweepSearcher(Searcher):
     """One searcher for all strategies of a sweep: `searches[name]` draws that strategy's
     params (None: nothing to search, its trials are replicates over `seeds[name]`), and
     `budgets[name]` bounds its trials. The next trial goes to the strategy that has issued the
-    fewest (ties by the spec's order), so strategies share the cluster from the first trial."""
+    fewest (ties by the spec's order), so strategies share the cluster from the first trial.
+
+    With `confirm`, once every search trial of a strategy has ended, its selected configs
+    (`runners.board.selection.select` on the validation objectives) are issued again, one trial
+    per fresh seed, each config carrying `CONFIRMS_KEY`: the Tune trial it confirms. They run
+    beside the other strategies' trials and are never told to Optuna. The searcher (and so
+    what it has issued) is saved with the experiment: a resumed sweep issues each once.
+    """
 
     def __init__(
         self,
@@ -164,6 +173,7 @@ class SweepSearcher(Searcher):
         seeds: dict[str, list[int]],
         metric: str | list[str],
         mode: str | list[str],
+        confirm: Confirm | None = None,
     ) -> None:
         # The base class takes one metric and mode; each strategy's search holds the objectives.
         super().__init__()
@@ -171,8 +181,14 @@ class SweepSearcher(Searcher):
         self.searches = searches
         self.budgets = budgets
         self.seeds = seeds
+        self.confirm = confirm
         self.issued: dict[str, int] = dict.fromkeys(budgets, 0)
-        self.owner: dict[str, str] = {}  # Tune trial id -> strategy
+        self.owner: dict[str, str] = {}  # Tune trial id -> strategy, search trials
+        self.drawn: dict[str, dict[str, Any]] = {}  # search trial id -> its config
+        self.ended: dict[str, dict[str, dict[str, Any] | None]] = {n: {} for n in budgets}
+        self.selected: dict[str, list[str]] = {}  # strategy -> confirmed search trial ids
+        self.queue: dict[str, list[dict[str, Any]]] = {}  # strategy -> confirmations to issue
+        self.confirming: dict[str, str] = {}  # confirmation trial id -> strategy
 
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
@@ -180,6 +196,9 @@ class SweepSearcher(Searcher):
         return True  # each strategy's search was built with its space, metric and mode
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        confirmation = self._next_confirmation(trial_id)
+        if confirmation is not None:
+            return confirmation
         waiting = False
         for name in sorted(self.budgets, key=lambda n: self.issued[n]):
             if self.issued[name] >= self.budgets[name]:
@@ -197,9 +216,49 @@ class SweepSearcher(Searcher):
                 continue
             self.issued[name] += 1
             self.owner[trial_id] = name
+            self.drawn[trial_id] = dict(config)
             return {STRATEGY_KEY: name, **config}
+        if self.confirm is not None and any(self.queue.get(n, True) for n in self.budgets):
+            waiting = True  # a strategy still searches, or has confirmations to issue
         # Tune's own searchers end a search by returning the FINISHED marker string.
         return None if waiting else Searcher.FINISHED  # type: ignore[return-value]
+
+    def search_ended(self, name: str) -> bool:
+        """Whether every search trial of `name` has been issued and has ended."""
+        return (
+            self.issued[name] >= self.budgets[name] and len(self.ended[name]) >= self.issued[name]
+        )
+
+    def _next_confirmation(self, trial_id: str) -> dict[str, Any] | None:
+        if self.confirm is None:
+            return None
+        for name in self.budgets:
+            if name not in self.queue:
+                if not self.search_ended(name):
+                    continue
+                self._select(name)
+            if self.queue[name]:
+                self.confirming[trial_id] = name
+                return {STRATEGY_KEY: name, **self.queue[name].pop(0)}
+        return None
+
+    def _select(self, name: str) -> None:
+        """Select `name`'s configs on its finished search trials' validation results and queue
+        one confirmation per config and fresh seed."""
+        assert self.confirm is not None
+        mine = [t for t, n in self.owner.items() if n == name]
+        candidates = [
+            (t, r) for t in mine if (r := self.ended[name].get(t)) is not None and r.get(FINAL_KEY)
+        ]
+        cap = self.confirm.max_configs if len(self.confirm.objectives) > 1 else 1
+        chosen = select(candidates, self.confirm.objectives, cap)
+        self.selected[name] = chosen
+        self.queue[name] = [
+            {**self.drawn[t], "seed": seed, CONFIRMS_KEY: t}
+            for t in chosen
+            for seed in self.confirm.seeds
+        ]
+        log.info("%s: confirming %s over seeds %s", name, chosen, self.confirm.seeds)
 
     def _search_of(self, trial_id: str) -> StrategySearch | None:
         name = self.owner.get(trial_id)
@@ -211,6 +270,11 @@ class SweepSearcher(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        if trial_id in self.confirming:
+            return  # a confirmation: nothing to learn from it, nothing to tell Optuna
+        name = self.owner.get(trial_id)
+        if name is not None:
+            self.ended[name][trial_id] = None if error or not result else dict(result)
         search = self._search_of(trial_id)
         if search is not None:
             search.on_trial_complete(trial_id, result=result, error=error)
@@ -232,8 +296,12 @@ class PerStrategyScheduler(TrialScheduler):
         super().__init__()
         self.schedulers = schedulers
         self._first = next(iter(schedulers.values()))
+        # Confirmation trials run every epoch: early stopping is a choice, made in the search.
+        self.confirmations = FIFOScheduler()
 
     def _of(self, trial: Trial) -> TrialScheduler:
+        if CONFIRMS_KEY in trial.config:
+            return self.confirmations
         name, _ = split_config(trial.config)
         return self.schedulers.get(name or "", self._first)
 
@@ -242,7 +310,8 @@ class PerStrategyScheduler(TrialScheduler):
         return all(s.supports_buffered_results for s in self.schedulers.values())
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        return all(s.set_search_properties(metric, mode, **spec) for s in self.schedulers.values())
+        schedulers = [*self.schedulers.values(), self.confirmations]
+        return all(s.set_search_properties(metric, mode, **spec) for s in schedulers)
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         self._of(trial).on_trial_add(tune_controller, trial)
@@ -268,6 +337,39 @@ class PerStrategyScheduler(TrialScheduler):
 
 
 # -- the searcher and scheduler of a sweep ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """A sweep's confirmation: the fresh `seeds`, the validation `objectives` that select, and
+    the most configs confirmed per strategy when there are several objectives."""
+
+    seeds: list[int]
+    objectives: list[tuple[str, str]]
+    max_configs: int
+
+    @classmethod
+    def of(cls, spec: SweepSpec) -> Confirm | None:
+        if not spec.confirmation.enabled:
+            return None
+        return cls(
+            seeds=spec.confirmation_seeds(),
+            objectives=[(o.metric, o.mode) for o in spec.objectives],
+            max_configs=spec.confirmation.max_configs,
+        )
+
+    def trials(self) -> int:
+        """The most confirmation trials of one strategy."""
+        configs = self.max_configs if len(self.objectives) > 1 else 1
+        return configs * len(self.seeds)
+
+
+def max_trials(plan: Plan) -> int:
+    """The most trials of a sweep: every strategy's search, and its confirmations."""
+    spec = plan.spec
+    c = spec.confirmation
+    extra = (c.max_configs if len(spec.objectives) > 1 else 1) * c.seeds if c.enabled else 0
+    return sum(sp.trials + extra for sp in plan.strategies)
 
 
 def objectives(spec: SweepSpec) -> tuple[str | list[str], str | list[str]]:
@@ -336,6 +438,7 @@ def sweep_searcher(
         seeds={sp.name: [spec.seed + k for k in range(sp.trials)] for sp in plan.strategies},
         metric=metric,
         mode=mode,
+        confirm=Confirm.of(spec),
     )
 
 

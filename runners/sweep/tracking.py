@@ -30,17 +30,14 @@ from runners.board.leaderboard import (  # noqa: F401
     leaderboard_rows,
     leaderboard_runs,
     log_leaderboard,
-    nondominated,
-    pareto_front,
-    pareto_plot,
     q,
     rows_to_csv,
     rows_to_markdown,
     trial_strategies,
 )
-from runners.sweep.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE
+from runners.sweep.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE, confirms, split_config
 from schemas.errors import FieldError
-from schemas.names import EPOCH_METRICS, Attr, Tag, tag_filter
+from schemas.names import EPOCH_METRICS, Attr, Phase, Tag, tag_filter
 from schemas.trial import TrialConfig, TrialResult
 
 log = logging.getLogger(__name__)
@@ -173,6 +170,7 @@ class TrialLogger(tune.Callback):
         self.export_weights = export_weights
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()
+        self._seconds: dict[str, float] = {}  # trial id -> training seconds of its epochs
         self.errors: dict[str, str] = {}  # trial id -> the error line logged for it
 
     # -- runs ---------------------------------------------------------------------------------
@@ -193,15 +191,24 @@ class TrialLogger(tune.Callback):
         else:
             params = run_params(self.base, trial.config)
             number = len(self._runs) + 1
+            phase = {Tag.PHASE: Phase.SEARCH}
+            confirmed = confirms(trial.config)
+            if confirmed is not None:
+                phase = {Tag.PHASE: Phase.CONFIRM, Tag.CONFIRMS_TRIAL: confirmed}
+                found = self._runs.get(confirmed) or self._find(confirmed)
+                if found is not None:
+                    phase[Tag.CONFIRMS] = found
+            name = f"{self.strategy}-{tid}" + ("-confirm" if confirmed is not None else "")
             run_id = self.client.create_run(
                 self.experiment_id,
-                run_name=f"{self.strategy}-{tid}",
+                run_name=name,
                 tags={
                     Tag.PARENT_RUN: self.parent_run_id,
                     Tag.KIND: "trial",
                     Tag.TRIAL_ID: tid,
                     Tag.TRIAL_NUMBER: str(number),
                     Tag.STRATEGY: self.strategy,
+                    **phase,
                     **self.tags,
                 },
             ).info.run_id
@@ -215,6 +222,12 @@ class TrialLogger(tune.Callback):
             self._link_optuna(tid, run_id)
         self._runs[tid] = run_id
         return run_id
+
+    def _find(self, tid: str) -> str | None:
+        run = find_run(
+            self.client, self.experiment_id, {Tag.SWEEP_ID: self.sweep_id, Tag.TRIAL_ID: tid}
+        )
+        return None if run is None else run.info.run_id
 
     def _link_optuna(self, tid: str, run_id: str) -> None:
         """Tag the run with its Optuna study and trial number, and give that trial the run's id,
@@ -271,6 +284,9 @@ class TrialLogger(tune.Callback):
         ]
         node = result.get("node")
         tags = [RunTag(Tag.NODE, str(node))] if node else []
+        if finite(result.get("epoch_seconds")):
+            tid = trial.trial_id
+            self._seconds[tid] = self._seconds.get(tid, 0.0) + float(result["epoch_seconds"])
         log_in_batches(self.client, run_id, metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -283,7 +299,13 @@ class TrialLogger(tune.Callback):
         with contextlib.ExitStack() as stack:
             final = Path(stack.enter_context(ckpt.as_directory())) if ckpt is not None else None
             if final is None or not (final / RESULT_FILE).exists():
-                # Stopped early by the scheduler: its epochs are logged, no test metrics.
+                # Stopped early by the scheduler: its epochs are logged, no test metrics; what
+                # it spent counts in its strategy's search budget.
+                last = trial.last_result or {}
+                spent = [Metric("train_seconds", self._seconds.get(tid, 0.0), _now(), 0)]
+                if finite(last.get("epoch")):
+                    spent.append(Metric("epochs_run", float(last["epoch"]), _now(), 0))
+                log_in_batches(self.client, run_id, metrics=spent)
                 self.client.set_tag(run_id, Tag.STOPPED_EARLY, "true")
                 self.client.set_terminated(run_id, status="KILLED")
                 self._done.add(tid)
@@ -333,12 +355,15 @@ class TrialLogger(tune.Callback):
             self.client.log_artifact(run_id, str(folder / WEIGHTS_FILE))
 
 
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
 def run_params(base: TrialConfig, sampled: dict[str, Any]) -> dict[str, Any]:
     """The params of the run of a trial drawn as `sampled` from `base` (see `resolved_params`)."""
     from runners.engine.trial import resolve
 
-    sampled = dict(sampled)
-    sampled.pop("strategy", None)  # the strategy of a sweep's trial is the base's
+    _, sampled = split_config(sampled)  # the strategy of a sweep's trial is the base's
     seed = sampled.pop("seed", base.seed)
     trial = resolve(base.model_copy(update={"seed": seed, "params": {**base.params, **sampled}}))
     return resolved_params(trial.config)

@@ -12,14 +12,22 @@ from ray import tune
 
 from runners.engine.data import Dataset
 from runners.engine.trial import pick_device, resolve, train
-from schemas.names import FINAL_KEY, RESULT_FILE, STRATEGY_KEY, WEIGHTS_FILE
+from schemas.names import CONFIRMS_KEY, FINAL_KEY, RESULT_FILE, STRATEGY_KEY, WEIGHTS_FILE
 from schemas.trial import TrialConfig, TrialResult
 
 
 def split_config(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """(strategy, sampled params and seed) of a trial's Tune config."""
+    """(strategy, sampled params and seed) of a trial's Tune config; a confirmation trial's
+    mark (`CONFIRMS_KEY`, see `confirms`) is neither."""
     sampled = dict(config)
+    sampled.pop(CONFIRMS_KEY, None)
     return sampled.pop(STRATEGY_KEY, None), sampled
+
+
+def confirms(config: dict[str, Any]) -> str | None:
+    """The Tune trial id a confirmation trial confirms; None for a search trial."""
+    value = config.get(CONFIRMS_KEY)
+    return None if value is None else str(value)
 
 
 def trainable(

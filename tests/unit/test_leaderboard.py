@@ -3,7 +3,9 @@ stores shaped like a sweep's (written by benchmarks/bench_leaderboard.py's store
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
 import json
 import math
 import subprocess
@@ -130,9 +132,15 @@ def edges(stores):
 
 
 def _comparable(board) -> list[dict]:
-    """The rows but their run ids (which differ between stores), NaN as a string."""
+    """The rows but their run ids (which differ between stores), NaN as a string, and the
+    training seconds of a search (summed in another order, equal to rounding)."""
+    ids = ("run_id", "confirm_run_ids")
     return [
-        {k: "nan" if v != v else v for k, v in r.to_dict().items() if k != "run_id"}
+        {
+            k: "nan" if v != v else round(v, 9) if k == "search_seconds" else v
+            for k, v in r.to_dict().items()
+            if k not in ids
+        }
         for r in board.rows
     ]
 
@@ -226,9 +234,91 @@ def test_ranking_puts_ties_newest_first_nan_last_and_hides_killed_and_deleted(ur
     assert edges["killed"] not in ids and edges["deleted"] not in ids
     (by_bytes,) = query_leaderboard(uri, metric="weight_bytes", mode="min", every_trial=True)
     assert by_bytes.rows[-1].run_id == edges["nobytes"]  # no value: after every value
-    (best,) = query_leaderboard(uri)
-    assert best.rows[0].run_id == edges["tie_new"]
-    assert len({r.strategy for r in best.rows}) == len(best.rows) == SHAPE["strategies"]
+
+
+def test_the_board_shows_confirmed_configs_never_the_best_test_trial(uri, edges):
+    """The edge runs beat every trial on test accuracy, and have no validation accuracy: no
+    board shows them. Each row is the config its sweep confirmed, measured on the fresh seeds."""
+    client = MlflowClient(uri)
+    eid = _experiment_id(client)
+    (board,) = query_leaderboard(uri, sweep_id=_sweep_ids()[0])
+    assert not {r.run_id for r in board.rows} & set(edges.values())
+    trials = client.search_runs([eid], f"tags.`bitsweep.sweep_id` = '{_sweep_ids()[0]}'")
+    by_run = {r.info.run_id: r for r in trials}
+    for row in board.rows:
+        searched = by_run[row.run_id]
+        assert row.status == "confirmed" and row.test is not None and row.test.n == 3
+        mine = [by_run[i] for i in row.confirm_run_ids]
+        assert {r.data.tags["bitsweep.confirms_trial"] for r in mine} == {row.trial_id}
+        assert {r.data.tags["bitsweep.phase"] for r in mine} == {"confirm"}
+        accs = [r.data.metrics["test_accuracy"] for r in mine]
+        assert row.test.mean == pytest.approx(sum(accs) / 3)
+        assert searched.data.metrics["test_accuracy"] not in accs  # the search seed is not in it
+        assert row.val_accuracy == searched.data.metrics["best_val_accuracy"]
+        same = [
+            r for r in trials
+            if r.data.tags.get("bitsweep.strategy") == row.strategy
+            and r.data.tags.get("bitsweep.phase", "search") == "search"
+            and "best_val_accuracy" in r.data.metrics
+        ]  # fmt: skip
+        assert row.val_accuracy == max(r.data.metrics["best_val_accuracy"] for r in same)
+        assert row.budget.trials == sum(
+            1 for r in trials
+            if r.data.tags.get("bitsweep.strategy") == row.strategy
+            and r.data.tags.get("bitsweep.phase", "search") == "search"
+            and r.data.tags.get("bitsweep.kind") == "trial"
+            and r.info.status != "RUNNING"
+        )  # fmt: skip
+        assert row.params["strategy"] == row.strategy and "seed" not in row.params
+    ranked = [r.test.mean for r in board.rows if r.test is not None]
+    assert ranked == sorted(ranked, reverse=True)
+    first, *rest = board.rows
+    assert first.rank == 1 and first.p_value is None
+    assert all(r.p_value is not None and r.tied == (r.p_value >= 0.05) for r in rest)
+    fp = [r for r in board.rows if r.strategy == "full_precision"]
+    assert fp and all(
+        r.gap is not None and r.gap.low < r.gap.mean < r.gap.high
+        for r in board.rows
+        if r is not fp[0]
+    )
+
+
+def test_a_store_recorded_before_confirmation_reads_as_it_was_and_says_so(tmp_path):
+    """Sweeps written by bitsweep 0.1 (no phase, no selection tag, selected on test accuracy):
+    each is read as its board was, the best trial per strategy on test, and every row and
+    title says it was selected on test and is one unconfirmed seed."""
+    bench = _bench()
+    old = bench.build_store(tmp_path, bench.Shape(**SHAPE, legacy=True), log=lambda _: None)
+    (board,) = query_leaderboard(old)
+    assert len(board.sweep_infos) == SHAPE["sweeps"]
+    assert all(i.legacy for i in board.sweep_infos)
+    for row in board.rows:
+        assert row.status == "unconfirmed" and row.test is not None and row.test.n == 1
+        assert row.selection == "test_accuracy (max), recorded before 0.2"
+        assert row.tied is None and row.p_value is None and row.test.low is None
+    assert "recorded before 0.2" in board.markdown() and "unconfirmed" in board.markdown()
+    client = MlflowClient(old)
+    eid = _experiment_id(client)
+    for info, rows in board.by_sweep():
+        trials = client.search_runs(
+            [eid],
+            f"tags.`bitsweep.sweep_id` = '{info.sweep_id}' and attributes.status = 'FINISHED' "
+            "and tags.`bitsweep.kind` = 'trial'",
+        )
+        for r in rows:
+            mine = [t for t in trials if t.data.tags["bitsweep.strategy"] == r["strategy"]]
+            assert r["test_accuracy"] == max(t.data.metrics["test_accuracy"] for t in mine)
+
+
+def test_the_sql_read_is_the_client_read(uri):
+    from runners.board.read import read_trials
+
+    client = MlflowClient(uri)
+    eid = _experiment_id(client)
+    for sweep in (None, _sweep_ids()[1]):
+        by_sql = sorted(read_trials(client, eid, sweep, use_sql=True), key=lambda t: t.run_id)
+        by_client = sorted(read_trials(client, eid, sweep, use_sql=False), key=lambda t: t.run_id)
+        assert by_sql and [repr(t) for t in by_sql] == [repr(t) for t in by_client]
 
 
 def test_query_refuses_bad_arguments_naming_the_field(uri):
@@ -267,7 +357,13 @@ def test_the_benchmarks_board_spans_its_sweeps_and_says_so(uri):
     assert {r.epochs for r in board.rows} == {1, 2, 3}
     assert "from 3 sweeps, 1-3 epochs" in board.title()
     header = board.markdown().splitlines()[2]
-    assert header.startswith("| rank | strategy | sweep_id | epochs | test_accuracy |")
+    assert header.startswith("| rank | strategy | sweep_id | epochs | phase | test_accuracy |")
+    (boards,) = query_leaderboard(uri)
+    assert [i.sweep_id for i in boards.sweep_infos] == _sweep_ids()[::-1]  # newest first
+    assert "the board of each of its 3 sweeps, newest first" in boards.title()
+    md = boards.markdown()
+    assert all(f"*sweep {sid}, " in md for sid in _sweep_ids())
+    assert md.count("| # | strategy | test accuracy |") == 3  # one table per sweep
     assert all({"sweep_id", "epochs"} <= set(row) for row in board.to_json())
 
 
@@ -276,7 +372,8 @@ def test_a_sweeps_board_holds_that_sweep_alone(uri):
     (board,) = query_leaderboard(uri, sweep_id=sid, every_trial=True, limit=1000)
     assert board.scope == "sweep" and board.sweeps == [sid] and not board.several_sweeps
     assert board.epochs == 2 and {r.epochs for r in board.rows} == {2}
-    assert len(board.rows) == SHAPE["trials"]
+    assert sum(r.phase == "search" for r in board.rows) == SHAPE["trials"]
+    assert {r.phase for r in board.rows} == {"search", "confirm"}
     assert f"sweep {sid}, 2 epochs" in board.title()
     md = board.markdown()
     assert "sweep_id" not in md.splitlines()[2] and sid in md.splitlines()[0]
@@ -292,17 +389,24 @@ def test_log_leaderboard_writes_the_sweeps_own_board(uri, tmp_path):
     parent = client.search_runs(
         [eid], f"tags.`bitsweep.kind` = 'sweep' and tags.`bitsweep.sweep_id` = '{sid}'"
     )[0]
-    board = log_leaderboard(
-        client, eid, parent.info.run_id, metric="test_accuracy", mode="max", title=BENCH
-    )
+    board = log_leaderboard(client, eid, parent.info.run_id, title=BENCH)
     assert board["rows"] and {r["sweep_id"] for r in board["rows"]} == {sid}
-    assert board["trials"] == SHAPE["trials"]
+    confirmations = 3 * len(board["rows"])
+    assert board["trials"] == SHAPE["trials"] + confirmations
     folder = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path)))
     md = (folder / "leaderboard.md").read_text()
-    assert md.startswith(f"**{BENCH} — best per strategy by test_accuracy, sweep {sid}, 3 epochs")
-    assert "sweep_id" not in md  # one sweep: no sweep column
+    assert md.startswith(
+        f"**{BENCH}, sweep {sid}, 3 epochs: selected on best_val_accuracy (max), confirmed "
+        "over 3 fresh seeds**"
+    )
+    assert "| # | strategy | test accuracy | 95% CI | seeds | vs #1 | gap to float |" in md
+    assert "Welch's t-test" in md and "fresh seeds" in md
     trials = (folder / "trials.csv").read_text().splitlines()
-    assert len(trials) == 1 + SHAPE["trials"] and all(sid in ln for ln in trials[1:])
+    assert len(trials) == 1 + SHAPE["trials"] + confirmations
+    assert all(sid in ln for ln in trials[1:])
+    rows = list(csv.DictReader(io.StringIO((folder / "leaderboard.csv").read_text())))
+    assert [r["run_id"] for r in rows] == [r["run_id"] for r in board["rows"]]
+    assert all(len(json.loads(r["confirm_run_ids"])) == 3 for r in rows)
     assert {"leaderboard.csv", "pareto.png"} <= {p.name for p in folder.iterdir()}
 
 
@@ -335,8 +439,20 @@ def test_cli_table_shows_sweep_and_epochs_only_for_several_sweeps(uri, capsys):
     assert main(["leaderboard", "--tracking-uri", uri, "--sweep-id", sid]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(ln for ln in lines if ln.startswith("┃") and "strategy" in ln)
-    assert "sweep" not in header and "trial" in header
-    assert max(len(ln) for ln in lines) <= 100
+    cells = [c.strip() for c in header.strip("┃").split("┃")]
+    assert cells[:7] == [
+        "#",
+        "strategy",
+        "test accuracy",
+        "95% CI",
+        "seeds",
+        "vs #1",
+        "gap to float",
+    ]
+    assert lines[0].startswith(f"{BENCH}, sweep {sid}, 2 epochs: selected on best_val_accuracy")
+    assert max(len(ln) for ln in lines) <= 160
+    rows = [ln for ln in lines if ln.startswith("│")]
+    assert rows and all(" ± " in ln and "[" in ln for ln in rows)
 
 
 @pytest.mark.parametrize(

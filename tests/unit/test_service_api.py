@@ -296,8 +296,25 @@ def test_the_stored_spec_is_the_admitted_one(api: TestClient) -> None:
         assert got["trials_per_strategy"] == 2
 
 
+def test_confirmation_trials_count_against_the_limit(api: TestClient) -> None:
+    """18 search trials fit the limit of 20; with 3 seeds of confirmation they make 21."""
+    r = api.post("/sweeps", json=spec(trials_per_strategy=MAX_TRIALS - 2), headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "confirmation.seeds" and "21 trials" in r.json()["reason"]
+    r = api.post(
+        "/sweeps", json=spec(trials_per_strategy=MAX_TRIALS - 3, name="fits"), headers=AUTH
+    )
+    assert r.status_code == 202, r.text
+    detail = api.get(f"/sweeps/{r.json()['id']}").json()
+    assert detail["trials"]["planned"] == MAX_TRIALS
+
+
 def test_as_many_trials_as_the_limit_are_taken(api: TestClient) -> None:
-    r = api.post("/sweeps", json=spec(trials_per_strategy=MAX_TRIALS), headers=AUTH)
+    r = api.post(
+        "/sweeps",
+        json=spec(trials_per_strategy=MAX_TRIALS, confirmation={"enabled": False}),
+        headers=AUTH,
+    )
     assert r.status_code == 202, r.text
     detail = api.get(f"/sweeps/{r.json()['id']}").json()
     assert detail["trials"] == {

@@ -10,8 +10,15 @@ import ray
 from runners.sweep.run import pending_trials
 
 
-def _plan(cpu: float, gpu: float, trials: list[int], limit: int | None = None) -> object:
-    spec = SimpleNamespace(resources=SimpleNamespace(cpu=cpu, gpu=gpu), max_concurrent_trials=limit)
+def _plan(
+    cpu: float, gpu: float, trials: list[int], limit: int | None = None, seeds: int = 0
+) -> object:
+    spec = SimpleNamespace(
+        resources=SimpleNamespace(cpu=cpu, gpu=gpu),
+        max_concurrent_trials=limit,
+        confirmation=SimpleNamespace(enabled=seeds > 0, seeds=seeds, max_configs=3),
+        objectives=["best_val_accuracy"],
+    )
     return SimpleNamespace(spec=spec, strategies=[SimpleNamespace(trials=n) for n in trials])
 
 
@@ -33,3 +40,10 @@ def test_pending_trials_fill_what_the_cluster_fits(
 ) -> None:
     monkeypatch.setattr(ray, "cluster_resources", lambda: dict(have))
     assert pending_trials(_plan(cpu, gpu, trials, limit)) == expected  # type: ignore[arg-type]
+
+
+def test_confirmation_trials_count_among_what_may_start(monkeypatch) -> None:
+    """Two strategies of 3 trials, each confirmed over 3 seeds: 12 trials, all may wait at once."""
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
+    assert pending_trials(_plan(1, 0, [3, 3], seeds=3)) == 12  # type: ignore[arg-type]
+    assert pending_trials(_plan(1, 0, [3, 3])) == 6  # type: ignore[arg-type]

@@ -9,7 +9,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from runners.sweep.search import STRATEGY_KEY, SweepSearcher, split_config
+from runners.sweep.search import STRATEGY_KEY, Confirm, SweepSearcher, split_config
+from schemas.names import CONFIRMS_KEY, FINAL_KEY
 
 
 class _Search:
@@ -31,14 +32,22 @@ class _Search:
         self.told.append((trial_id, result, error))
 
 
-def _searcher(a: _Search, budgets: dict[str, int]) -> SweepSearcher:
+def _searcher(a: _Search, budgets: dict[str, int], confirm: Confirm | None = None) -> SweepSearcher:
     return SweepSearcher(
         searches={"a": a, "b": None},  # type: ignore[dict-item]
         budgets=budgets,
         seeds={"a": [], "b": [7, 8, 9]},
-        metric="test_accuracy",
+        metric="best_val_accuracy",
         mode="max",
+        confirm=confirm,
     )
+
+
+CONFIRM = Confirm(seeds=[100, 101], objectives=[("best_val_accuracy", "max")], max_configs=3)
+
+
+def _final(val: float, test: float) -> dict[str, Any]:
+    return {FINAL_KEY: 1, "best_val_accuracy": val, "test_accuracy": test}
 
 
 def test_strategies_alternate_within_their_budgets_then_finish() -> None:
@@ -99,7 +108,7 @@ def test_every_sampler_survives_pickling_as_tune_saves_it():
     from schemas.sweep import SweepSpec
 
     base = {"name": "p", "strategies": [{"name": "bit_learning"}]}
-    two = [{"metric": "test_accuracy"}, {"metric": "weight_bits", "mode": "min"}]
+    two = [{"metric": "best_val_accuracy"}, {"metric": "weight_bits", "mode": "min"}]
     for spec in (
         SweepSpec.model_validate(base),
         SweepSpec.model_validate({**base, "objectives": two}),
@@ -132,7 +141,7 @@ def test_a_trial_ends_once_in_optuna_whenever_the_sweep_stopped(tmp_path: Path) 
     for tid in ("t0", "t1", "t2"):
         assert isinstance(searcher.suggest(tid), dict)
     searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot
-    searcher.on_trial_complete("t0", {"test_accuracy": 0.5})  # ends after the snapshot
+    searcher.on_trial_complete("t0", {"best_val_accuracy": 0.5})  # ends after the snapshot
     name = study_name("s1", "bit_learning")
     fail_lost_study_trials(storage, name)  # the stop: t1 and t2 were running
 
@@ -145,8 +154,57 @@ def test_a_trial_ends_once_in_optuna_whenever_the_sweep_stopped(tmp_path: Path) 
         resumed = sweep_searcher(plan, "s1", storage)
         resumed.restore(str(tmp_path / "searcher.pkl"))
         for tid in ("t0", "t1", "t2"):
-            resumed.on_trial_complete(tid, {"test_accuracy": 0.75})
+            resumed.on_trial_complete(tid, {"best_val_accuracy": 0.75})
         assert complete() == ["t0", "t1", "t2"]
     study = optuna.load_study(study_name=name, storage=storage)
     continued = [t for t in study.get_trials() if "bitsweep.continues_trial" in t.user_attrs]
     assert sorted(t.user_attrs[TUNE_TRIAL_ATTR] for t in continued) == ["t1", "t2"]
+
+
+def test_each_strategy_is_confirmed_once_its_search_has_ended() -> None:
+    a = _Search()
+    searcher = _searcher(a, {"a": 2, "b": 1}, CONFIRM)
+    drawn = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert [split_config(d)[0] for d in drawn if d] == ["a", "b", "a"]
+    assert searcher.suggest("wait") is None  # searches running: nothing to issue, not finished
+    # a's best on validation is t2 (x = 1), though t0 scored higher on test.
+    searcher.on_trial_complete("t0", _final(0.80, 0.99))
+    assert searcher.suggest("wait") is None  # t2 still runs
+    searcher.on_trial_complete("t2", _final(0.90, 0.50))
+    assert searcher.suggest("c0") == {STRATEGY_KEY: "a", "x": 1, "seed": 100, CONFIRMS_KEY: "t2"}
+    assert searcher.suggest("c1") == {STRATEGY_KEY: "a", "x": 1, "seed": 101, CONFIRMS_KEY: "t2"}
+    assert searcher.suggest("wait") is None  # b's trial runs
+    searcher.on_trial_complete("t1", _final(0.7, 0.7))
+    assert searcher.suggest("c2") == {STRATEGY_KEY: "b", "seed": 100, CONFIRMS_KEY: "t1"}
+    assert searcher.suggest("c3") == {STRATEGY_KEY: "b", "seed": 101, CONFIRMS_KEY: "t1"}
+    assert searcher.suggest("end") == Searcher.FINISHED
+    for tid in ("c0", "c1", "c2", "c3"):
+        searcher.on_trial_complete(tid, _final(0.99, 0.99))
+    assert [t for t, _, _ in a.told] == ["t0", "t2"]  # confirmations are never told to Optuna
+    assert searcher.selected == {"a": ["t2"], "b": ["t1"]}
+
+
+def test_failed_stopped_and_unfinished_trials_are_never_selected() -> None:
+    searcher = _searcher(_Search(), {"a": 3, "b": 1}, CONFIRM)
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+    searcher.on_trial_complete("t0", {"best_val_accuracy": 0.99})  # stopped early: no final
+    searcher.on_trial_complete("t2", _final(0.99, 0.9), error=True)
+    searcher.on_trial_complete("t3", _final(0.5, 0.5))
+    searcher.on_trial_complete("t1", None, error=True)  # b: its only trial failed
+    assert searcher.suggest("c0") == {STRATEGY_KEY: "a", "x": 2, "seed": 100, CONFIRMS_KEY: "t3"}
+    assert searcher.suggest("c1")[CONFIRMS_KEY] == "t3"
+    assert searcher.suggest("end") == Searcher.FINISHED  # b: nothing to confirm
+
+
+def test_issued_confirmations_survive_save_and_restore(tmp_path: Path) -> None:
+    searcher = _searcher(_Search(), {"a": 1, "b": 1}, CONFIRM)
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t0", _final(0.9, 0.9))
+    assert searcher.suggest("c0")[CONFIRMS_KEY] == "t0"  # type: ignore[index]
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = _searcher(_Search(), {"a": 1, "b": 1}, CONFIRM)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("c1") == {STRATEGY_KEY: "a", "x": 0, "seed": 101, CONFIRMS_KEY: "t0"}
+    assert restored.suggest("wait") is None  # b's search trial still runs

@@ -151,7 +151,7 @@ def write(tmp_path: Path, data) -> Path:
                 **BASE,
                 "early_stopping": {"enabled": True},
                 "objectives": [
-                    {"metric": "test_accuracy", "mode": "max"},
+                    {"metric": "best_val_accuracy", "mode": "max"},
                     {"metric": "weight_bits", "mode": "min"},
                 ],
             },
@@ -166,6 +166,24 @@ def write(tmp_path: Path, data) -> Path:
             },
             "error: strategies.0.search.lr: is both fixed in params and searched",
         ),
+        (
+            {**BASE, "objectives": [{"metric": "test_accuracy", "mode": "max"}]},
+            "error: objectives.0.metric: test_accuracy is measured on the test split, which "
+            "nothing that selects may read; use best_val_accuracy",
+        ),
+        (
+            {
+                **BASE,
+                "objectives": [
+                    {"metric": "weight_bits", "mode": "min"},
+                    {"metric": "test_loss", "mode": "min"},
+                ],
+            },
+            "error: objectives.1.metric: test_loss is measured on the test split, which "
+            "nothing that selects may read; use best_val_loss",
+        ),
+        ({**BASE, "val_fraction": 0.01}, "error: val_fraction: Input should be greater than"),
+        ({**BASE, "confirmation": {"seeds": 1}}, "error: confirmation.seeds:"),
         ("name: [unclosed", "error: spec"),
         ("- a list", "error: spec"),
     ],
