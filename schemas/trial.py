@@ -127,7 +127,14 @@ class TrialConfig(TrainingSettings):
         return v
 
 
-class LayerMetrics(BaseModel):
+class Record(BaseModel):
+    """A record written to JSON and read back: NaN and infinities as the JSON constants Python
+    writes (`NaN`, `Infinity`), so that a diverged loss survives the round trip."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
+
+class LayerMetrics(Record):
     """Cost of one quantized layer's deployed weights."""
 
     name: str
@@ -141,7 +148,7 @@ class LayerMetrics(BaseModel):
     weight_bits: float
 
 
-class WeightMetrics(BaseModel):
+class WeightMetrics(Record):
     """Cost of the deployed weights of all quantized layers together (see `strategies.metrics`)."""
 
     numel: int
@@ -157,7 +164,7 @@ class WeightMetrics(BaseModel):
     layers: list[LayerMetrics] = Field(default_factory=list)
 
 
-class EpochRecord(BaseModel):
+class EpochRecord(Record):
     """What one epoch reports (a sweep reports each to Ray Tune)."""
 
     epoch: int
@@ -184,7 +191,7 @@ class EnvironmentInfo(BaseModel):
     threads: int | None = Field(None, description="torch's intra-op thread count")
 
 
-class TrialResult(BaseModel):
+class TrialResult(Record):
     """The outcome of one trial: accuracy on the deployed weights and their cost."""
 
     config: TrialConfig

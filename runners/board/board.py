@@ -99,16 +99,17 @@ def objectives_of(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def sweep_info(run: Any) -> SweepInfo:
-    """The `SweepInfo` of an MLflow parent run."""
-    tags, params = run.data.tags, run.data.params
+def sweep_info_of(
+    run_id: str, status: str, start_time: Any, tags: dict[str, str], params: dict[str, str]
+) -> SweepInfo:
+    """The `SweepInfo` of a sweep's parent run, from its tags and params."""
     selection = tags.get(Tag.SELECTION)
     seeds = tags.get(Tag.CONFIRM_SEEDS)
     return SweepInfo(
         sweep_id=tags.get(Tag.SWEEP_ID, ""),
-        run_id=run.info.run_id,
-        status=run.info.status,
-        start_time=int(run.info.start_time or 0),
+        run_id=run_id,
+        status=status,
+        start_time=int(start_time or 0),
         epochs=as_int(params.get("epochs")),
         strategies=[s for s in tags.get(Tag.STRATEGIES, "").split(",") if s],
         objectives=objectives_of(
@@ -363,6 +364,6 @@ __all__ = [
     "budgets",
     "objectives_of",
     "rank",
-    "sweep_info",
+    "sweep_info_of",
     "sweep_rows",
 ]

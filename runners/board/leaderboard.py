@@ -73,9 +73,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runners.board.board import Row, SweepInfo, sweep_rows
+from runners.board.board import READ_KEYS, Row, SweepInfo, sweep_rows
 from runners.board.reach import database_problem, server_problem
-from runners.board.read import read_params, read_sweeps, read_trials
+from runners.board.read import Reader, is_database_uri, with_metrics
 from runners.board.render import board_plot, csv_value, rows_markdown
 from schemas.errors import FieldError
 from schemas.home import Home, data_home
@@ -123,10 +123,6 @@ def default_store() -> tuple[Path, str]:
     `$BITSWEEP_HOME` (default `./bitsweep-data`), where a sweep writes it."""
     home = Home(data_home())
     return home.mlflow_db, home.tracking_uri
-
-
-def is_database_uri(uri: str) -> bool:
-    return uri.split(":", 1)[0].split("+", 1)[0].lower() in DATABASE_SCHEMES
 
 
 def check_read_store(uri: str, field_name: str = "tracking_uri") -> None:
@@ -356,6 +352,17 @@ def query_leaderboard(
     for name, value in (("dataset", dataset), ("model", model)):
         if value is not None and (not value or len(value) > 500):
             raise FieldError(name, "must be a name of 1 to 500 characters")
+    if not every_trial and isinstance(store, str) and is_database_uri(store):
+        check_read_store(store)
+        return _sql_boards(
+            store,
+            dataset=dataset,
+            model=model,
+            metric=metric,
+            mode=mode,
+            limit=limit,
+            sweep_id=sweep_id,
+        )
     client = _client(store)
     exps = _benchmarks(client, dataset, model)
     pattern = f"bitsweep/{dataset or '*'}/{model or '*'}"
@@ -374,9 +381,13 @@ def query_leaderboard(
         eid = str(exp.experiment_id)
         ds, md = _benchmark_of(exp)
         if not every_trial:
-            rows, infos = board_of(
-                client, eid, sweep_id=sweep_id, metric=metric, mode=mode, limit=limit
-            )
+            reader = reader_of(client)
+            try:
+                rows, infos = board_of(
+                    reader, eid, sweep_id=sweep_id, metric=metric, mode=mode, limit=limit
+                )
+            finally:
+                reader.close()
             boards.append(
                 Board(
                     benchmark=exp.name,
@@ -421,8 +432,12 @@ def query_leaderboard(
     return boards
 
 
+SWEEPS_A_READ = 20  # sweeps whose trials one read takes, newest first, until `limit` rows
+SLIM_KEYS = ("best_val_accuracy", "test_accuracy", "epochs_run", "train_seconds")
+
+
 def board_of(
-    client: MlflowClient,
+    reader: Reader,
     experiment_id: str,
     *,
     sweep_id: str | None = None,
@@ -431,24 +446,121 @@ def board_of(
     limit: int = MAX_LIMIT,
 ) -> tuple[list[Row], list[SweepInfo]]:
     """The board rows of one sweep, or of each sweep of the experiment (newest first, at most
-    `limit` rows), with the sweeps they come from; each row with its selected config."""
-    infos = read_sweeps(client, experiment_id, sweep_id)
-    trials = read_trials(client, experiment_id, sweep_id)
-    by_sweep: dict[str, list[Any]] = {}
-    for t in trials:
-        by_sweep.setdefault(t.sweep_id, []).append(t)
+    `limit` rows), with the sweeps they come from; each row with its selected config.
+
+    A search trial's metrics are read for selection and budget only (`SLIM_KEYS`, the sweep's
+    objectives, the ranking metric); every metric a row reports, of the runs it measures:
+    the confirmations, or an unconfirmed row's own search trial. Sweeps are read
+    `SWEEPS_A_READ` at a time, so that a board of the newest sweeps reads their trials alone.
+    """
+    infos = reader.sweeps(experiment_id, sweep_id)
     rows: list[Row] = []
     shown: list[SweepInfo] = []
-    for info in infos:
+    for start in range(0, len(infos), SWEEPS_A_READ):
         if len(rows) >= limit:
             break
-        mine = sweep_rows(info, by_sweep.get(info.sweep_id, []), metric=metric, mode=mode)
-        rows += mine[: limit - len(rows)]
-        shown.append(info)
-    params = read_params(client, [r.run_id for r in rows])
+        chunk = infos[start : start + SWEEPS_A_READ]
+        keys = {*SLIM_KEYS, metric, *(m for i in chunk for m, _ in i.objectives)}
+        trials = reader.trials(
+            experiment_id,
+            None if sweep_id is None and len(chunk) == len(infos) else [i.sweep_id for i in chunk],
+            keys=sorted(keys),
+            confirm_keys=READ_KEYS,
+        )
+        by_sweep: dict[str, list[Any]] = {}
+        for t in trials:
+            by_sweep.setdefault(t.sweep_id, []).append(t)
+        for info in chunk:
+            if len(rows) >= limit:
+                break
+            mine = by_sweep.get(info.sweep_id, [])
+            made = sweep_rows(info, mine, metric=metric, mode=mode)
+            own = [r.run_id for r in made if r.status == "unconfirmed"]
+            if own:  # measured on its search seed: that run's every metric
+                mine = with_metrics(mine, reader.metrics_of(own, READ_KEYS))
+                made = sweep_rows(info, mine, metric=metric, mode=mode)
+            rows += made[: limit - len(rows)]
+            shown.append(info)
+    params = reader.params_of([r.run_id for r in rows])
     for r in rows:
         r.params = {k: v for k, v in params.get(r.run_id, {}).items() if k != "seed"}
     return rows, shown
+
+
+def _sql_boards(
+    uri: str,
+    *,
+    dataset: str | None,
+    model: str | None,
+    metric: str,
+    mode: str,
+    limit: int,
+    sweep_id: str | None,
+) -> list[Board]:
+    """`query_leaderboard`'s boards on a database store, read without MLflow."""
+    from runners.board.read import SqlReader
+
+    reader = SqlReader(uri)
+    try:
+        exps = [
+            e
+            for e in reader.tables.benchmarks()
+            if (dataset is None or _benchmark_of(e)[0] == dataset)
+            and (model is None or _benchmark_of(e)[1] == model)
+        ]
+        pattern = f"bitsweep/{dataset or '*'}/{model or '*'}"
+        if not exps:
+            raise FieldError("dataset", f"no benchmark matches {pattern} in {shown_uri(uri)}")
+        if sweep_id is not None:
+            exps = [e for e in exps if reader.sweeps(e.experiment_id, sweep_id)]
+            if not exps:
+                where = "" if dataset is None and model is None else f" of {pattern}"
+                raise FieldError("sweep_id", f"no sweep {sweep_id}{where} in {shown_uri(uri)}")
+            exps = exps[:1]
+        boards = []
+        for exp in exps:
+            rows, infos = board_of(
+                reader, exp.experiment_id, sweep_id=sweep_id, metric=metric, mode=mode, limit=limit
+            )
+            ds, md = _benchmark_of(exp)
+            boards.append(
+                Board(
+                    benchmark=exp.name,
+                    experiment_id=exp.experiment_id,
+                    dataset=ds,
+                    model=md,
+                    metric=metric,
+                    mode=mode,
+                    every_trial=False,
+                    sweep_id=sweep_id,
+                    rows=rows,
+                    epochs=infos[0].epochs if sweep_id is not None and infos else None,
+                    sweep_infos=infos,
+                )
+            )
+        return boards
+    finally:
+        reader.close()
+
+
+def shown_uri(uri: str) -> str:
+    """A store's URI as a message may show it: without its password."""
+    if "@" not in uri:
+        return uri
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri.split("://", 1)[0] + "://***"
+
+
+def reader_of(client: MlflowClient) -> Reader:
+    """The reader of a client's store: its tables for a database, else the client."""
+    from runners.board.read import ClientReader, SqlReader
+
+    uri = str(client.tracking_uri)
+    return SqlReader(uri) if is_database_uri(uri) else ClientReader(client)
 
 
 def _benchmarks(client: MlflowClient, dataset: str | None, model: str | None) -> list[Any]:
@@ -897,7 +1009,11 @@ def log_leaderboard(
     parent = client.get_run(parent_run_id)
     sweep_id = sweep_id or parent.data.tags.get(Tag.SWEEP_ID)
     assert sweep_id is not None
-    rows, infos = board_of(client, experiment_id, sweep_id=sweep_id)
+    reader = reader_of(client)
+    try:
+        rows, infos = board_of(reader, experiment_id, sweep_id=sweep_id)
+    finally:
+        reader.close()
     every = leaderboard_runs(
         client,
         experiment_id,

@@ -1,91 +1,49 @@
-"""What a board reads of a store: the sweeps' parent runs and, of their trial runs, the few tags
-and metrics a board needs (`runners.board.board`).
-
-On a database store the trial runs are read by three SQL queries on MLflow's own tables (runs,
-tags, latest metrics; through MLflow's SQLAlchemy models, every value a bound parameter),
-without MLflow building a `Run` per trial: at 10,000 trial runs that is the difference between
-about 0.3 s and several seconds (benchmarks/bench_leaderboard.py). On a tracking server they
-are read through `MlflowClient.search_runs`, page by page. Both give the same records
-(tests/unit/test_board.py).
-"""
+"""What a board reads of a store, through one of two readers with the same answers:
+`SqlReader` on a database store (MLflow's tables through `runners.board.tables`, MLflow not
+imported), `ClientReader` on a tracking server (`MlflowClient.search_runs`, page by page).
+tests/unit/test_leaderboard.py holds them equal."""
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from runners.board.board import READ_KEYS, SweepInfo, TrialRecord, sweep_info
+from runners.board.board import READ_KEYS, SweepInfo, TrialRecord, sweep_info_of
 from schemas.names import Phase, Tag, tag_filter
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-PAGE = 5000
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's database stores
 TRIAL_TAGS = (Tag.STRATEGY, Tag.SWEEP_ID, Tag.TRIAL_ID, Tag.PHASE, Tag.CONFIRMS_TRIAL)
+SWEEP_TAGS = (Tag.SWEEP_ID, Tag.STRATEGIES, Tag.OBJECTIVES, Tag.SELECTION, Tag.CONFIRM_SEEDS)
+SWEEP_PARAMS = ("epochs", "confirm_max_configs")
+PAGE = 5000
 
 
 def is_database_uri(uri: str) -> bool:
     return uri.split(":", 1)[0].split("+", 1)[0].lower() in DATABASE_SCHEMES
 
 
-def read_sweeps(
-    client: MlflowClient, experiment_id: str, sweep_id: str | None = None
-) -> list[SweepInfo]:
-    """The sweeps of one experiment (or the one `sweep_id`), newest first."""
-    flt = tag_filter(Tag.KIND, "sweep")
-    if sweep_id is not None:
-        flt += f" and {tag_filter(Tag.SWEEP_ID, sweep_id)}"
-    found: list[SweepInfo] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=flt, max_results=1000, page_token=token
-        )
-        found += [sweep_info(r) for r in page]
-        token = page.token
-        if not token:
-            break
-    return sorted(found, key=lambda s: (-s.start_time, s.sweep_id))
+class Reader(Protocol):
+    def close(self) -> None: ...
 
+    def sweeps(self, experiment_id: str, sweep_id: str | None = None) -> list[SweepInfo]: ...
 
-def read_trials(
-    client: MlflowClient,
-    experiment_id: str,
-    sweep_id: str | None = None,
-    *,
-    use_sql: bool | None = None,
-) -> list[TrialRecord]:
-    """The trial runs (active: not deleted) of one experiment, or of one sweep of it."""
-    if use_sql is None:
-        use_sql = is_database_uri(str(client.tracking_uri))
-    if use_sql:
-        return _sql_trials(str(client.tracking_uri), experiment_id, sweep_id)
-    flt = tag_filter(Tag.KIND, "trial")
-    if sweep_id is not None:
-        flt += f" and {tag_filter(Tag.SWEEP_ID, sweep_id)}"
-    out: list[TrialRecord] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=flt, max_results=PAGE, page_token=token
-        )
-        for run in page:
-            m = run.data.metrics
-            out.append(
-                _record(
-                    run.info.run_id,
-                    run.info.status,
-                    run.info.start_time,
-                    run.data.tags,
-                    {k: float(m[k]) for k in READ_KEYS if k in m},
-                )
-            )
-        token = page.token
-        if not token:
-            break
-    return out
+    def trials(
+        self,
+        experiment_id: str,
+        sweep_ids: Sequence[str] | None,
+        keys: Iterable[str] = READ_KEYS,
+        confirm_keys: Iterable[str] = READ_KEYS,
+    ) -> list[TrialRecord]: ...
+
+    def metrics_of(
+        self, run_ids: Sequence[str], keys: Iterable[str]
+    ) -> dict[str, dict[str, float]]: ...
+
+    def params_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, str]]: ...
 
 
 def _record(
@@ -104,85 +62,150 @@ def _record(
     )
 
 
-def _sql_trials(uri: str, experiment_id: str, sweep_id: str | None) -> list[TrialRecord]:
-    import sqlalchemy as sa
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun, SqlTag
+def _newest_first(infos: Iterable[SweepInfo]) -> list[SweepInfo]:
+    return sorted(infos, key=lambda s: (-s.start_time, s.sweep_id))
 
-    runs, tags, latest = SqlRun.__table__, SqlTag.__table__, SqlLatestMetric.__table__
-    kind = tags.alias("kind")
-    joined = runs.join(
-        kind,
-        sa.and_(
-            kind.c.run_uuid == runs.c.run_uuid, kind.c.key == Tag.KIND, kind.c.value == "trial"
-        ),
-    )
-    if sweep_id is not None:
-        sweep = tags.alias("sweep")
-        joined = joined.join(
-            sweep,
-            sa.and_(
-                sweep.c.run_uuid == runs.c.run_uuid,
-                sweep.c.key == Tag.SWEEP_ID,
-                sweep.c.value == sweep_id,
-            ),
+
+class SqlReader:
+    """A database store's MLflow tables (`runners.board.tables`)."""
+
+    def __init__(self, uri: str) -> None:
+        from runners.board.tables import Tables
+
+        self.tables = Tables(uri)
+
+    def close(self) -> None:
+        self.tables.close()
+
+    def sweeps(self, experiment_id: str, sweep_id: str | None = None) -> list[SweepInfo]:
+        runs = self.tables.runs(
+            [experiment_id],
+            kind="sweep",
+            sweep_ids=None if sweep_id is None else [sweep_id],
+            tag_keys=SWEEP_TAGS,
+            param_keys=SWEEP_PARAMS,
         )
-    base = (
-        sa.select(runs.c.run_uuid, runs.c.status, runs.c.start_time)
-        .select_from(joined)
-        .where(runs.c.experiment_id == int(experiment_id), runs.c.lifecycle_stage == "active")
-    )
-    ids = sa.select(base.subquery().c.run_uuid)
-    tag_q = sa.select(tags.c.run_uuid, tags.c.key, tags.c.value).where(
-        tags.c.key.in_(TRIAL_TAGS), tags.c.run_uuid.in_(ids)
-    )
-    metric_q = sa.select(latest.c.run_uuid, latest.c.key, latest.c.value, latest.c.is_nan).where(
-        latest.c.key.in_(READ_KEYS), latest.c.run_uuid.in_(ids)
-    )
-    engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            found = conn.execute(base).all()
-            run_tags: dict[str, dict[str, str]] = defaultdict(dict)
-            for run_id, key, value in conn.execute(tag_q):
-                run_tags[run_id][key] = value
-            run_metrics: dict[str, dict[str, float]] = defaultdict(dict)
-            for run_id, key, value, is_nan in conn.execute(metric_q):
-                run_metrics[run_id][key] = math.nan if is_nan else float(value)
-    finally:
-        engine.dispose()
+        return _newest_first(
+            sweep_info_of(r.run_id, r.status, r.start_time, r.tags, r.params) for r in runs
+        )
+
+    def trials(
+        self,
+        experiment_id: str,
+        sweep_ids: Sequence[str] | None,
+        keys: Iterable[str] = READ_KEYS,
+        confirm_keys: Iterable[str] = READ_KEYS,
+    ) -> list[TrialRecord]:
+        runs = self.tables.runs(
+            [experiment_id],
+            kind="trial",
+            sweep_ids=sweep_ids,
+            tag_keys=TRIAL_TAGS,
+            metric_keys=keys,
+            confirm_metric_keys=confirm_keys,
+        )
+        return [_record(r.run_id, r.status, r.start_time, r.tags, r.metrics) for r in runs]
+
+    def metrics_of(
+        self, run_ids: Sequence[str], keys: Iterable[str]
+    ) -> dict[str, dict[str, float]]:
+        return self.tables.metrics_of(run_ids, keys)
+
+    def params_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        return self.tables.params_of(run_ids)
+
+
+class ClientReader:
+    """A store through `MlflowClient` (a tracking server; any store in tests)."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.client = client
+
+    def close(self) -> None:
+        return None
+
+    def _search(self, experiment_id: str, flt: str) -> list[Any]:
+        out: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], filter_string=flt, max_results=PAGE, page_token=token
+            )
+            out += list(page)
+            token = page.token
+            if not token:
+                return out
+
+    def sweeps(self, experiment_id: str, sweep_id: str | None = None) -> list[SweepInfo]:
+        flt = tag_filter(Tag.KIND, "sweep")
+        if sweep_id is not None:
+            flt += f" and {tag_filter(Tag.SWEEP_ID, sweep_id)}"
+        return _newest_first(
+            sweep_info_of(
+                r.info.run_id, r.info.status, r.info.start_time, r.data.tags, r.data.params
+            )
+            for r in self._search(experiment_id, flt)
+        )
+
+    def trials(
+        self,
+        experiment_id: str,
+        sweep_ids: Sequence[str] | None,
+        keys: Iterable[str] = READ_KEYS,
+        confirm_keys: Iterable[str] = READ_KEYS,
+    ) -> list[TrialRecord]:
+        base = tag_filter(Tag.KIND, "trial")
+        filters = (
+            [base]
+            if sweep_ids is None
+            else [f"{base} and {tag_filter(Tag.SWEEP_ID, s)}" for s in sweep_ids]
+        )
+        keys, confirm_keys = set(keys), set(confirm_keys)
+        out = []
+        for flt in filters:
+            for run in self._search(experiment_id, flt):
+                tags, m = run.data.tags, run.data.metrics
+                wanted = keys | confirm_keys if tags.get(Tag.PHASE) == Phase.CONFIRM else keys
+                out.append(
+                    _record(
+                        run.info.run_id,
+                        run.info.status,
+                        run.info.start_time,
+                        tags,
+                        {k: float(v) for k, v in m.items() if k in wanted},
+                    )
+                )
+        return out
+
+    def metrics_of(
+        self, run_ids: Sequence[str], keys: Iterable[str]
+    ) -> dict[str, dict[str, float]]:
+        keys = set(keys)
+        return {
+            i: {k: float(v) for k, v in self.client.get_run(i).data.metrics.items() if k in keys}
+            for i in run_ids
+        }
+
+    def params_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        return {i: dict(self.client.get_run(i).data.params) for i in run_ids}
+
+
+def with_metrics(
+    trials: list[TrialRecord], extra: dict[str, dict[str, float]]
+) -> list[TrialRecord]:
+    """`trials` with the metrics of `extra` (by run id) added."""
     return [
-        _record(run_id, status, start, run_tags.get(run_id, {}), run_metrics.get(run_id, {}))
-        for run_id, status, start in found
+        dataclasses.replace(t, metrics=dict(sorted({**t.metrics, **extra[t.run_id]}.items())))
+        if t.run_id in extra
+        else t
+        for t in trials
     ]
 
 
-def read_params(client: MlflowClient, run_ids: list[str]) -> dict[str, dict[str, str]]:
-    """The params of each run of `run_ids` (the selected configs a board shows)."""
-    out: dict[str, dict[str, str]] = {}
-    if not run_ids:
-        return out
-    uri = str(client.tracking_uri)
-    if is_database_uri(uri):
-        import sqlalchemy as sa
-        from mlflow.store.tracking.dbmodels.models import SqlParam
-
-        params = SqlParam.__table__
-        engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
-        try:
-            with engine.connect() as conn:
-                for start in range(0, len(run_ids), 500):
-                    chunk = run_ids[start : start + 500]
-                    q = sa.select(params.c.run_uuid, params.c.key, params.c.value).where(
-                        params.c.run_uuid.in_(chunk)
-                    )
-                    for run_id, key, value in conn.execute(q):
-                        out.setdefault(run_id, {})[key] = value
-        finally:
-            engine.dispose()
-        return out
-    for run_id in run_ids:
-        out[run_id] = dict(client.get_run(run_id).data.params)
-    return out
-
-
-__all__ = ["is_database_uri", "read_params", "read_sweeps", "read_trials"]
+__all__ = [
+    "ClientReader",
+    "Reader",
+    "SqlReader",
+    "is_database_uri",
+    "with_metrics",
+]

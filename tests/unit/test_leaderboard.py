@@ -311,14 +311,27 @@ def test_a_store_recorded_before_confirmation_reads_as_it_was_and_says_so(tmp_pa
 
 
 def test_the_sql_read_is_the_client_read(uri):
-    from runners.board.read import read_trials
+    """The board read from MLflow's tables (no MLflow) equals the board read through
+    `MlflowClient`, as a tracking server is read: every sweep's, and one sweep's."""
+    from runners.board.leaderboard import board_of
+    from runners.board.read import ClientReader, SqlReader
 
     client = MlflowClient(uri)
     eid = _experiment_id(client)
-    for sweep in (None, _sweep_ids()[1]):
-        by_sql = sorted(read_trials(client, eid, sweep, use_sql=True), key=lambda t: t.run_id)
-        by_client = sorted(read_trials(client, eid, sweep, use_sql=False), key=lambda t: t.run_id)
-        assert by_sql and [repr(t) for t in by_sql] == [repr(t) for t in by_client]
+    sql, by_client = SqlReader(uri), ClientReader(client)
+    try:
+        assert sql.sweeps(eid) == by_client.sweeps(eid)
+        for sweep in (None, [_sweep_ids()[1]]):
+            a = sorted(sql.trials(eid, sweep), key=lambda t: t.run_id)
+            b = sorted(by_client.trials(eid, sweep), key=lambda t: t.run_id)
+            assert a and [repr(t) for t in a] == [repr(t) for t in b]
+        for kw in ({}, {"sweep_id": _sweep_ids()[2]}, {"metric": "weight_bytes", "mode": "min"}):
+            rows_a, infos_a = board_of(sql, eid, **kw)
+            rows_b, infos_b = board_of(by_client, eid, **kw)
+            assert rows_a and infos_a == infos_b
+            assert [r.to_dict() for r in rows_a] == [r.to_dict() for r in rows_b]
+    finally:
+        sql.close()
 
 
 def test_query_refuses_bad_arguments_naming_the_field(uri):
