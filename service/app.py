@@ -498,10 +498,15 @@ def _routes(app: FastAPI, service: Service) -> None:
         metric: Annotated[Metric, Query()] = "test_accuracy",
         mode: Annotated[Literal["max", "min"], Query()] = "max",
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-        every: Annotated[bool, Query(description="every trial, not the best per strategy")] = False,
+        every: Annotated[
+            bool, Query(description="every trial (search and confirmation), not the board")
+        ] = False,
         sweep: Annotated[str | None, Query(pattern=SWEEP_ID, max_length=128)] = None,
     ) -> Leaderboard:
-        """The leaderboard of each benchmark (MLflow experiment), or of one sweep."""
+        """The board of each sweep of each benchmark (MLflow experiment), newest first, or of
+        one sweep: each strategy's config selected on validation, its test accuracy over fresh
+        seeds with its 95% interval, a Welch test against the first row, the gap to float and
+        the search's budget (docs/records.md, "The board"); `limit` rows at most."""
         boards = service.read_boards(
             dataset=dataset,
             model=model,

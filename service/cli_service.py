@@ -69,7 +69,7 @@ def status(
     server: Annotated[str, typer.Option(envvar="BITSWEEP_SERVER", help=SERVER_HELP)] = "",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """The service's sweeps, or one sweep with its trials and best trial per strategy."""
+    """The service's sweeps, or one sweep with its trials and each strategy's selected config."""
     if not server:
         raise InputRefused("--server", "is required (or BITSWEEP_SERVER)")
     with _client(server) as c:

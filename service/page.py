@@ -1,5 +1,5 @@
-"""The leaderboard page at `/`: one table per benchmark (best trial per strategy, sortable by
-any column through links, no JavaScript), its Pareto plot, and the sweeps with their status."""
+"""The leaderboard page at `/`: per benchmark the board of each sweep (sortable by any column
+through links, no JavaScript), its Pareto plot, and the sweeps with their status."""
 
 from __future__ import annotations
 

@@ -46,19 +46,30 @@ def wait_healthy(url: str, proc: Any, log: Any, what: str, timeout: float = 120.
 def assert_invariants(
     trials: list[Any], parent: Any, optuna_trials: dict[str, list[Any]], *, finished: bool
 ) -> None:
-    """What every fault test ends by checking: each trial once in MLflow, no run or Optuna
-    trial left RUNNING, each trial's end told to Optuna once, and Optuna and MLflow agreeing
-    on which trials finished; the parent run FINISHED, or KILLED when the sweep stopped."""
+    """What every fault test ends by checking: each trial once in MLflow, each confirmation
+    (a confirmed trial and a seed) once, no run or Optuna trial left RUNNING, each search
+    trial's end told to Optuna once, and Optuna and MLflow agreeing on which search trials
+    finished; the parent run FINISHED, or KILLED when the sweep stopped."""
     from collections import Counter
 
     assert not [r for r in trials if r.info.status == "RUNNING"], "a trial run left RUNNING"
     assert "RUNNING" not in optuna_trials, "an Optuna trial left RUNNING"
     ids = Counter(r.data.tags["bitsweep.trial_id"] for r in trials)
     assert set(ids.values()) <= {1}, f"a trial logged twice: {ids}"
+    confirmations = Counter(
+        (r.data.tags["bitsweep.confirms_trial"], r.data.params["seed"])
+        for r in trials
+        if r.data.tags.get("bitsweep.phase") == "confirm"
+    )
+    assert set(confirmations.values()) <= {1}, f"a confirmation run twice: {confirmations}"
     told = Counter(
         t.user_attrs.get("bitsweep.tune_trial_id") for t in optuna_trials.get("COMPLETE", [])
     )
     assert set(told.values()) <= {1}, f"a trial's end told to Optuna twice: {told}"
-    done = {r.data.tags["bitsweep.trial_id"] for r in trials if r.info.status == "FINISHED"}
+    done = {
+        r.data.tags["bitsweep.trial_id"]
+        for r in trials
+        if r.info.status == "FINISHED" and r.data.tags.get("bitsweep.phase") != "confirm"
+    }
     assert set(told) == done, (told, done)
     assert parent.info.status == ("FINISHED" if finished else "KILLED")

@@ -219,16 +219,20 @@ def _value(metrics: dict[str, float], key: str) -> float | None:
 
 
 def budgets(trials: Iterable[TrialRecord]) -> dict[str, Budget]:
-    """Each strategy's search budget from its search runs."""
-    acc: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0])
+    """Each strategy's search budget from its search runs that are not RUNNING."""
+    acc: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     for t in trials:
         if t.phase != Phase.SEARCH or t.status == "RUNNING":
             continue
         a = acc[t.strategy]
         a[0] += 1
-        a[1] += int(_value(t.metrics, "epochs_run") or 0)
+        a[1] += _value(t.metrics, "epochs_run") or 0.0
         a[2] += _value(t.metrics, "train_seconds") or 0.0
-    return {k: Budget(int(v[0]), int(v[1]), float(v[2])) for k, v in acc.items()}
+    return {k: budget(int(v[0]), v[1], v[2]) for k, v in acc.items()}
+
+
+def budget(trials: int, epochs: float, seconds: float) -> Budget:
+    return Budget(trials, round(epochs), float(seconds))
 
 
 def sweep_rows(
@@ -237,10 +241,12 @@ def sweep_rows(
     *,
     metric: str = "test_accuracy",
     mode: str = "max",
+    spent: dict[str, Budget] | None = None,
 ) -> list[Row]:
     """The board of one sweep from its trial runs: rows ranked by the mean of `metric`, each
-    compared with the first and with float (see the module docstring)."""
-    spent = budgets(trials)
+    compared with the first and with float (see the module docstring). `spent`: each
+    strategy's search budget, when `trials` holds not all of its search runs."""
+    spent = budgets(trials) if spent is None else spent
     by_strategy: dict[str, list[TrialRecord]] = defaultdict(list)
     confirmations: dict[str, list[TrialRecord]] = defaultdict(list)
     for t in sorted(trials, key=lambda t: (t.start_time, t.run_id)):
@@ -361,6 +367,7 @@ __all__ = [
     "Row",
     "SweepInfo",
     "TrialRecord",
+    "budget",
     "budgets",
     "objectives_of",
     "rank",

@@ -83,6 +83,7 @@ from schemas.names import (
     EXPERIMENT_PREFIX,
     LEADERBOARD_COLUMNS,
     TRIAL_METRICS,
+    Phase,
     Tag,
     literal,
     tag_filter,
@@ -460,25 +461,35 @@ def board_of(
         if len(rows) >= limit:
             break
         chunk = infos[start : start + SWEEPS_A_READ]
-        keys = {*SLIM_KEYS, metric, *(m for i in chunk for m, _ in i.objectives)}
-        trials = reader.trials(
-            experiment_id,
-            None if sweep_id is None and len(chunk) == len(infos) else [i.sweep_id for i in chunk],
-            keys=sorted(keys),
-            confirm_keys=READ_KEYS,
-        )
+        ids = [i.sweep_id for i in chunk]
+        slim = sorted({*SLIM_KEYS, metric, *(m for i in chunk for m, _ in i.objectives)})
+        confirm = reader.trials(experiment_id, ids, READ_KEYS, (), phase=Phase.CONFIRM)
+        confirmed = {t.sweep_id for t in confirm}
+        # A finished sweep with confirmations needs of its search the trials it confirmed and
+        # what each strategy spent; any other sweep selects on its every search trial.
+        narrow = [i.sweep_id for i in chunk if i.status == "FINISHED" and i.sweep_id in confirmed]
+        whole = [s for s in ids if s not in narrow]
+        search = reader.trials(experiment_id, whole, slim, (), phase=Phase.SEARCH) if whole else []
+        spent: dict[str, dict[str, Any]] = {}
+        if narrow:
+            chosen = sorted({t.confirms_trial for t in confirm if t.confirms_trial is not None})
+            search += reader.trials(
+                experiment_id, narrow, slim, (), phase=Phase.SEARCH, trial_ids=chosen
+            )
+            spent = reader.budgets(experiment_id, narrow)
         by_sweep: dict[str, list[Any]] = {}
-        for t in trials:
+        for t in [*confirm, *search]:
             by_sweep.setdefault(t.sweep_id, []).append(t)
         for info in chunk:
             if len(rows) >= limit:
                 break
             mine = by_sweep.get(info.sweep_id, [])
-            made = sweep_rows(info, mine, metric=metric, mode=mode)
+            budget = spent.get(info.sweep_id)
+            made = sweep_rows(info, mine, metric=metric, mode=mode, spent=budget)
             own = [r.run_id for r in made if r.status == "unconfirmed"]
             if own:  # measured on its search seed: that run's every metric
                 mine = with_metrics(mine, reader.metrics_of(own, READ_KEYS))
-                made = sweep_rows(info, mine, metric=metric, mode=mode)
+                made = sweep_rows(info, mine, metric=metric, mode=mode, spent=budget)
             rows += made[: limit - len(rows)]
             shown.append(info)
     params = reader.params_of([r.run_id for r in rows])

@@ -9,7 +9,15 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from runners.board.board import READ_KEYS, SweepInfo, TrialRecord, sweep_info_of
+from runners.board.board import (
+    READ_KEYS,
+    Budget,
+    SweepInfo,
+    TrialRecord,
+    budget,
+    budgets,
+    sweep_info_of,
+)
 from schemas.names import Phase, Tag, tag_filter
 
 if TYPE_CHECKING:
@@ -37,7 +45,14 @@ class Reader(Protocol):
         sweep_ids: Sequence[str] | None,
         keys: Iterable[str] = READ_KEYS,
         confirm_keys: Iterable[str] = READ_KEYS,
+        *,
+        phase: str | None = None,
+        trial_ids: Sequence[str] | None = None,
     ) -> list[TrialRecord]: ...
+
+    def budgets(
+        self, experiment_id: str, sweep_ids: Sequence[str]
+    ) -> dict[str, dict[str, Budget]]: ...
 
     def metrics_of(
         self, run_ids: Sequence[str], keys: Iterable[str]
@@ -95,16 +110,29 @@ class SqlReader:
         sweep_ids: Sequence[str] | None,
         keys: Iterable[str] = READ_KEYS,
         confirm_keys: Iterable[str] = READ_KEYS,
+        *,
+        phase: str | None = None,
+        trial_ids: Sequence[str] | None = None,
     ) -> list[TrialRecord]:
         runs = self.tables.runs(
             [experiment_id],
             kind="trial",
             sweep_ids=sweep_ids,
+            phase=phase,
+            trial_ids=trial_ids,
             tag_keys=TRIAL_TAGS,
             metric_keys=keys,
             confirm_metric_keys=confirm_keys,
         )
         return [_record(r.run_id, r.status, r.start_time, r.tags, r.metrics) for r in runs]
+
+    def budgets(self, experiment_id: str, sweep_ids: Sequence[str]) -> dict[str, dict[str, Budget]]:
+        out: dict[str, dict[str, Budget]] = {s: {} for s in sweep_ids}
+        for (sweep, strategy), (n, e, sec) in self.tables.search_budgets(
+            experiment_id, sweep_ids
+        ).items():
+            out.setdefault(sweep, {})[strategy] = budget(n, e, sec)
+        return out
 
     def metrics_of(
         self, run_ids: Sequence[str], keys: Iterable[str]
@@ -153,6 +181,28 @@ class ClientReader:
         sweep_ids: Sequence[str] | None,
         keys: Iterable[str] = READ_KEYS,
         confirm_keys: Iterable[str] = READ_KEYS,
+        *,
+        phase: str | None = None,
+        trial_ids: Sequence[str] | None = None,
+    ) -> list[TrialRecord]:
+        found = self._trials(experiment_id, sweep_ids, keys, confirm_keys)
+        return [
+            t
+            for t in found
+            if (phase is None or t.phase == phase)
+            and (trial_ids is None or t.trial_id in trial_ids)
+        ]
+
+    def budgets(self, experiment_id: str, sweep_ids: Sequence[str]) -> dict[str, dict[str, Budget]]:
+        found = self._trials(experiment_id, sweep_ids, ("epochs_run", "train_seconds"), ())
+        return {s: budgets(t for t in found if t.sweep_id == s) for s in sweep_ids}
+
+    def _trials(
+        self,
+        experiment_id: str,
+        sweep_ids: Sequence[str] | None,
+        keys: Iterable[str],
+        confirm_keys: Iterable[str],
     ) -> list[TrialRecord]:
         base = tag_filter(Tag.KIND, "trial")
         filters = (

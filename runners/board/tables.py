@@ -123,14 +123,90 @@ class Tables:
         *,
         kind: str,
         sweep_ids: Sequence[str] | None = None,
+        phase: str | None = None,
+        trial_ids: Sequence[str] | None = None,
         tag_keys: Iterable[str] = (),
         param_keys: Iterable[str] = (),
         metric_keys: Iterable[str] = (),
         confirm_metric_keys: Iterable[str] = (),
     ) -> list[RunRow]:
-        """The active runs of `kind` (`Tag.KIND`) in the experiments, of `sweep_ids` when
-        given, with the tags, params and latest metrics named; confirmation runs
-        (`Tag.PHASE`) with `confirm_metric_keys` too."""
+        """The active runs of `kind` (`Tag.KIND`) in the experiments, of `sweep_ids`, of one
+        `phase` (`Tag.PHASE`; a run without the tag is a search trial) and with one of
+        `trial_ids` when given, with the tags, params and latest metrics named; confirmation
+        runs with `confirm_metric_keys` too."""
+        r = _runs
+        joined, where = self._trial_join(experiment_ids, kind, sweep_ids, phase)
+        if trial_ids is not None:
+            trial_t = _tags.alias("trial")
+            joined = joined.join(
+                trial_t,
+                sa.and_(trial_t.c.run_uuid == r.c.run_uuid, trial_t.c.key == Tag.TRIAL_ID),
+            )
+            where.append(trial_t.c.value.in_(list(trial_ids)))
+        t = _tags
+        base = (
+            sa.select(r.c.run_uuid, r.c.experiment_id, r.c.status, r.c.start_time)
+            .select_from(joined)
+            .where(*where)
+        )
+        tag_keys, param_keys = list(tag_keys), list(param_keys)
+        metric_keys, confirm_keys = list(metric_keys), list(confirm_metric_keys)
+        tags: dict[str, dict[str, str]] = defaultdict(dict)
+        params: dict[str, dict[str, str]] = defaultdict(dict)
+        metrics: dict[str, dict[str, float]] = defaultdict(dict)
+        with self.engine.connect() as conn:
+            found = conn.execute(base).all()
+            # The runs' ids as bound values, CHUNK at a time: each key's rows are then point
+            # lookups of MLflow's primary keys (key, run_uuid), where a subquery of the runs
+            # would be evaluated again for each key.
+            all_ids = [row[0] for row in found]
+            for start in range(0, len(all_ids), CHUNK):
+                chunk = all_ids[start : start + CHUNK]
+                if tag_keys:
+                    self._pairs(conn, t, tag_keys, chunk, tags)
+                if param_keys:
+                    self._pairs(conn, _params, param_keys, chunk, params)
+                if metric_keys:
+                    self._metrics(
+                        conn,
+                        metrics,
+                        sa.and_(_latest.c.key.in_(metric_keys), _latest.c.run_uuid.in_(chunk)),
+                    )
+            extra = [k for k in confirm_keys if k not in metric_keys]
+            if extra:
+                phases: dict[str, dict[str, str]] = defaultdict(dict)
+                for start in range(0, len(all_ids), CHUNK):
+                    self._pairs(conn, t, [Tag.PHASE], all_ids[start : start + CHUNK], phases)
+                confirming = [i for i in all_ids if phases[i].get(Tag.PHASE) == Phase.CONFIRM]
+                for start in range(0, len(confirming), CHUNK):
+                    chunk = confirming[start : start + CHUNK]
+                    self._metrics(
+                        conn,
+                        metrics,
+                        sa.and_(_latest.c.key.in_(extra), _latest.c.run_uuid.in_(chunk)),
+                    )
+        return [
+            RunRow(
+                run_id=run_id,
+                experiment_id=str(eid),
+                status=status,
+                start_time=int(start or 0),
+                tags=dict(tags.get(run_id, {})),
+                params=dict(params.get(run_id, {})),
+                metrics=dict(sorted(metrics.get(run_id, {}).items())),
+            )
+            for run_id, eid, status, start in found
+        ]
+
+    @staticmethod
+    def _trial_join(
+        experiment_ids: Sequence[str],
+        kind: str,
+        sweep_ids: Sequence[str] | None,
+        phase: str | None,
+    ) -> tuple[Any, list[Any]]:
+        """Runs joined to their kind tag (and sweep, and phase tags as asked), with the
+        conditions that select them."""
         r, t = _runs, _tags
         kind_t = t.alias("kind")
         joined = r.join(
@@ -150,63 +226,78 @@ class Tables:
                 sa.and_(sweep_t.c.run_uuid == r.c.run_uuid, sweep_t.c.key == Tag.SWEEP_ID),
             )
             where.append(sweep_t.c.value.in_(list(sweep_ids)))
-        base = (
-            sa.select(r.c.run_uuid, r.c.experiment_id, r.c.status, r.c.start_time)
-            .select_from(joined)
-            .where(*where)
-        )
-        ids = sa.select(base.subquery().c.run_uuid)
-        tag_keys, param_keys = list(tag_keys), list(param_keys)
-        metric_keys, confirm_keys = list(metric_keys), list(confirm_metric_keys)
-        with self.engine.connect() as conn:
-            found = conn.execute(base).all()
-            tags: dict[str, dict[str, str]] = defaultdict(dict)
-            params: dict[str, dict[str, str]] = defaultdict(dict)
-            metrics: dict[str, dict[str, float]] = defaultdict(dict)
-            if found and tag_keys:
-                q = sa.select(t.c.run_uuid, t.c.key, t.c.value).where(
-                    t.c.key.in_(tag_keys), t.c.run_uuid.in_(ids)
-                )
-                for run_id, key, value in conn.execute(q):
-                    tags[run_id][key] = value
-            if found and param_keys:
-                p = _params
-                q = sa.select(p.c.run_uuid, p.c.key, p.c.value).where(
-                    p.c.key.in_(param_keys), p.c.run_uuid.in_(ids)
-                )
-                for run_id, key, value in conn.execute(q):
-                    params[run_id][key] = value
-            if found and metric_keys:
-                self._metrics(
-                    conn,
-                    metrics,
-                    sa.and_(_latest.c.key.in_(metric_keys), _latest.c.run_uuid.in_(ids)),
-                )
-            extra = [k for k in confirm_keys if k not in metric_keys]
-            if found and extra:
-                phase = t.alias("phase")
-                confirming = sa.select(phase.c.run_uuid).where(
-                    phase.c.key == Tag.PHASE,
-                    phase.c.value == Phase.CONFIRM,
-                    phase.c.run_uuid.in_(ids),
-                )
-                self._metrics(
-                    conn,
-                    metrics,
-                    sa.and_(_latest.c.key.in_(extra), _latest.c.run_uuid.in_(confirming)),
-                )
-        return [
-            RunRow(
-                run_id=run_id,
-                experiment_id=str(eid),
-                status=status,
-                start_time=int(start or 0),
-                tags=dict(tags.get(run_id, {})),
-                params=dict(params.get(run_id, {})),
-                metrics=dict(sorted(metrics.get(run_id, {}).items())),
+        if phase == Phase.CONFIRM:
+            phase_t = t.alias("phase")
+            joined = joined.join(
+                phase_t,
+                sa.and_(
+                    phase_t.c.run_uuid == r.c.run_uuid,
+                    phase_t.c.key == Tag.PHASE,
+                    phase_t.c.value == Phase.CONFIRM,
+                ),
             )
-            for run_id, eid, status, start in found
-        ]
+        elif phase is not None:
+            phase_t = t.alias("phase")
+            joined = joined.outerjoin(
+                phase_t, sa.and_(phase_t.c.run_uuid == r.c.run_uuid, phase_t.c.key == Tag.PHASE)
+            )
+            where.append(sa.or_(phase_t.c.value.is_(None), phase_t.c.value == phase))
+        return joined, where
+
+    def search_budgets(
+        self, experiment_id: str, sweep_ids: Sequence[str]
+    ) -> dict[tuple[str, str], tuple[int, float, float]]:
+        """Per (sweep, strategy), what its search spent: (trials, sum of `epochs_run`, sum of
+        `train_seconds`) over its search runs that are not RUNNING (one aggregate query)."""
+        r, t, m = _runs, _tags, _latest
+        joined, where = self._trial_join([experiment_id], "trial", None, Phase.SEARCH)
+        sweep_t, strat_t = t.alias("sweep"), t.alias("strategy")
+        epochs, seconds = m.alias("epochs"), m.alias("seconds")
+        joined = (
+            joined.join(
+                sweep_t,
+                sa.and_(sweep_t.c.run_uuid == r.c.run_uuid, sweep_t.c.key == Tag.SWEEP_ID),
+            )
+            .join(
+                strat_t,
+                sa.and_(strat_t.c.run_uuid == r.c.run_uuid, strat_t.c.key == Tag.STRATEGY),
+            )
+            .outerjoin(
+                epochs, sa.and_(epochs.c.run_uuid == r.c.run_uuid, epochs.c.key == "epochs_run")
+            )
+            .outerjoin(
+                seconds,
+                sa.and_(seconds.c.run_uuid == r.c.run_uuid, seconds.c.key == "train_seconds"),
+            )
+        )
+        stmt = (
+            sa.select(
+                sweep_t.c.value,
+                strat_t.c.value,
+                sa.func.count(),
+                sa.func.sum(sa.func.coalesce(epochs.c.value, 0.0)),
+                sa.func.sum(sa.func.coalesce(seconds.c.value, 0.0)),
+            )
+            .select_from(joined)
+            .where(*where, r.c.status != "RUNNING", sweep_t.c.value.in_(list(sweep_ids)))
+            .group_by(sweep_t.c.value, strat_t.c.value)
+        )
+        with self.engine.connect() as conn:
+            return {
+                (sweep, strategy): (int(n), float(e or 0.0), float(sec or 0.0))
+                for sweep, strategy, n, e, sec in conn.execute(stmt)
+            }
+
+    @staticmethod
+    def _pairs(
+        conn: Any, table: Any, keys: list[str], run_ids: list[str], into: dict[str, dict[str, str]]
+    ) -> None:
+        """The (key, value) rows of `table` (tags or params) of `run_ids`, into `into`."""
+        q = sa.select(table.c.run_uuid, table.c.key, table.c.value).where(
+            table.c.key.in_(keys), table.c.run_uuid.in_(run_ids)
+        )
+        for run_id, key, value in conn.execute(q):
+            into[run_id][key] = value
 
     @staticmethod
     def _metrics(conn: Any, into: dict[str, dict[str, float]], cond: Any) -> None:

@@ -82,8 +82,12 @@ def describe_experiment(
         "(`bitsweep.kind = sweep`) holding leaderboard.md, trials.csv and pareto.png; each trial "
         "is a child run (`bitsweep.kind = trial`) with the strategy's params, per-epoch metrics, "
         "and the accuracy of its deployed weights (`test_accuracy`) beside what they cost "
-        "(`weight_bytes`, `weight_entropy_bits`, `unique_weights`, `sparsity`). The leaderboard "
-        "ranks the finished trials by the sweep's objectives, best trial per strategy."
+        "(`weight_bytes`, `weight_entropy_bits`, `unique_weights`, `sparsity`). Search trials "
+        "(`bitsweep.phase = search`) are selected on validation (`best_val_accuracy`); each "
+        "strategy's selected config is trained again on fresh seeds (`bitsweep.phase = "
+        "confirm`), and a sweep's leaderboard.md reports their mean test accuracy with its 95% "
+        "interval. Sort runs by test_accuracy here and you select on the test split: read "
+        "leaderboard.md or `bitsweep leaderboard` instead."
     )
     client.set_experiment_tag(experiment_id, "mlflow.note.content", text)
     client.set_experiment_tag(experiment_id, Tag.DATASET, dataset)

@@ -72,6 +72,7 @@ def sweep(tmp_path_factory):
             "epochs": 1,
             "trials_per_strategy": 1,
             "max_failures": 0,
+            "confirmation": {"seeds": 2},
             "strategies": [{"name": "bit_regularization"}, {"name": "full_precision"}],
         }
     )
@@ -128,7 +129,8 @@ def test_sweep_run_and_experiment_log_exactly_the_documented_keys(sweep) -> None
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == set(doc["sweep artifact"])
     exp = client.get_experiment(parent.info.experiment_id)
     assert set(doc["The experiment: one per benchmark"]) <= set(exp.tags)
-    assert "test_accuracy" in exp.tags["mlflow.note.content"]
+    note = exp.tags["mlflow.note.content"]
+    assert "test_accuracy" in note and "best_val_accuracy" in note and "leaderboard.md" in note
 
 
 def test_optuna_studies_name_their_objectives_and_link_to_mlflow(sweep) -> None:
@@ -137,7 +139,8 @@ def test_optuna_studies_name_their_objectives_and_link_to_mlflow(sweep) -> None:
     runs = {r.info.run_id: r for r in trial_runs(client, summary)}
     for name in ("bit_regularization", "full_precision"):
         study = optuna.load_study(study_name=f"{summary.sweep_id}/{name}", storage=plan.optuna_url)
-        assert study.metric_names == ["test_accuracy"]
+        assert len(study.trials) == 1  # the search trial; its two confirmations are MLflow's
+        assert study.metric_names == ["best_val_accuracy"]
         for trial in study.trials:
             assert set(trial.user_attrs) <= set(doc)
             run = runs[trial.user_attrs["mlflow_run_id"]]

@@ -54,13 +54,14 @@ def test_trials_run_on_several_nodes_with_shared_storage(cluster: Cluster, tmp_p
             "trials_per_strategy": 4,
             "max_concurrent_trials": 2,
             "storage_path": str(shared),
+            "confirmation": {"seeds": 2},
             "strategies": [{"name": "full_precision"}],
         }
     )
     plan = plan_sweep(spec, home=tmp_path / "data")
     summary = run_sweep(plan, ray_address=cluster.address)
     nodes = {r.data.tags["bitsweep.node"] for r in trial_runs(plan, summary)}
-    assert summary.completed == 4 and nodes == worker_ids(cluster)
+    assert summary.completed == 4 + 2 and nodes == worker_ids(cluster)
     assert (shared / summary.sweep_id / "trials").is_dir()
     assert not (tmp_path / "data" / "ray").exists()
 
@@ -73,6 +74,7 @@ def test_two_strategies_share_the_cluster_from_the_first_trial(cluster: Cluster,
             "name": "together",
             "epochs": 3,
             "trials_per_strategy": 2,
+            "confirmation": {"enabled": False},  # the search's sharing alone
             "strategies": [
                 {"name": "full_precision", "params": {"batch_size": 4}},
                 {"name": "wrn_1bit", "params": {"batch_size": 4}},
@@ -100,16 +102,17 @@ def test_two_strategies_share_the_cluster_from_the_first_trial(cluster: Cluster,
     assert overlaps, spans
 
 
-def test_trial_on_a_lost_node_resumes_elsewhere(cluster: Cluster, tmp_path):
+def test_confirmation_trial_on_a_lost_node_resumes_elsewhere(cluster: Cluster, tmp_path):
     spare = cluster.add_node(num_cpus=1)  # capacity left after a node is lost
     cluster.wait_for_nodes()
     spec = SweepSpec.model_validate(
         {
             "name": "lost-node",
             "epochs": 20,
-            "trials_per_strategy": 2,
+            "trials_per_strategy": 1,
             "max_concurrent_trials": 2,
             "max_failures": 3,
+            "confirmation": {"seeds": 2},
             "strategies": [{"name": "full_precision", "params": {"batch_size": 8}}],
         }
     )
@@ -117,15 +120,17 @@ def test_trial_on_a_lost_node_resumes_elsewhere(cluster: Cluster, tmp_path):
     killed: list[str] = []
 
     def kill_a_busy_node() -> None:
-        # Wait until some trial has reported an epoch from a node other than the spare, then
-        # remove that node as a crashed machine would disappear.
+        # Wait until a confirmation trial has reported an epoch from a node other than the
+        # spare, then remove that node as a crashed machine would disappear.
         client = MlflowClient(plan.tracking_uri)
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
             exp = client.get_experiment_by_name(spec.benchmark)
             if exp is not None:
                 for run in client.search_runs(
-                    [exp.experiment_id], filter_string="attributes.status = 'RUNNING'"
+                    [exp.experiment_id],
+                    filter_string="attributes.status = 'RUNNING' and "
+                    "tags.`bitsweep.phase` = 'confirm'",
                 ):
                     node = run.data.tags.get("bitsweep.node")
                     if node and node != spare.node_id:
@@ -141,6 +146,8 @@ def test_trial_on_a_lost_node_resumes_elsewhere(cluster: Cluster, tmp_path):
     thread.join(timeout=5)
     runs = trial_runs(plan, summary)
     assert killed, "no node was removed during the sweep"
-    assert summary.completed == 2 and len(runs) == 2
+    assert summary.completed == 3 and len(runs) == 3
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert any(r.data.tags.get("bitsweep.retried") for r in runs)
+    retried = [r for r in runs if r.data.tags.get("bitsweep.retried")]
+    assert retried and {r.data.tags["bitsweep.phase"] for r in retried} == {"confirm"}
+    assert summary.leaderboard[0]["status"] == "confirmed" and summary.leaderboard[0]["seeds"] == 2

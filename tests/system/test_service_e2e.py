@@ -37,6 +37,7 @@ TINY = {
     "model": "mlp",
     "epochs": 1,
     "trials_per_strategy": 2,
+    "confirmation": {"seeds": 2},
     "strategies": [{"name": "full_precision"}, {"name": "bit_learning"}],
 }
 
@@ -152,16 +153,17 @@ def test_sweeps_submitted_over_http_run_in_order_to_success(service: ServiceProc
         assert c.sweep(second.id).status == "queued"
         done = c.wait(first.id, timeout=300, poll=1)
         assert done.status == "succeeded", c.logs(first.id)
-        assert done.trials.model_dump() == {
-            "planned": 4,
-            "done": 4,
+        assert done.trials.model_dump() == {  # 2 search trials and 2 confirmations a strategy
+            "planned": 8,
+            "done": 8,
             "running": 0,
             "failed": 0,
             "killed": 0,
         }
         assert set(done.best) == {"full_precision", "bit_learning"}
         best = done.best["full_precision"]
-        assert best.value is not None and 0 < best.value <= 1
+        assert best.metric == "best_val_accuracy" and best.value is not None
+        assert 0 < best.value <= 1 and best.metrics["seeds"] == 2
         assert best.link == (
             f"http://mlflow.example:5000/#/experiments/{done.experiment_id}/runs/{best.run_id}"
         )
@@ -175,18 +177,20 @@ def test_sweeps_submitted_over_http_run_in_order_to_success(service: ServiceProc
         (only,) = board.boards
         assert only.scope == "sweep" and only.sweep_id == first.id
         assert {r["strategy"] for r in only.rows} == {"full_precision", "bit_learning"}
+        assert {r["status"] for r in only.rows} == {"confirmed"}
+        assert all(r["test_accuracy_ci_low"] <= r["test_accuracy"] for r in only.rows)
         every = c.leaderboard(dataset="digits", model="mlp", every=True)
         assert set(every.boards[0].sweeps) >= {first.id, second.id}
         png = c.pareto_png("digits", "mlp", sweep=first.id)
         assert png.startswith(b"\x89PNG")
         logs = c.logs(first.id)
-        assert "finished: test_accuracy" in logs
+        assert "finished: best_val_accuracy" in logs and "confirms trial" in logs
         page = httpx.get(f"{service.url}/").text
         assert first.id in page and "full_precision" in page and 'class="leaderboard"' in page
         with pytest.raises(ServiceRefused) as refused:
             c.cancel(first.id)
         assert refused.value.status == 409
-    assert_invariants(service, first.id, planned=4)
+    assert_invariants(service, first.id, planned=8)
     from mlflow.tracking import MlflowClient
 
     parent = MlflowClient(f"sqlite:///{service.home / 'mlflow.db'}").get_run(done.parent_run_id)
@@ -233,6 +237,7 @@ def test_a_killed_service_restarts_and_the_sweep_finishes_once(service: ServiceP
         "name": "e2e-restart",
         "epochs": 12,
         "trials_per_strategy": 4,
+        "confirmation": {"enabled": False},  # a restart of the service; the sweep's own
         "strategies": [{"name": "full_precision"}],
     }
     with service.client() as c:

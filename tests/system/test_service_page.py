@@ -139,12 +139,13 @@ def swept(tmp_path_factory, local_ray) -> dict[str, Any]:
             "epochs": 1,
             "trials_per_strategy": 2,
             "max_failures": 0,
+            "confirmation": {"seeds": 2},
             "strategies": [{"name": s} for s in STRATEGIES],
         }
     )
     plan = plan_sweep(spec, home=home)
     summary = run_sweep(plan)
-    assert summary.completed == 4, summary
+    assert summary.completed == 4 + 4, summary
     client = MlflowClient(plan.tracking_uri)
     experiment = client.get_experiment_by_name("bitsweep/digits/mlp").experiment_id
     return {"home": home, "summary": summary, "experiment": experiment}
@@ -173,8 +174,12 @@ def test_page_shows_one_row_per_strategy_with_mlflow_links_and_its_pareto_plot(b
         assert m, f"{link!r} is no link to a run in the MLflow UI"
         assert m["experiment"] == swept["experiment"]
         assert m["run"] == best[r["strategy"]["text"]]["run_id"]
-        assert r["sweep"]["text"] == swept["summary"].sweep_id
-        assert 0.0 < float(r["test accuracy"]["text"]) <= 1.0
+        mean, pm, std = r[ACCURACY]["text"].split()
+        assert 0.0 < float(mean) <= 1.0 and pm == "±" and float(std) >= 0
+        assert r["seeds"]["text"] == "2" and r["status"]["text"] == "confirmed"
+        low, high = (float(x) for x in r["95% CI"]["text"].strip("[]").split(", "))
+        assert low <= float(mean) <= high
+    assert f"sweep {swept['summary'].sweep_id}, 1 epoch: selected on best_val_accuracy" in dom
     assert f'href="{MLFLOW_UI}/#/experiments/{swept["experiment"]}"' in dom
 
     (img,) = [i for i in page.images if "pareto" in (i.get("src") or "")]
@@ -184,8 +189,11 @@ def test_page_shows_one_row_per_strategy_with_mlflow_links_and_its_pareto_plot(b
     assert png.content.startswith(PNG_MAGIC) and len(png.content) > 1000
 
 
+ACCURACY = "test accuracy (mean ± std)"
+
+
 def _accuracies(rows: list[dict[str, Any]]) -> list[float]:
-    return [float(r["test accuracy"]["text"]) for r in rows]
+    return [float(r[ACCURACY]["text"].split()[0]) for r in rows]
 
 
 def _sort_link(head: list[dict[str, Any]], header: str) -> str:
@@ -198,19 +206,19 @@ def test_sorting_follows_links_without_javascript(base):
     head, rows = board(dump_dom(f"{base}/"))
     assert [int(r["#"]["text"]) for r in rows] == [1, 2]  # by rank at first
 
-    url = urljoin(f"{base}/", _sort_link(head, "test accuracy"))
+    url = urljoin(f"{base}/", _sort_link(head, ACCURACY))
     assert url.endswith("?sort=test_accuracy&order=asc")
     head, rows = board(dump_dom(url))
     up = _accuracies(rows)
     assert up == sorted(up)
-    assert _sort_link(head, "test accuracy").endswith("?sort=test_accuracy&order=desc")
-    assert any(c["text"] == "test accuracy ▲" for c in head)
+    assert _sort_link(head, ACCURACY).endswith("?sort=test_accuracy&order=desc")
+    assert any(c["text"] == f"{ACCURACY} ▲" for c in head)
 
-    url = urljoin(url, _sort_link(head, "test accuracy"))
+    url = urljoin(url, _sort_link(head, ACCURACY))
     head, rows = board(dump_dom(url))
     down = _accuracies(rows)
     assert down == sorted(down, reverse=True)
-    assert any(c["text"] == "test accuracy ▼" for c in head)
+    assert any(c["text"] == f"{ACCURACY} ▼" for c in head)
     if len(set(up)) == len(up):
         assert down == up[::-1]
 

@@ -42,8 +42,10 @@ SPEC = {
     "model": "mlp",
     "epochs": 8,
     "trials_per_strategy": 4,
+    "confirmation": {"seeds": 2},
     "strategies": [{"name": "bit_learning"}],
 }
+TRIALS = 4 + 2  # the search's, and the confirmation's
 
 
 def start_sweep(
@@ -106,25 +108,31 @@ def assert_invariants(home: Path, sweep_id: str, *, finished: bool) -> list:
 
 
 def resume_to_the_end(home: Path, spec: Path, sweep_id: str, before: list | None = None) -> None:
-    """`--resume` the sweep to its end: 4 of 4 finished, each once, and the runs finished
-    `before` kept, not run again."""
+    """`--resume` the sweep to its end: its 4 search trials and 2 confirmations finished, each
+    once, and the runs finished `before` kept, not run again."""
     again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
     out, err = again.communicate(timeout=400)
     assert again.returncode == 0, err
     summary = json.loads(out)
-    assert summary["completed"] == 4 and summary["failed"] == 0
+    assert summary["completed"] == TRIALS and summary["failed"] == 0
     after = assert_invariants(home, sweep_id, finished=True)
-    assert sorted(r.info.status for r in after) == ["FINISHED"] * 4
+    assert sorted(r.info.status for r in after) == ["FINISHED"] * TRIALS
+    phases = sorted(r.data.tags["bitsweep.phase"] for r in after)
+    assert phases == ["confirm"] * 2 + ["search"] * 4
+    assert summary["best"]["bit_learning"]["metrics"]["seeds"] == 2
     finished_before = {r.info.run_id for r in before or [] if r.info.status == "FINISHED"}
     assert finished_before <= {r.info.run_id for r in after}  # kept, not rerun
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_whole_sweep_and_resume_runs_each_trial_once(tmp_path):
+def test_ctrl_c_in_the_confirmation_stops_the_sweep_and_resume_runs_each_trial_once(tmp_path):
+    """Stopped once the first confirmation has finished (every search trial has: the
+    confirmation starts after the search), resumed: each search trial and each confirmation
+    seed once."""
     home, spec = tmp_path / "home", tmp_path / "spec.json"
-    spec.write_text(json.dumps(SPEC))
+    spec.write_text(json.dumps({**SPEC, "confirmation": {"seeds": 2}}))
     proc = start_sweep(home, spec)
-    head = wait_for_line(proc, "finished: test_accuracy", 240)
+    head = wait_for_line(proc, "finished: confirms trial", 300)
     sweep_id = sweep_of(head)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
     stopped = time.monotonic()
@@ -138,13 +146,14 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_runs_each_trial_once(tmp_path):
     assert state["status"] == "interrupted"
     before = assert_invariants(home, sweep_id, finished=False)
     assert {r.info.status for r in before} <= {"FINISHED", "KILLED"}
-    assert 1 <= sum(r.info.status == "FINISHED" for r in before) < 4
+    confirmed = [r for r in before if r.data.tags["bitsweep.phase"] == "confirm"]
+    assert 1 <= sum(r.info.status == "FINISHED" for r in confirmed) < 2
 
     resume_to_the_end(home, spec, sweep_id, before)
     finished_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
     print(
-        f"\nSIGINT: stopped in {took:.1f} s with {len(finished_before)} of 4 trials finished; "
-        "resumed: 4 of 4 finished, 0 lost, 0 twice"
+        f"\nSIGINT in the confirmation: stopped in {took:.1f} s with {len(finished_before)} of "
+        f"{TRIALS} trials finished; resumed: {TRIALS} of {TRIALS} finished, 0 lost, 0 twice"
     )
 
 
@@ -167,7 +176,7 @@ def test_sigterm_exits_143_and_a_second_signal_stops_at_once(tmp_path):
     assert took < 10
     assert group_gone(proc.pid), "Ray processes were left behind"
     resume_to_the_end(home, spec, sweep_id)  # stopped at once, as a hard kill: resumable
-    print(f"\nSIGTERM twice: stopped in {took:.1f} s; resumed: 4 of 4 finished, 0 twice")
+    print(f"\nSIGTERM twice: stopped in {took:.1f} s; resumed: {TRIALS} finished, 0 twice")
 
 
 @pytest.fixture
@@ -192,7 +201,7 @@ def test_a_cluster_lost_mid_sweep_ends_it_interrupted_and_resumable(tmp_path, ra
     spec.write_text(json.dumps(SPEC))
     env = {**AUTH_ENV, LOST_ENV: "5"}
     proc = start_sweep(home, spec, "--ray-address", address, env=env)
-    sweep_id = sweep_of(wait_for_line(proc, "finished: test_accuracy", 240))
+    sweep_id = sweep_of(wait_for_line(proc, "finished: best_val_accuracy", 240))
     os.killpg(head.pid, signal.SIGKILL)  # the head and everything on it: the cluster is gone
     lost = time.monotonic()
     head.wait(timeout=30)
@@ -208,12 +217,12 @@ def test_a_cluster_lost_mid_sweep_ends_it_interrupted_and_resumable(tmp_path, ra
     before = assert_invariants(home, sweep_id, finished=False)
     assert {r.info.status for r in before} <= {"FINISHED", "KILLED"}
     finished_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
-    assert 1 <= len(finished_before) < 4
+    assert 1 <= len(finished_before) < TRIALS
 
     resume_to_the_end(home, spec, sweep_id, before)  # on another cluster: a local one
     print(
         f"\ncluster lost: the sweep stopped {took:.1f} s after, with {len(finished_before)} "
-        "of 4 trials finished; resumed: 4 of 4 finished, 0 lost, 0 twice"
+        f"of {TRIALS} trials finished; resumed: {TRIALS} of {TRIALS} finished, 0 lost, 0 twice"
     )
 
 

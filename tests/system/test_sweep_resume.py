@@ -23,6 +23,8 @@ SPEC = {
     "epochs": 12,
     "trials_per_strategy": 4,
     "max_concurrent_trials": 1,
+    "confirmation": {"enabled": False},  # a kill in the search; the confirmation's own test
+    # (test_sweep_interrupt) stops one in the confirmation
     # small batches make each trial take a few seconds, so the kill lands inside one
     "strategies": [{"name": "full_precision", "params": {"batch_size": 8}}],
 }

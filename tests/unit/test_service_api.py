@@ -205,6 +205,23 @@ STRATEGY_BOTH = [{"name": "full_precision"}, {"name": "bit_learning", "trials": 
         pytest.param(
             spec(strategies=STRATEGY_BOTH), "strategies.1.trials", id="too-many-trials-in-all"
         ),
+        pytest.param(
+            spec(objectives=[{"metric": "test_accuracy"}]),
+            "objectives.0.metric",
+            id="selection-on-test",
+        ),
+        pytest.param(
+            spec(objectives=[{"metric": "weight_bits", "mode": "min"}, {"metric": "test_loss"}]),
+            "objectives.1.metric",
+            id="selection-on-test-loss",
+        ),
+        pytest.param(spec(val_fraction=0.9), "val_fraction", id="val-fraction"),
+        pytest.param(spec(confirmation={"seeds": 100}), "confirmation.seeds", id="seeds"),
+        pytest.param(
+            spec(trials_per_strategy=MAX_TRIALS - 2),
+            "confirmation.seeds",
+            id="too-many-with-confirmation",
+        ),
         pytest.param(spec(dataset="npz:/etc/passwd"), "dataset", id="path-outside-the-roots"),
         pytest.param(spec(dataset="npz:missing.npz"), "dataset", id="path-missing"),
         pytest.param(spec(dataset="npz:../outside/secret.npz"), "dataset", id="dotdot"),

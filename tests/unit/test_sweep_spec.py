@@ -202,3 +202,34 @@ def test_cli_refuses_missing_spec_file(tmp_path, home, capsys):
 def test_resume_without_a_sweep_is_refused(tmp_path, home, capsys):
     code = main(["sweep", str(write(tmp_path, BASE)), "--resume"])
     assert code == 2 and "no unfinished sweep" in capsys.readouterr().err
+
+
+def test_a_spec_recorded_before_0_2_is_read_back_but_never_run() -> None:
+    """A stored spec that selected on test accuracy (bitsweep 0.1) is shown as it was; the same
+    spec given to run is refused, naming the field and the validation metric to use."""
+    import pydantic
+
+    old = {**BASE, "objectives": [{"metric": "test_accuracy", "mode": "max"}]}
+    shown = SweepSpec.recorded(old)
+    assert shown.objectives[0].metric == "test_accuracy"
+    with pytest.raises(pydantic.ValidationError) as e:
+        SweepSpec.model_validate(old)
+    (err,) = e.value.errors()
+    assert err["loc"] == ("objectives", 0, "metric") and "use best_val_accuracy" in err["msg"]
+
+
+def test_confirmation_seeds_are_disjoint_from_every_search_seed() -> None:
+    for seed in (0, 7, 2**32 - 1):
+        s = spec(seed=seed, confirmation={"seeds": 5}, trials_per_strategy=10_000)
+        fresh = s.confirmation_seeds()
+        search = {(seed + k) % 2**32 for k in range(s.trials_per_strategy)}
+        assert len(fresh) == 5 and not set(fresh) & search and all(0 <= x < 2**32 for x in fresh)
+    s = spec(strategies=[{"name": "full_precision", "trials": 2}, {"name": "wrn_1bit"}])
+    assert s.total_trials() == 2 + 3 + s.trials_per_strategy + 3
+    two = spec(
+        objectives=[{"metric": "best_val_accuracy"}, {"metric": "weight_bits", "mode": "min"}]
+    )
+    assert two.total_trials() == len(two.strategies) * (two.trials_per_strategy + 3 * 3)
+    assert spec(confirmation={"enabled": False}).total_trials() == spec().trials_per_strategy * len(
+        spec().strategies
+    )

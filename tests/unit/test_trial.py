@@ -195,3 +195,16 @@ def test_a_last_batch_of_one_sample_is_dropped_so_batchnorm_trains() -> None:
     # digits has 1293 training samples: batch 4 would leave one sample, which BatchNorm refuses.
     result = run_trial(TrialConfig(strategy="wrn_1bit", epochs=1, batch_size=4))
     assert result.status == "completed" and result.epochs_run == 1
+
+
+def test_a_result_keeps_nan_and_infinities_through_its_json() -> None:
+    """A diverged test loss (NaN) and an infinite one survive result.json's round trip."""
+    import math
+
+    from schemas.trial import TrialResult
+
+    result = run_trial(TrialConfig(strategy="full_precision", epochs=1, device="cpu"))
+    odd = result.model_copy(update={"test_loss": math.nan, "best_val_loss": math.inf})
+    back = TrialResult.model_validate_json(odd.model_dump_json())
+    assert math.isnan(back.test_loss) and back.best_val_loss == math.inf
+    assert result.best_val_loss == result.history[result.best_epoch - 1].val_loss
