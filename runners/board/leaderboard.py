@@ -353,7 +353,7 @@ def query_leaderboard(
     for name, value in (("dataset", dataset), ("model", model)):
         if value is not None and (not value or len(value) > 500):
             raise FieldError(name, "must be a name of 1 to 500 characters")
-    if not every_trial and isinstance(store, str) and is_database_uri(store):
+    if isinstance(store, str) and is_database_uri(store):
         check_read_store(store)
         return _sql_boards(
             store,
@@ -363,6 +363,8 @@ def query_leaderboard(
             mode=mode,
             limit=limit,
             sweep_id=sweep_id,
+            every_trial=every_trial,
+            tiebreak=tiebreak,
         )
     client = _client(store)
     exps = _benchmarks(client, dataset, model)
@@ -507,6 +509,8 @@ def _sql_boards(
     mode: str,
     limit: int,
     sweep_id: str | None,
+    every_trial: bool = False,
+    tiebreak: Sequence[tuple[str, str]] = (),
 ) -> list[Board]:
     """`query_leaderboard`'s boards on a database store, read without MLflow."""
     from runners.board.read import SqlReader
@@ -530,10 +534,39 @@ def _sql_boards(
             exps = exps[:1]
         boards = []
         for exp in exps:
+            ds, md = _benchmark_of(exp)
+            if every_trial:
+                parent = reader.sweeps(exp.experiment_id, sweep_id) if sweep_id else []
+                keys = _ranking(metric, mode, tiebreak)
+                ids = _sql_ranked_ids(
+                    uri,
+                    exp.experiment_id,
+                    keys=keys,
+                    strategies=[s for s in parent[0].strategies if _strategy_ok(s)] or None
+                    if parent
+                    else None,
+                    sweep_id=sweep_id,
+                    every_trial=True,
+                    limit=limit,
+                )
+                boards.append(
+                    Board(
+                        benchmark=exp.name,
+                        experiment_id=exp.experiment_id,
+                        dataset=ds,
+                        model=md,
+                        metric=metric,
+                        mode=mode,
+                        every_trial=True,
+                        sweep_id=sweep_id,
+                        rows=listed_rows(reader.tables, ids, [k for k, _ in keys]),
+                        epochs=parent[0].epochs if parent else None,
+                    )
+                )
+                continue
             rows, infos = board_of(
                 reader, exp.experiment_id, sweep_id=sweep_id, metric=metric, mode=mode, limit=limit
             )
-            ds, md = _benchmark_of(exp)
             boards.append(
                 Board(
                     benchmark=exp.name,
@@ -754,11 +787,10 @@ def _sql_ranked_ids(
 ) -> list[str]:
     """Run ids ranked by one SQL query on MLflow's tables (see the module docstring)."""
     import sqlalchemy as sa
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun, SqlTag
 
-    runs = SqlRun.__table__
-    tags = SqlTag.__table__
-    latest = SqlLatestMetric.__table__
+    from runners.board.tables import LATEST_METRICS as latest
+    from runners.board.tables import RUNS as runs
+    from runners.board.tables import TAGS as tags
 
     def tag(alias: str, key: str, value: str | None = None) -> tuple[Any, Any]:
         t = tags.alias(alias)
@@ -867,6 +899,32 @@ def board_rows(runs: list[Run], ranking: Sequence[str] = ()) -> list[BoardRow]:
                 strategy=tags.get(Tag.STRATEGY, ""),
                 run_id=run.info.run_id,
                 run_name=run.info.run_name or "",
+                trial_id=tags.get(Tag.TRIAL_ID, ""),
+                sweep_id=tags.get(Tag.SWEEP_ID, ""),
+                epochs=epochs if epochs is not None else _int(m.get("epochs")),
+                metrics={k: m[k] for k in keys if k in m},
+                phase=tags.get(Tag.PHASE, "search"),
+            )
+        )
+    return rows
+
+
+def listed_rows(tables: Any, ids: list[str], ranking: Sequence[str] = ()) -> list[BoardRow]:
+    """The rows of ranked run ids, read from MLflow's tables (`runners.board.tables`) as
+    `board_rows` reads them from runs."""
+    keys = [*LEADERBOARD_COLUMNS, *(k for k in ranking if k not in LEADERBOARD_COLUMNS)]
+    tag_keys = [Tag.STRATEGY, Tag.TRIAL_ID, Tag.SWEEP_ID, Tag.PHASE]
+    rows = []
+    for rank, (run_id, name, tags, params, m) in enumerate(
+        tables.listed(ids, tag_keys, [*keys, "epochs"]), 1
+    ):
+        epochs = _int(params.get("epochs"))
+        rows.append(
+            BoardRow(
+                rank=rank,
+                strategy=tags.get(Tag.STRATEGY, ""),
+                run_id=run_id,
+                run_name=name,
                 trial_id=tags.get(Tag.TRIAL_ID, ""),
                 sweep_id=tags.get(Tag.SWEEP_ID, ""),
                 epochs=epochs if epochs is not None else _int(m.get("epochs")),

@@ -37,6 +37,8 @@ def number(v: Any, digits: int = 4) -> str:
             return str(v)
         if v.is_integer() and abs(v) < 1e15:
             return str(int(v))
+        if abs(v) >= 10**digits:  # a mean of counts or bytes: no exponent
+            return f"{v:.0f}"
         return f"{v:.{digits}g}"
     return str(v)
 

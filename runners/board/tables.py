@@ -32,6 +32,7 @@ CHUNK = 500  # ids in one IN (...)
 _runs = sa.table(
     "runs",
     sa.column("run_uuid"),
+    sa.column("name"),
     sa.column("status"),
     sa.column("start_time"),
     sa.column("experiment_id"),
@@ -307,6 +308,34 @@ class Tables:
         ):
             into[run_id][key] = math.nan if is_nan else float(value)
 
+    def listed(
+        self, run_ids: Sequence[str], tag_keys: Iterable[str], metric_keys: Iterable[str]
+    ) -> list[tuple[str, str, dict[str, str], dict[str, str], dict[str, float]]]:
+        """(run id, run name, tags, params, latest metrics) of each of `run_ids`, in that
+        order: the tags and metrics named, every param."""
+        r = _runs
+        names: dict[str, str] = {}
+        tags: dict[str, dict[str, str]] = defaultdict(dict)
+        metrics: dict[str, dict[str, float]] = defaultdict(dict)
+        params = self.params_of(run_ids)
+        tag_keys, metric_keys = list(tag_keys), list(metric_keys)
+        with self.engine.connect() as conn:
+            for start in range(0, len(run_ids), CHUNK):
+                chunk = list(run_ids[start : start + CHUNK])
+                q = sa.select(r.c.run_uuid, r.c.name).where(r.c.run_uuid.in_(chunk))
+                names.update({i: n or "" for i, n in conn.execute(q)})
+                self._pairs(conn, _tags, tag_keys, chunk, tags)
+                self._metrics(
+                    conn,
+                    metrics,
+                    sa.and_(_latest.c.key.in_(metric_keys), _latest.c.run_uuid.in_(chunk)),
+                )
+        return [
+            (i, names[i], dict(tags.get(i, {})), dict(params.get(i, {})), dict(metrics.get(i, {})))
+            for i in run_ids
+            if i in names
+        ]
+
     def metrics_of(
         self, run_ids: Sequence[str], keys: Iterable[str]
     ) -> dict[str, dict[str, float]]:
@@ -334,4 +363,6 @@ class Tables:
         return out
 
 
-__all__ = ["WORKSPACE", "Experiment", "RunRow", "Tables"]
+RUNS, TAGS, LATEST_METRICS = _runs, _tags, _latest
+
+__all__ = ["LATEST_METRICS", "RUNS", "TAGS", "WORKSPACE", "Experiment", "RunRow", "Tables"]

@@ -225,3 +225,30 @@ def test_bench_gpu_smoke_runs_step_cost_and_packed_trials(
     assert all(float(r[2].replace(",", "")) > 0 for r in packed)
     assert packed[0][3] == "1.00x"
     assert len(written) == 1 and "| trials on one" in written[0] and "| wrn |" in written[0]
+
+
+def test_bench_selection_bias_verdicts_check_what_the_board_claims(load):
+    """The benchmark's verdicts on known numbers (its sweep runs under benchmarks/, by hand):
+    an order the board claims (a row not tied with #1) that the retrains reverse is reported,
+    an order between tied rows is not a claim, and an interval is checked as it is."""
+    bench = load("bench_selection_bias")
+
+    def row(name: str, rank: int, tied: bool | None, mean: float, low: float, high: float):
+        after = bench.Side("r" + name, "t" + name, mean, low, high, 3, [mean - 0.01, mean + 0.01])
+        before = bench.Side("b" + name, "u" + name, mean + 0.02, independent=[mean, mean])
+        return bench.Strategy(name, before, after, rank, tied, None, "confirmed")
+
+    rows = [
+        row("a", 1, None, 0.90, 0.88, 0.92),
+        row("b", 2, True, 0.91, 0.89, 0.93),  # tied with #1: its place above c is no claim
+        row("c", 3, False, 0.95, 0.90, 0.93),  # not tied, yet better independently
+    ]
+    holds, wrong, checked = bench.untied_order(rows)
+    assert not holds and checked == 2 and len(wrong) == 2 and "a (#1) above c (#3)" in wrong[0]
+    rows[2] = row("c", 3, False, 0.80, 0.78, 0.82)
+    assert bench.untied_order(rows)[0]
+    assert [r.after.inside for r in rows] == [True, True, True]
+    assert bench.Side("x", "y", 0.9, 0.85, 0.86, 3, [0.9, 0.9]).inside is False
+    after = bench.ranking(rows, "after")
+    assert after.order == ["a", "b", "c"] and after.independent == ["b", "a", "c"]
+    assert (after.alike, after.pairs) == (2, 3)

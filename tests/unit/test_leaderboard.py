@@ -336,6 +336,14 @@ def test_the_sql_read_is_the_client_read(uri):
             assert seconds_rounded(rows_a) == seconds_rounded(rows_b)
     finally:
         sql.close()
+    for kw in (
+        {"every_trial": True, "limit": 1000},
+        {"every_trial": True, "sweep_id": _sweep_ids()[0]},
+    ):
+        (by_tables,) = query_leaderboard(uri, **kw)
+        (by_mlflow,) = query_leaderboard(client, **kw)
+        assert by_tables.rows  # NaN as JSON writes it, so that it equals itself
+        assert json.dumps(by_tables.to_json()) == json.dumps(by_mlflow.to_json())
 
 
 def test_query_refuses_bad_arguments_naming_the_field(uri):
