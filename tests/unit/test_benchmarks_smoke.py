@@ -92,7 +92,8 @@ def test_bench_leaderboard_smoke_prints_a_table_and_writes_its_section(
     argv = ["--smoke", "--store", str(tmp_path / "store"), "--doc", str(doc)]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "wrote 50 trial runs and 5 sweeps" in out
+    # 50 search trials, and 3 confirmations of each strategy of each sweep (12 of them)
+    assert "wrote 86 trial runs and 5 sweeps" in out
     rows = [line for line in out.splitlines() if line.startswith("|")]
     assert rows[0] == "| read | scope | rows | seconds |" and rows[1].startswith("| --- |")
     body = [[c.strip() for c in row.split("|")[1:-1]] for row in rows[2:]]

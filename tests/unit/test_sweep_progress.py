@@ -168,6 +168,7 @@ def test_a_sweep_shows_its_wait_for_busy_resources_then_runs(local_ray, tmp_path
             "name": "busy",
             "epochs": 1,
             "trials_per_strategy": 2,
+            "confirmation": {"enabled": False},  # the search's trials wait and run
             "strategies": [{"name": "full_precision"}],
         }
     )
