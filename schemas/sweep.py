@@ -161,7 +161,7 @@ class SweepSpec(TrainingSettings):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_PATTERN.match(v):
+        if not NAME_PATTERN.fullmatch(v):
             raise ValueError(
                 "must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
             )

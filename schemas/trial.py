@@ -12,7 +12,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def _dataset_ref(v: str) -> str:
-    if not DATASET_PATTERN.match(v):
+    if not DATASET_PATTERN.fullmatch(v):
         raise ValueError(
             "must be digits, mnist-5k, or one of npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR"
         )
@@ -122,7 +122,7 @@ class TrialConfig(TrainingSettings):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not DEVICE_PATTERN.match(v):
+        if not DEVICE_PATTERN.fullmatch(v):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return v
 

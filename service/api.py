@@ -26,10 +26,15 @@ class ErrorBody(Response):
 
 
 class Health(Response):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "unhealthy"] = "ok"
     version: str
     database: str = Field(..., description="the service database's dialect")
     ray: str = Field(..., description="the Ray dashboard that takes the jobs")
+    ray_ok: bool | None = Field(
+        None,
+        description="whether that dashboard answers (null: this service runs no jobs); "
+        "false answers 503, as sweeps would fail",
+    )
     tracking_uri: str
     sweeps: dict[StatusName, int]
 

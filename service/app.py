@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import FieldError
 from schemas.names import TRIAL_METRICS
+from schemas.secrets import scrubbed
 from schemas.sweep import SweepSpec
 from service.api import (
     BestTrial,
@@ -269,20 +270,34 @@ def _routes(app: FastAPI, service: Service) -> None:
             raise NotFound("sweep_id", f"no sweep {sweep_id}")
         return row
 
-    @app.get("/health", response_model=Health, tags=["service"])
-    def health() -> Health:
-        """The service answers, with its database, Ray and MLflow addresses and its sweeps."""
+    @app.get(
+        "/health",
+        response_model=Health,
+        tags=["service"],
+        responses={503: {"model": Health, "description": "the Ray head does not answer"}},
+    )
+    def health() -> Any:
+        """The service answers, with its database, Ray and MLflow addresses and its sweeps;
+        503 when its Ray head does not answer (every sweep would fail)."""
+        from service.jobs import answers
+
         with service.sessions() as s:
             rows = s.execute(select(SweepRow.status, func.count()).group_by(SweepRow.status))
             counts = {st.value: 0 for st in Status}
             counts.update({st.value: n for st, n in rows})
-        return Health(
+        ray_ok = answers(service.ray_address) if service.run_jobs else None
+        body = Health(
+            status="unhealthy" if ray_ok is False else "ok",
             version=_version(),
             database=service.engine.dialect.name,
             ray=service.ray_address,
+            ray_ok=ray_ok,
             tracking_uri=public_uri(settings.tracking),
             sweeps=counts,  # type: ignore[arg-type]
         )
+        if ray_ok is False:
+            return JSONResponse(body.model_dump(mode="json"), status_code=503)
+        return body
 
     @app.get("/strategies", response_model=list[StrategyView], tags=["strategies"])
     def list_strategies() -> list[dict[str, Any]]:
@@ -479,7 +494,8 @@ def _routes(app: FastAPI, service: Service) -> None:
         row = get_row(sweep_id)
         text = ""
         if row.ray_job_id is not None and service.run_jobs:
-            text = service.jobs.logs(row.ray_job_id)
+            # A sweep prints its stores masked; a driver's error may still quote one.
+            text = scrubbed(service.jobs.logs(row.ray_job_id), [settings.tracking, settings.optuna])
         lines = text.splitlines()[-tail:]
         return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""))
 

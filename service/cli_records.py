@@ -49,10 +49,13 @@ def remove(
     yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
 ) -> None:
     """Delete a sweep: its MLflow runs (to MLflow's trash), Optuna studies, checkpoints, state."""
+    from runners.board.leaderboard import SWEEP_ID_PATTERN
     from runners.sweep.records import remove_sweep
     from runners.sweep.run import SweepState, data_home
     from runners.sweep.stores import default_uris
 
+    if not SWEEP_ID_PATTERN.fullmatch(sweep_id):
+        raise InputRefused("sweep_id", f"{sweep_id!r} is not a sweep id")
     home = data_home()
     tracking, optuna_url = default_uris(home)
     storage_root = str(Home(home).ray)

@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from schemas.secrets import masked
 from service.errors import InputRefused
 
 out = Console()
@@ -99,7 +100,7 @@ def sweep(
     from runners.sweep.state import state_path
 
     spec = load_spec(spec_path)
-    if sweep_id is not None and not SWEEP_ID_PATTERN.match(sweep_id):
+    if sweep_id is not None and not SWEEP_ID_PATTERN.fullmatch(sweep_id):
         raise InputRefused("--sweep-id", f"{sweep_id!r} is not a sweep id")
     plan = plan_sweep(spec)
     if resume:
@@ -116,7 +117,7 @@ def sweep(
 
     def on_start(sid: str, parent: str) -> None:
         err.print(f"sweep [bold]{sid}[/] → MLflow experiment [bold]{spec.benchmark}[/]")
-        err.print(f"tracking: {plan.tracking_uri}")
+        err.print(f"tracking: {masked(plan.tracking_uri)}")
 
     def on_event(event: Any) -> None:
         # Without a terminal there is no live table: one plain line per trial event instead.
@@ -165,7 +166,7 @@ def sweep(
         f"leaderboard.md and trials.csv beside it, in parent run {summary.parent_run_id}",
         soft_wrap=True,
     )
-    out.print(f"browse: mlflow ui --backend-store-uri {plan.tracking_uri}", soft_wrap=True)
+    out.print(f"browse: mlflow ui --backend-store-uri {masked(plan.tracking_uri)}", soft_wrap=True)
 
 
 # (header, cell of a board row): a board as a table of at most 160 columns.

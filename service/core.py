@@ -11,6 +11,7 @@ from typing import Any
 
 from schemas.errors import FieldError
 from schemas.names import Tag, tag_filter
+from schemas.secrets import masked
 from schemas.sweep import SweepSpec
 from service.api import (
     Links,
@@ -265,15 +266,8 @@ def checked_dataset(ref: str, roots: list[Path]) -> str:
 
 
 def public_uri(uri: str) -> str:
-    """A store URI without its password."""
-    from sqlalchemy.engine import make_url
-
-    if "://" not in uri or uri.startswith(("http://", "https://", "file:")):
-        return uri
-    try:
-        return make_url(uri).render_as_string(hide_password=True)
-    except Exception:
-        return uri.split("@")[-1]
+    """A store URI without its password (`schemas.secrets.masked`)."""
+    return masked(uri)
 
 
 __all__ = ["Conflict", "NotFound", "Service", "Unauthorized", "checked_dataset", "public_uri"]

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports on loopback (held open together while they are chosen)."""
+    with contextlib.ExitStack() as stack:
+        found = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            found.append(int(s.getsockname()[1]))
+        return found
+
+
+# What Ray reads to choose a cluster: never the service's to inherit from a shell, which may
+# name another cluster (its jobs, with the stores' URLs, would go there).
+RAY_ADDRESS_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+# What the local head (and every job on it) must not inherit from the service.
+PRIVATE_ENV = (
+    "BITSWEEP_TOKENS",
+    "BITSWEEP_DATABASE_URL",
+    "BITSWEEP_TRACKING_URI",
+    "BITSWEEP_OPTUNA_STORAGE",
+)
+
+
+def head_environment() -> dict[str, str]:
+    """The local head's environment: the service's, without the API's tokens, the stores'
+    URLs and any Ray address (jobs get the stores from the service, in their own env)."""
+    drop = set(PRIVATE_ENV) | set(RAY_ADDRESS_ENV)
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+@contextlib.contextmanager
+def without_ray_address() -> Iterator[None]:
+    """`RAY_ADDRESS` and `RAY_API_SERVER_ADDRESS` unset while Ray's job client is made: it
+    prefers them to the address it is given."""
+    saved = {k: os.environ.pop(k) for k in RAY_ADDRESS_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def answers(address: str, timeout: float = 2.0) -> bool:
@@ -93,7 +136,7 @@ class LocalHead:
             log.info("using the Ray head already running at %s", self.address)
             return self.address
         self.home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **AUTH_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**head_environment(), **AUTH_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
         # A new machine has no token yet: Ray's CLI makes one (in ~/.ray) where none exists.
         subprocess.run(
             [sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
@@ -103,23 +146,9 @@ class LocalHead:
         )
         # Ray's sockets live in its temp folder and a socket path has at most 107 bytes.
         temp = Path(tempfile.mkdtemp(prefix="bitsweep-ray-"))
-        port, dash = free_port(), free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--include-dashboard=true",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ]
-        if self.cpus is not None:
-            command.append(f"--num-cpus={self.cpus}")
+        command = self.command(temp)
+        port = int(next(c for c in command if c.startswith("--port=")).split("=")[1])
+        dash = int(next(c for c in command if c.startswith("--dashboard-port=")).split("=")[1])
         logfile = (self.home / "ray-head.log").open("ab")
         self.process = subprocess.Popen(
             command, stdout=logfile, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -143,6 +172,47 @@ class LocalHead:
         )
         self.temp_dir = temp
         return self.address
+
+    def command(self, temp: Path) -> list[str]:
+        """`ray start --head --block` with every port of its own, on loopback."""
+        # Every port of its own, on loopback: Ray's defaults (the dashboard agent's 52365, the
+        # client server's 10001, ...) are taken when another Ray runs on the machine, and its
+        # head would then start without an agent, refusing every job.
+        port, dash, *more = free_ports(9)
+        ports = dict(
+            zip(
+                (
+                    "object-manager-port",
+                    "node-manager-port",
+                    "ray-client-server-port",
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "runtime-env-agent-port",
+                    "metrics-export-port",
+                ),
+                more,
+                strict=True,
+            )
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            *(f"--{k}={v}" for k, v in ports.items()),
+            "--include-dashboard=true",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ]
+        if self.cpus is not None:
+            command.append(f"--num-cpus={self.cpus}")
+        return command
 
     def _running(self) -> tuple[str, int, Path] | None:
         try:
@@ -201,14 +271,15 @@ class RayJobs:
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
 
-            self._client = JobSubmissionClient(self.address)
+            with without_ray_address():
+                self._client = JobSubmissionClient(self.address)
         return self._client
 
     def submit(self, job_id: str, sweep_id: str, spec: dict[str, Any], *, resume: bool) -> None:
         """Submit `bitsweep sweep` for `spec` as job `job_id`."""
-        command = f"{self.python} -m service.cli sweep spec.json --sweep-id {sweep_id}"
-        if resume:
-            command += " --resume"
+        # Ray runs the entrypoint through a shell: every word quoted, whatever it holds.
+        argv = [self.python, "-m", "service.cli", "sweep", "spec.json", "--sweep-id", sweep_id]
+        command = shlex.join([*argv, "--resume"] if resume else argv)
         with tempfile.TemporaryDirectory() as folder:
             Path(folder, "spec.json").write_text(json.dumps(spec, indent=2))
             self.client.submit_job(

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # submissions of one sweep, when Ray keeps losing its job
 
 
+FOLLOW_ATTEMPTS = 3  # passes in a row that may fail to follow a sweep before it is failed
+
+
 def job_id(sweep_id: str, attempt: int) -> str:
     return f"bitsweep-{sweep_id}" if attempt <= 1 else f"bitsweep-{sweep_id}-{attempt}"
 
@@ -67,6 +70,7 @@ class Scheduler:
         self.finalize = finalize
         self.locate = locate
         self.lock = threading.Lock()
+        self.unfollowed: dict[str, int] = {}  # sweep id -> passes in a row it failed to follow
 
     @property
     def jobs(self) -> RayJobs:
@@ -87,8 +91,21 @@ class Scheduler:
         for sid in ids:
             try:
                 self.follow(sid)
-            except Exception:  # one sweep's trouble must not stop the others being followed
-                log.exception("following sweep %s failed; trying again at the next pass", sid)
+            except Exception as e:  # one sweep's trouble must not stop the others being followed
+                n = self.unfollowed[sid] = self.unfollowed.get(sid, 0) + 1
+                if n < FOLLOW_ATTEMPTS:
+                    log.warning(
+                        "following sweep %s failed (%d of %d): %s", sid, n, FOLLOW_ATTEMPTS, e
+                    )
+                    continue
+                # A row no pass can follow would hold its slot, and the queue, for good.
+                log.error("sweep %s could not be followed %d times; it failed: %s", sid, n, e)
+                try:
+                    self._finish(sid, Status.failed, f"the service could not follow its job: {e}")
+                except Exception:
+                    log.exception("sweep %s could not be marked failed", sid)
+            else:
+                self.unfollowed.pop(sid, None)
 
     def follow(self, sweep_id: str) -> None:
         with self.sessions() as s:

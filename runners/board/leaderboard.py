@@ -88,6 +88,7 @@ from schemas.names import (
     literal,
     tag_filter,
 )
+from schemas.secrets import masked
 from schemas.sweep import NAME_PATTERN
 
 # What a board may be ranked by: any metric a trial reports (reading is not selecting).
@@ -138,14 +139,16 @@ def check_read_store(uri: str, field_name: str = "tracking_uri") -> None:
     if uri.startswith("file:") or "://" not in uri:
         raise FieldError(field_name, "a file store is refused by MLflow 3; use sqlite:///PATH")
     if not is_database_uri(uri):
-        raise FieldError(field_name, f"{uri!r} is neither a database URL nor an MLflow server")
+        raise FieldError(
+            field_name, f"{masked(uri)!r} is neither a database URL nor an MLflow server"
+        )
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
     try:
         url = make_url(uri)
     except sqlalchemy.exc.ArgumentError:
-        raise FieldError(field_name, f"{uri!r} is not a database URL") from None
+        raise FieldError(field_name, f"{masked(uri)!r} is not a database URL") from None
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
             raise FieldError(field_name, "an in-memory SQLite store holds no leaderboard")
@@ -322,7 +325,7 @@ def check_query(
         raise FieldError("mode", "must be max or min")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-    if sweep_id is not None and not SWEEP_ID_PATTERN.match(sweep_id):
+    if sweep_id is not None and not SWEEP_ID_PATTERN.fullmatch(sweep_id):
         raise FieldError("sweep_id", f"{sweep_id!r} is not a sweep id")
     for i, (m, md) in enumerate(tiebreak):
         if m not in BOARD_METRICS or md not in ("max", "min"):
@@ -370,13 +373,17 @@ def query_leaderboard(
     exps = _benchmarks(client, dataset, model)
     pattern = f"bitsweep/{dataset or '*'}/{model or '*'}"
     if not exps:
-        raise FieldError("dataset", f"no benchmark matches {pattern} in {client.tracking_uri}")
+        raise FieldError(
+            "dataset", f"no benchmark matches {pattern} in {masked(str(client.tracking_uri))}"
+        )
     boards = []
     if sweep_id is not None:
         parent = _sweep_run(client, [str(e.experiment_id) for e in exps], sweep_id)
         if parent is None:
             where = "" if dataset is None and model is None else f" of {pattern}"
-            raise FieldError("sweep_id", f"no sweep {sweep_id}{where} in {client.tracking_uri}")
+            raise FieldError(
+                "sweep_id", f"no sweep {sweep_id}{where} in {masked(str(client.tracking_uri))}"
+            )
         exps = [e for e in exps if str(e.experiment_id) == parent.info.experiment_id]
     else:
         parent = None
@@ -525,12 +532,12 @@ def _sql_boards(
         ]
         pattern = f"bitsweep/{dataset or '*'}/{model or '*'}"
         if not exps:
-            raise FieldError("dataset", f"no benchmark matches {pattern} in {shown_uri(uri)}")
+            raise FieldError("dataset", f"no benchmark matches {pattern} in {masked(uri)}")
         if sweep_id is not None:
             exps = [e for e in exps if reader.sweeps(e.experiment_id, sweep_id)]
             if not exps:
                 where = "" if dataset is None and model is None else f" of {pattern}"
-                raise FieldError("sweep_id", f"no sweep {sweep_id}{where} in {shown_uri(uri)}")
+                raise FieldError("sweep_id", f"no sweep {sweep_id}{where} in {masked(uri)}")
             exps = exps[:1]
         boards = []
         for exp in exps:
@@ -585,18 +592,6 @@ def _sql_boards(
         return boards
     finally:
         reader.close()
-
-
-def shown_uri(uri: str) -> str:
-    """A store's URI as a message may show it: without its password."""
-    if "@" not in uri:
-        return uri
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(uri).render_as_string(hide_password=True)
-    except Exception:
-        return uri.split("://", 1)[0] + "://***"
 
 
 def reader_of(client: MlflowClient) -> Reader:
@@ -709,7 +704,7 @@ def leaderboard_runs(
 
 
 def _strategy_ok(name: str) -> bool:
-    if NAME_PATTERN.match(name):
+    if NAME_PATTERN.fullmatch(name):
         return True
     log.warning("strategy name %r is not a name; left off the leaderboard", name)
     return False
@@ -844,14 +839,14 @@ def _sql_ranked_ids(
 def _runs_by_id(client: MlflowClient, experiment_id: str, ids: list[str]) -> list[Run]:
     """The runs of `ids`, in that order, read through MLflow (200 ids a query)."""
     found: dict[str, Run] = {}
-    ok = [i for i in ids if RUN_ID_PATTERN.match(i)]
+    ok = [i for i in ids if RUN_ID_PATTERN.fullmatch(i)]
     for start in range(0, len(ok), 200):
         chunk = ok[start : start + 200]
         flt = f"attributes.run_id IN ({', '.join(q(i) for i in chunk)})"
         for run in client.search_runs([experiment_id], filter_string=flt, max_results=len(chunk)):
             found[run.info.run_id] = run
     for i in ids:  # an id outside the pattern (not written by MLflow): read it alone
-        if i not in found and not RUN_ID_PATTERN.match(i):
+        if i not in found and not RUN_ID_PATTERN.fullmatch(i):
             found[i] = client.get_run(i)
     return [found[i] for i in ids if i in found]
 

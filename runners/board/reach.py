@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from schemas.secrets import masked, scrubbed
+
 
 def reason(e: BaseException) -> str:
     """One line of at most 300 characters saying why `e` happened."""
@@ -20,9 +22,9 @@ def server_problem(uri: str) -> str | None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
             if r.status != 200:
-                return f"MLflow server at {uri} answered {r.status}"
+                return f"MLflow server at {masked(uri)} answered {r.status}"
     except (urllib.error.URLError, OSError) as e:
-        return f"MLflow server at {uri} is unreachable ({reason(e)})"
+        return f"MLflow server at {masked(uri)} is unreachable ({scrubbed(reason(e), [uri])})"
     return None
 
 

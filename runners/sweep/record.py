@@ -30,6 +30,7 @@ from runners.sweep.tracking import (
 )
 from runners.sweep.worker import split_config
 from schemas.names import Phase, Tag, tag_filter
+from schemas.secrets import masked
 from strategies import strategy_origin
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class SweepSummary:
         out: dict[str, Any] = {
             "sweep_id": self.sweep_id,
             "experiment": self.experiment,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": masked(self.tracking_uri),
             "parent_run_id": self.parent_run_id,
             "objectives": self.objectives,
             "completed": self.completed,
@@ -173,7 +174,7 @@ class SweepRecord:
             client.log_param(run_id, k, str(v))
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / "spec.json"
-            p.write_text(spec.model_dump_json(indent=2))
+            p.write_text(shown_spec(spec).model_dump_json(indent=2))
             client.log_artifact(run_id, str(p))
         return SweepState(
             sweep_id=sweep_id,
@@ -325,6 +326,17 @@ class SweepRecord:
             pareto=pareto,
             selection=board["board"].title().split(": ", 1)[-1],
         )
+
+
+def shown_spec(spec: Any) -> Any:
+    """The spec as a record shows it: its stores without their passwords."""
+    return spec.model_copy(
+        update={
+            k: masked(v)
+            for k in ("tracking_uri", "optuna_storage", "storage_path")
+            if (v := getattr(spec, k)) is not None
+        }
+    )
 
 
 def numbers(row: dict[str, Any]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from runners.sweep.space import SpecError
 from runners.sweep.worker import RESULT_FILE
 from schemas.home import Home
 from schemas.names import TIMING_METRICS, Tag, tag_filter
+from schemas.secrets import masked
 from schemas.trial import TrialResult
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,15 @@ def remove_sweep(
     `mlflow gc` empties), its Optuna studies, its Tune folder and its saved state."""
     import optuna
 
+    from runners.board.leaderboard import SWEEP_ID_PATTERN
+
+    if not SWEEP_ID_PATTERN.fullmatch(sweep_id):
+        raise SpecError("sweep_id", f"{sweep_id!r} is not a sweep id")
+    tune_dir = Path(storage_root) / sweep_id
+    if "://" not in storage_root and not tune_dir.resolve().is_relative_to(
+        Path(storage_root).resolve()
+    ):
+        raise SpecError("sweep_id", f"{sweep_id!r} names a folder outside {storage_root}")
     client = MlflowClient(tracking_uri)
     exps = client.search_experiments(filter_string="name LIKE 'bitsweep/%'", max_results=1000)
     runs = client.search_runs(
@@ -153,7 +163,9 @@ def remove_sweep(
     ) if exps else []  # fmt: skip
     state = Home(home).state_file(sweep_id)
     if not runs and not state.exists():
-        raise SpecError("sweep_id", f"no sweep {sweep_id!r} in {tracking_uri} or under {home}")
+        raise SpecError(
+            "sweep_id", f"no sweep {sweep_id!r} in {masked(tracking_uri)} or under {home}"
+        )
     for run in runs:
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, status="KILLED")
@@ -164,7 +176,6 @@ def remove_sweep(
             optuna.delete_study(study_name=summary.study_name, storage=optuna_url)
             studies.append(summary.study_name)
     folders = []
-    tune_dir = Path(storage_root) / sweep_id
     if "://" not in storage_root and tune_dir.is_dir():
         shutil.rmtree(tune_dir)
         folders.append(str(tune_dir))

@@ -4,6 +4,7 @@ interrupted sweep can resume."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,12 @@ class SweepState:
         path = state_path(home, self.sweep_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True))
+        # It holds the stores' URLs, passwords included (`--resume` and `bitsweep remove`
+        # connect with them): readable by its owner alone, as a .pgpass is.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.__dict__, indent=2, sort_keys=True))
+        os.chmod(tmp, 0o600)
         tmp.replace(path)
 
     @classmethod

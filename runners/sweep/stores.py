@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from runners.board.reach import database_problem, reason, server_problem
 from runners.sweep.space import SpecError
 from schemas.home import Home
+from schemas.secrets import masked
 
 
 def default_uris(home: Path) -> tuple[str, str]:
@@ -37,7 +38,7 @@ def check_store(field: str, uri: str, *, mlflow_store: bool) -> None:
     try:
         url = make_url(uri)
     except sqlalchemy.exc.ArgumentError:
-        raise SpecError(field, f"{uri!r} is not a database URL") from None
+        raise SpecError(field, f"{masked(uri)!r} is not a database URL") from None
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
             raise SpecError(field, "an in-memory SQLite store would be lost when the sweep ends")

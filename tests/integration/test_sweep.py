@@ -262,24 +262,36 @@ def test_failing_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path):
     )
 
 
-def test_postgres_stores_both_mlflow_and_optuna(tmp_path, pg_database):
-    tracking, study_db = pg_database("mlflow"), pg_database("optuna")
-    spec = SweepSpec.model_validate(
-        {
-            "name": "pg",
-            "epochs": 1,
-            "trials_per_strategy": 2,
-            "tracking_uri": tracking,
-            "optuna_storage": study_db,
-            "confirmation": {"seeds": 2},
-            "strategies": [{"name": "full_precision"}],
-        }
+def test_postgres_stores_both_mlflow_and_optuna(tmp_path, pg_database, monkeypatch, capsys):
+    """PostgreSQL stores whose URLs hold a password (the server trusts loopback and ignores
+    it): the sweep runs, and no line or JSON it prints shows the password."""
+    secret = "pw-Zq8fK2mX9"
+    tracking, study_db = (
+        pg_database(name).replace("postgres@", f"postgres:{secret}@", 1)
+        for name in ("mlflow", "optuna")
     )
-    summary = run_sweep(plan_sweep(spec, home=tmp_path / "data"))
-    runs = children(MlflowClient(tracking), summary.parent_run_id)
-    study = optuna.load_study(study_name=f"{summary.sweep_id}/full_precision", storage=study_db)
+    spec = {
+        "name": "pg",
+        "epochs": 1,
+        "trials_per_strategy": 2,
+        "tracking_uri": tracking,
+        "optuna_storage": study_db,
+        "confirmation": {"seeds": 2},
+        "strategies": [{"name": "full_precision"}],
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    monkeypatch.setenv("BITSWEEP_HOME", str(tmp_path / "data"))
+    assert main(["sweep", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert secret not in captured.out and secret not in captured.err
+    summary = json.loads(captured.out)
+    assert summary["tracking_uri"].startswith("postgresql://postgres:***@")
+    runs = children(MlflowClient(tracking), summary["parent_run_id"])
+    study = optuna.load_study(study_name=f"{summary['sweep_id']}/full_precision", storage=study_db)
     assert len(runs) == 4 and len(study.trials) == 2
-    assert summary.leaderboard[0]["status"] == "confirmed" and summary.leaderboard[0]["seeds"] == 2
+    assert summary["best"]["full_precision"]["metrics"]["seeds"] == 2
+    assert "tracking: postgresql://postgres:***@" in captured.err
 
 
 def test_early_stopping_stops_weak_trials_and_records_them(tmp_path):

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,13 +43,26 @@ TINY = {
 }
 
 
+# A password planted in the PostgreSQL stores' URLs (the server trusts loopback and ignores
+# it): no answer, log line, artifact or output of the service may show it.
+SECRET = "pw-Zq8fK2mX9"
+
+
+def with_password(url: str) -> str:
+    return url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@", 1)
+
+
 class ServiceProcess:
     """`bitsweep serve` in a process of its own, on a free loopback port."""
 
-    def __init__(self, home: Path, database_url: str | None) -> None:
+    def __init__(
+        self, home: Path, database_url: str | None, stores: dict[str, str] | None = None
+    ) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.tracking = (stores or {}).get("tracking", f"sqlite:///{home / 'mlflow.db'}")
+        self.optuna = (stores or {}).get("optuna", f"sqlite:///{home / 'optuna.db'}")
         self.env = {
             **os.environ,
             "BITSWEEP_HOME": str(home),
@@ -59,6 +73,9 @@ class ServiceProcess:
         }
         if database_url is not None:
             self.env["BITSWEEP_DATABASE_URL"] = database_url
+        if stores is not None:
+            self.env["BITSWEEP_TRACKING_URI"] = self.tracking
+            self.env["BITSWEEP_OPTUNA_STORAGE"] = self.optuna
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home.parent / "service.log"
 
@@ -95,23 +112,55 @@ class ServiceProcess:
         return Client(self.url, token=token)
 
 
+@contextlib.contextmanager
+def ray_defaults_taken() -> Iterator[list[int]]:
+    """Ray's default ports that another Ray on the machine would hold (the dashboard agent's
+    52365, the client server's 10001, the GCS's 6379) held by listeners: the ones that could
+    be taken here."""
+    held, taken = [], []
+    for port in (52365, 10001, 6379):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            s.close()
+            continue
+        held.append(s)
+        taken.append(port)
+    try:
+        yield taken
+    finally:
+        for s in held:
+            s.close()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def service(request, tmp_path_factory) -> Iterator[ServiceProcess]:
-    database_url = None
+    """The service on SQLite; or on PostgreSQL, its stores' URLs holding a password, a
+    `RAY_ADDRESS` in its environment that names no cluster (it runs its own), and Ray's default
+    ports held by other listeners (its head takes ports of its own)."""
+    database_url, stores = None, None
     if request.param == "postgresql":
-        database_url = request.getfixturevalue("module_pg_database")("service")
+        pg = request.getfixturevalue("module_pg_database")
+        database_url = pg("service")
+        stores = {"tracking": with_password(pg("mlflow")), "optuna": with_password(pg("optuna"))}
     home = tmp_path_factory.mktemp(f"e2e-{request.param}") / "home"
-    svc = ServiceProcess(home, database_url)
-    svc.start()
-    yield svc
-    svc.stop()
+    svc = ServiceProcess(home, database_url, stores)
+    with contextlib.ExitStack() as stack:
+        if stores is not None:
+            svc.env["RAY_ADDRESS"] = f"127.0.0.1:{free_port()}"
+            stack.enter_context(ray_defaults_taken())
+        svc.start()
+        yield svc
+        svc.stop()
     assert not (home / "ray-head.json").exists(), "the service left its Ray head running"
 
 
 def mlflow_runs(svc: ServiceProcess, sweep_id: str) -> list[Any]:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{svc.home / 'mlflow.db'}")
+    client = MlflowClient(svc.tracking)
     exps = [e.experiment_id for e in client.search_experiments()]
     return list(
         client.search_runs(
@@ -193,8 +242,53 @@ def test_sweeps_submitted_over_http_run_in_order_to_success(service: ServiceProc
     assert_invariants(service, first.id, planned=8)
     from mlflow.tracking import MlflowClient
 
-    parent = MlflowClient(f"sqlite:///{service.home / 'mlflow.db'}").get_run(done.parent_run_id)
+    parent = MlflowClient(service.tracking).get_run(done.parent_run_id)
     assert parent.info.status == "FINISHED"
+    if SECRET in service.tracking:
+        assert_no_password_shown(service, first.id, done.parent_run_id)
+
+
+def assert_no_password_shown(svc: ServiceProcess, sweep_id: str, parent_run_id: str) -> None:
+    """The planted password is in no answer of the API (found or refused, with or without a
+    token), no job log, no MLflow artifact of the sweep, no line of the service's own log; the
+    state file that holds it (for `--resume` and `bitsweep remove`) is its owner's alone."""
+    import stat
+
+    import httpx
+    from mlflow.tracking import MlflowClient
+
+    answers = []
+    for path in (
+        "/health",
+        "/sweeps",
+        f"/sweeps/{sweep_id}",
+        f"/sweeps/{sweep_id}/logs",
+        "/leaderboard",
+        f"/leaderboard?sweep={sweep_id}",
+        "/leaderboard?dataset=nope",
+        "/leaderboard?sweep=nope",
+        "/leaderboard/pareto.png?dataset=nope&model=mlp",
+        "/leaderboard/pareto.png?dataset=digits&model=mlp&sweep=nope",
+        "/",
+    ):
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+            r = httpx.get(f"{svc.url}{path}", headers=headers, timeout=60)
+            answers.append((path, r.status_code, r.text))
+    r = httpx.post(f"{svc.url}/sweeps/nope/cancel", timeout=60)
+    answers.append(("cancel", r.status_code, r.text))
+    shown = [(p, code) for p, code, text in answers if SECRET in text]
+    assert not shown, f"the password is in the answers of {shown}"
+    assert {code for p, code, _ in answers if "nope" in p} <= {404, 422, 401}
+    client = MlflowClient(svc.tracking)
+    folder = Path(client.download_artifacts(parent_run_id, "", str(svc.home.parent / "art")))
+    for f in folder.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".md", ".csv", ".txt"):
+            assert SECRET not in f.read_text(errors="replace"), f
+    spec = json.loads((folder / "spec.json").read_text())
+    assert spec["tracking_uri"].startswith("postgresql://postgres:***@")
+    assert SECRET not in svc.log.read_text(errors="replace")
+    for state in (svc.home / "sweeps").glob("*.json"):
+        assert stat.S_IMODE(state.stat().st_mode) == 0o600, state
 
 
 def test_a_sweep_cancelled_midway_keeps_its_finished_trials(service: ServiceProcess):
@@ -219,11 +313,11 @@ def test_a_sweep_cancelled_midway_keeps_its_finished_trials(service: ServiceProc
     assert {r.info.status for r in trials} <= {"FINISHED", "KILLED"}
     from mlflow.tracking import MlflowClient
 
-    parent = MlflowClient(f"sqlite:///{service.home / 'mlflow.db'}").get_run(detail.parent_run_id)
+    parent = MlflowClient(service.tracking).get_run(detail.parent_run_id)
     assert parent.info.status == "KILLED"
     import optuna
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{service.home / 'optuna.db'}")
+    storage = optuna.storages.RDBStorage(service.optuna)
     for summary in optuna.get_all_study_summaries(storage):
         if summary.study_name.startswith(sweep.id):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)

@@ -536,7 +536,8 @@ def test_health_has_its_shape(fresh: Callable[..., TestClient]) -> None:
     c = fresh()
     c.post("/sweeps", json=spec())
     body = c.get("/health").json()
-    assert set(body) == {"status", "version", "database", "ray", "tracking_uri", "sweeps"}
+    assert set(body) == {"status", "version", "database", "ray", "ray_ok", "tracking_uri", "sweeps"}
+    assert body["ray_ok"] is None  # this app runs no jobs
     assert body["status"] == "ok" and body["version"]
     assert body["database"] == "sqlite"
     assert body["ray"] == ""  # no Ray jobs in this app

@@ -1,0 +1,199 @@
+"""The service's defences that need no process: credentials masked everywhere one helper can
+reach, ids and names matched whole, the Ray job's command quoted word by word, a row the
+scheduler cannot follow failed instead of wedging the queue, `bitsweep remove` kept inside its
+folders, and the local Ray head given every port of its own and none of the service's secrets."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from schemas.secrets import masked, scrubbed
+from service.cli import main
+from service.db import Base, Status, SweepRow, engine_for, sessions, utcnow
+from service.jobs import LocalHead, RayJobs, head_environment, without_ray_address
+from service.scheduler import FOLLOW_ATTEMPTS, Scheduler, job_id
+
+SECRET = "pw-Zq8fK2mX9"
+TOKEN = "hardening-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        (f"postgresql://bob:{SECRET}@db:5432/x", "postgresql://bob:***@db:5432/x"),
+        (f"postgresql+psycopg://bob:{SECRET}@db/x", "postgresql+psycopg://bob:***@db/x"),
+        (f"http://bob:{SECRET}@mlflow:5000", "http://bob:***@mlflow:5000"),
+        (f"https://bob:{SECRET}@mlflow", "https://bob:***@mlflow"),
+        ("postgresql://bob:p%40ss@db/x", "postgresql://bob:***@db/x"),
+        ("sqlite:////data/mlflow.db", "sqlite:////data/mlflow.db"),
+        ("postgresql://bob@db/x", "postgresql://bob@db/x"),
+        ("http://mlflow:5000", "http://mlflow:5000"),
+        ("/a/folder", "/a/folder"),
+    ],
+)
+def test_every_store_uri_is_shown_without_its_password(uri: str, shown: str) -> None:
+    assert masked(uri) == shown
+    assert SECRET not in masked(uri) and "p%40ss" not in masked(uri)
+
+
+def test_a_password_quoted_in_a_message_is_scrubbed() -> None:
+    url = "postgresql://bob:p%40ss-word@db/x"
+    text = "could not connect: postgresql://bob:p%40ss-word@db/x (password p@ss-word refused)"
+    assert scrubbed(text, [url, None, "sqlite:///x.db"]) == (
+        "could not connect: postgresql://bob:***@db/x (password *** refused)"
+    )
+
+
+def test_a_sweep_name_or_id_with_a_trailing_newline_is_refused(api_app: TestClient) -> None:
+    body = {"name": "quick\n", "strategies": [{"name": "full_precision"}], "epochs": 1}
+    r = api_app.post("/sweeps", json=body, headers=AUTH)
+    assert r.status_code == 422 and r.json()["field"] == "name", r.text
+    for path in ("/sweeps/x%0A", "/sweeps/x%0A/logs", "/leaderboard?sweep=x%0A"):
+        assert api_app.get(path).status_code == 422, path
+    assert api_app.post("/sweeps/x%0A/cancel", headers=AUTH).status_code == 422
+
+
+@pytest.fixture
+def api_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    for k in ("RAY_ADDRESS", "BITSWEEP_TOKENS"):
+        monkeypatch.delenv(k, raising=False)
+    settings = ServiceSettings(home=tmp_path / "home", tokens={"ci": TOKEN})
+    return TestClient(create_app(settings, run_jobs=False))
+
+
+def test_the_ray_jobs_command_is_quoted_word_by_word() -> None:
+    class Client:
+        def submit_job(self, **kw: Any) -> None:
+            self.kw = kw
+
+    jobs = RayJobs("http://127.0.0.1:1", python="/opt/py thon/bin/python", env={})
+    jobs._client = client = Client()
+    jobs.submit("bitsweep-s1", "s1; touch /tmp/x", {"name": "s"}, resume=True)
+    argv = shlex.split(client.kw["entrypoint"])
+    assert argv == [
+        "/opt/py thon/bin/python", "-m", "service.cli", "sweep", "spec.json",
+        "--sweep-id", "s1; touch /tmp/x", "--resume",
+    ]  # fmt: skip
+
+
+def _scheduler(tmp_path: Path, jobs: Any) -> tuple[Scheduler, Any]:
+    engine = engine_for(f"sqlite:///{tmp_path / 'service.db'}")
+    Base.metadata.create_all(engine)
+    make = sessions(engine)
+    with make() as s, s.begin():
+        s.add(
+            SweepRow(
+                id="stuck", seq=1, name="stuck", spec={}, status=Status.running,
+                benchmark="bitsweep/digits/mlp", ray_job_id="bitsweep-stuck",
+                submitted_by="ci", started_at=utcnow(),
+            )
+        )  # fmt: skip
+        s.add(
+            SweepRow(
+                id="next", seq=2, name="next", spec={}, status=Status.queued,
+                benchmark="bitsweep/digits/mlp", submitted_by="ci",
+            )
+        )  # fmt: skip
+    finalized: list[str] = []
+    sched = Scheduler(
+        make,
+        lambda: jobs,
+        max_running=1,
+        finalize=lambda row, status: finalized.append(row.id),
+        locate=lambda sid: None,
+    )
+    return sched, make
+
+
+def test_a_row_the_scheduler_cannot_follow_fails_and_frees_the_queue(tmp_path: Path) -> None:
+    class Jobs:
+        submitted: list[str] = []
+
+        def state(self, job: str) -> Any:
+            if job == "bitsweep-stuck":
+                raise RuntimeError("the job's id cannot be followed")
+            return None
+
+        def submit(self, job: str, *a: Any, **kw: Any) -> None:
+            self.submitted.append(job)
+
+    jobs = Jobs()
+    sched, make = _scheduler(tmp_path, jobs)
+    for _ in range(FOLLOW_ATTEMPTS - 1):
+        sched.step()
+    with make() as s:
+        assert s.get(SweepRow, "stuck").status == Status.running  # a passing trouble: retried
+        assert s.get(SweepRow, "next").status == Status.queued
+    sched.step()
+    with make() as s:
+        stuck = s.get(SweepRow, "stuck")
+        assert stuck.status == Status.failed and "could not follow" in (stuck.error or "")
+        assert s.get(SweepRow, "next").status == Status.running
+    assert jobs.submitted == [job_id("next", 1)]
+
+
+def test_remove_refuses_an_id_that_leaves_the_storage_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    (home / "ray").mkdir(parents=True)
+    victim = home / "victimdir"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    monkeypatch.setenv("BITSWEEP_HOME", str(home))
+    for bad in ("../victimdir", "x\n", "a/b", ".hidden"):
+        assert main(["remove", bad, "--yes"]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("error: sweep_id:") and len(err.strip().splitlines()) == 1
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_the_local_head_takes_every_port_of_its_own_on_loopback(tmp_path: Path) -> None:
+    command = LocalHead(home=tmp_path, cpus=2).command(tmp_path / "t")
+    assert command[:6] == [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--block",
+    ]
+    ports = {
+        a.split("=")[0]: int(a.split("=")[1]) for a in command if a.split("=")[0].endswith("-port")
+    }
+    assert set(ports) >= {
+        "--port", "--dashboard-port", "--object-manager-port", "--node-manager-port",
+        "--ray-client-server-port", "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
+    }  # fmt: skip
+    assert len(set(ports.values())) == len(ports)  # distinct
+    assert not {52365, 10001, 6379, 8265} & set(ports.values())  # Ray's defaults: free ones
+    assert "--node-ip-address=127.0.0.1" in command and "--dashboard-host=127.0.0.1" in command
+    assert "--num-cpus=2" in command
+
+
+def test_the_head_and_the_job_client_inherit_no_secret_and_no_ray_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BITSWEEP_TOKENS", f"ci={SECRET}")
+    monkeypatch.setenv("BITSWEEP_TRACKING_URI", f"postgresql://u:{SECRET}@db/x")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://elsewhere:10001")
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://elsewhere:8265")
+    env = head_environment()
+    assert SECRET not in repr(env)
+    assert "RAY_ADDRESS" not in env and "RAY_API_SERVER_ADDRESS" not in env
+    import os
+
+    with without_ray_address():
+        assert "RAY_ADDRESS" not in os.environ and "RAY_API_SERVER_ADDRESS" not in os.environ
+    assert os.environ["RAY_ADDRESS"] == "ray://elsewhere:10001"  # restored
