@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -306,6 +307,8 @@ def _routes(app: FastAPI, service: Service) -> None:
 
         return [cls.describe() for cls in strategies.list_strategies().values()]
 
+    submit_lock = threading.Lock()
+
     @app.post(
         "/sweeps",
         status_code=202,
@@ -321,7 +324,9 @@ def _routes(app: FastAPI, service: Service) -> None:
         admitted = service.admit(spec)
         for _ in range(5):
             sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-            with service.sessions() as s, s.begin():
+            # One allocation of `seq` at a time in this process (the service runs one); the
+            # unique index still refuses a second process's, and the loop draws again.
+            with submit_lock, service.sessions() as s, s.begin():
                 seq = (s.scalar(select(func.max(SweepRow.seq))) or 0) + 1
                 row = SweepRow(
                     id=sweep_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,17 +141,22 @@ def board_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     their 95% intervals as error bars (unconfirmed rows hollow, without bars), one colour per
     strategy, and the front of the rows chosen on validation accuracy and memory, drawn
     through their test means."""
+    # The Figure API, not pyplot: pyplot's figure registry is global state, and plots drawn at
+    # once in the service's threads broke each other. Labels come from the store's tags: `$`
+    # is escaped so that no label is parsed as math.
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     from runners.board.selection import select
 
     pts = [r for r in rows if r.test is not None and "weight_bytes" in r.costs]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     names = sorted({r.strategy for r in pts})
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     for i, name in enumerate(names):
         colour = cmap(i % 10)
         for j, r in enumerate(p for p in pts if p.strategy == name):
@@ -170,7 +176,7 @@ def board_plot(rows: Sequence[Row], path: Path, title: str) -> None:
                 color=colour,
                 mfc=colour if confirmed else "none",
                 capsize=3,
-                label=name if j == 0 else None,
+                label=plain(name) if j == 0 else None,
             )
     chosen = select(
         [
@@ -192,15 +198,27 @@ def board_plot(rows: Sequence[Row], path: Path, title: str) -> None:
             label="front (chosen on validation)",
         )
     ax.set_xscale("log")
+    # Tick labels as plain numbers: the log axis's default ones are math text, whose parser
+    # is shared by every thread.
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("weight memory (bytes, log scale)")
     ax.set_ylabel(f"test accuracy (mean, {CONFIDENCE:.0%} CI)")
-    ax.set_title(title)
+    ax.set_title(plain(title))
     ax.grid(True, which="both", alpha=0.3)
     if pts:
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with DRAWING:  # the text layout of a figure is drawn one at a time in a process
+        fig.tight_layout()
+        fig.savefig(path)
+
+
+DRAWING = threading.Lock()
+
+
+def plain(text: str) -> str:
+    """`text` as a plot shows it literally: `$` escaped, so that nothing is read as math."""
+    return text.replace("$", r"\$")
 
 
 __all__ = [
@@ -211,6 +229,7 @@ __all__ = [
     "gap_text",
     "interval_text",
     "number",
+    "plain",
     "rows_markdown",
     "seeds_text",
     "versus_text",

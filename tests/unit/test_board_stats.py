@@ -78,3 +78,33 @@ def test_several_objectives_select_the_front_spread_along_it() -> None:
 def test_selection_refuses_a_test_metric(metric) -> None:
     with pytest.raises(ValueError, match="test metric"):
         select([("a", {metric: 1.0})], [(metric, "max")])
+
+
+def test_the_plot_draws_any_tag_literally_and_in_many_threads_at_once(tmp_path) -> None:
+    """A strategy tag holding `$...$` (math, to matplotlib) is drawn as text, and plots drawn
+    at once in threads (as the service's requests are) all come out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runners.board.board import Budget, Row
+    from runners.board.render import board_plot
+
+    def row(name: str, acc: list[float], size: float) -> Row:
+        return Row(
+            strategy=name, sweep_id="s", epochs=1, selection="best_val_accuracy (max)",
+            status="confirmed", run_id=name, trial_id=name, val_accuracy=0.9,
+            test=estimate(acc), costs={"weight_bytes": estimate([size, size])}, budget=Budget(),
+        )  # fmt: skip
+
+    rows = [
+        row("$\\frac{1}{0}$ and $", [0.9, 0.91, 0.92], 1000.0),
+        row("wrn_1bit", [0.8, 0.82, 0.81], 100.0),
+    ]
+
+    def draw(i: int) -> int:
+        path = tmp_path / f"p{i}.png"
+        board_plot(rows, path, f"title ${i}")
+        return path.stat().st_size
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        sizes = list(pool.map(draw, range(12)))
+    assert all(size > 1000 for size in sizes)
