@@ -35,6 +35,11 @@ def serve(
     check_bind(settings, host)
     app = create_app(settings)
     err.print(f"bitsweep service on http://{host}:{port} (data: {settings.home})")
+    if not settings.tokens:
+        err.print(
+            "no BITSWEEP_TOKENS: anyone who can reach this port (anyone on this machine) may "
+            "submit and cancel sweeps"
+        )
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 

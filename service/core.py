@@ -257,10 +257,22 @@ def checked_dataset(ref: str, roots: list[Path]) -> str:
         raise FieldError(
             "dataset", "this service takes no dataset files (no BITSWEEP_DATA_ROOTS set)"
         )
+    if "\x00" in arg or any(0xD800 <= ord(c) <= 0xDFFF for c in arg):
+        raise FieldError("dataset", "a dataset path may not hold a NUL or a lone surrogate")
     candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
     for candidate in candidates:
         real = candidate.resolve()
         if any(real.is_relative_to(root) for root in roots) and real.exists():
+            if real.is_dir():
+                # A folder's files are read one by one: each must stay under a root too.
+                for f in sorted(real.rglob("*")):
+                    target = f.resolve()
+                    if not any(target.is_relative_to(root) for root in roots):
+                        raise FieldError(
+                            "dataset",
+                            f"{arg} holds {f.relative_to(real)}, which links outside the "
+                            "service's data roots",
+                        )
             return f"{kind}:{real}"
     raise FieldError("dataset", f"{arg} is not a file or folder under the service's data roots")
 

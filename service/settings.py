@@ -21,6 +21,17 @@ from schemas.errors import FieldError
 from schemas.home import DEFAULT_HOME, Home
 
 ENV_FILE_VAR = "BITSWEEP_ENV_FILE"
+# Variables of bitsweep's other commands, which a shell that serves may also hold.
+OTHER_VARS = frozenset(
+    {
+        ENV_FILE_VAR,
+        "BITSWEEP_TOKEN",  # `bitsweep submit`'s token
+        "BITSWEEP_SERVER",  # `bitsweep submit|status`'s server
+        "BITSWEEP_CLUSTER_LOST_SECONDS",  # a sweep's
+        "BITSWEEP_STORE_RETRY_SECONDS",  # a sweep's
+        "BITSWEEP_TEST_PG",  # the tests'
+    }
+)
 TOKEN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 MIN_TOKEN_LENGTH = 16
 
@@ -174,6 +185,7 @@ def load_settings(env_file: str | None = None, **overrides: Any) -> ServiceSetti
     env_file = env_file or os.environ.get(ENV_FILE_VAR)
     if env_file is not None and not Path(env_file).is_file():
         raise FieldError(ENV_FILE_VAR, f"{env_file} is not a file")
+    check_variables(os.environ)
     try:
         return ServiceSettings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as e:
@@ -181,6 +193,25 @@ def load_settings(env_file: str | None = None, **overrides: Any) -> ServiceSetti
         name = str(err["loc"][0]) if err["loc"] else "settings"
         reason = str(err["msg"]).removeprefix("Value error, ")
         raise FieldError(f"BITSWEEP_{name.upper()}", reason) from None
+
+
+def check_variables(env: Any) -> None:
+    """Refuse a `BITSWEEP_*` variable the service does not read, naming it: a misspelled one
+    (`BITSWEEP_API_TOKENS`) would leave its setting at the default, tokens off."""
+    known = {f"BITSWEEP_{name.upper()}" for name in ServiceSettings.model_fields} | OTHER_VARS
+    unknown = sorted(k for k in env if k.upper().startswith("BITSWEEP_") and k.upper() not in known)
+    if unknown:
+        raise FieldError(
+            unknown[0],
+            "is not a variable the service reads; its settings are "
+            + ", ".join(sorted(f"BITSWEEP_{n.upper()}" for n in ServiceSettings.model_fields)),
+        )
+    if "BITSWEEP_TOKEN" in env and "BITSWEEP_TOKENS" not in env:
+        raise FieldError(
+            "BITSWEEP_TOKEN",
+            "is the token `bitsweep submit` sends; the service's tokens are BITSWEEP_TOKENS "
+            "(name=token pairs): set that, or unset BITSWEEP_TOKEN to serve without tokens",
+        )
 
 
 def is_loopback(host: str) -> bool:

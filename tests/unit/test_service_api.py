@@ -106,6 +106,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     outside = write_npz(base / "outside" / "secret.npz")
     (root / "escape.npz").symlink_to(outside)
     (root / "linked-dir").symlink_to(outside.parent, target_is_directory=True)
+    (root / "mnist-dir").mkdir()  # a folder dataset whose file links out of the root
+    (root / "mnist-dir" / "train-images-idx3-ubyte").symlink_to(outside)
     return {"root": root, "inside": inside, "outside": outside}
 
 
@@ -229,6 +231,8 @@ STRATEGY_BOTH = [{"name": "full_precision"}, {"name": "bit_learning", "trials": 
         pytest.param(spec(dataset="npz:~/tiny.npz"), "dataset", id="tilde"),
         pytest.param(spec(dataset="npz:escape.npz"), "dataset", id="symlink-out-of-the-root"),
         pytest.param(spec(dataset="npz:linked-dir/secret.npz"), "dataset", id="symlinked-dir-out"),
+        pytest.param(spec(dataset="mnist:mnist-dir"), "dataset", id="folder-file-linked-out"),
+        pytest.param(spec(dataset="npz:sub/ti\u0000ny.npz"), "dataset", id="nul-in-path"),
     ],
 )
 def test_bad_input_is_refused_naming_the_field_and_nothing_is_stored(
@@ -767,3 +771,26 @@ def test_a_sweep_shows_its_stores_without_their_password(tmp_path, stores, pg_da
         assert "s3cret-pw" not in shown.text
         assert shown.json()["spec"]["optuna_storage"] == url.replace("s3cret-pw", "***")
         assert stored_row(api, r.json()["id"]).spec["optuna_storage"] == url  # the job's own
+
+
+@pytest.mark.parametrize(
+    ("var", "why"),
+    [
+        ("BITSWEEP_API_TOKENS", "is not a variable the service reads"),
+        ("BITSWEEP_TOKEN", "the service's tokens are BITSWEEP_TOKENS"),
+        ("bitsweep_max_trials", "is not a variable the service reads"),
+    ],
+)
+def test_a_misspelled_variable_is_refused_not_ignored(
+    clean_env: pytest.MonkeyPatch, var: str, why: str
+) -> None:
+    """A misspelling would leave its setting at the default: for tokens, a service open to
+    everyone on the machine. It is refused at start, naming the variable."""
+    clean_env.delenv("BITSWEEP_TOKEN", raising=False)
+    clean_env.setenv(var, "x" * 20)
+    with pytest.raises(FieldError) as e:
+        load_settings()
+    assert e.value.field == var and why in e.value.reason
+    clean_env.setenv("BITSWEEP_TOKENS", f"ci={'y' * 16}")
+    if var == "BITSWEEP_TOKEN":  # beside the service's own tokens: `bitsweep submit`'s
+        assert load_settings().tokens == {"ci": "y" * 16}
