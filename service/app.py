@@ -308,6 +308,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         return [cls.describe() for cls in strategies.list_strategies().values()]
 
     submit_lock = threading.Lock()
+    MAX_READ_ROWS = 1000
 
     @app.post(
         "/sweeps",
@@ -518,7 +519,9 @@ def _routes(app: FastAPI, service: Service) -> None:
         model: Annotated[str | None, Query(pattern=NAME, max_length=500)] = None,
         metric: Annotated[Metric, Query()] = "test_accuracy",
         mode: Annotated[Literal["max", "min"], Query()] = "max",
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        # What one read may cost, for anyone who reaches the port: 1,000 rows of a 10,000-run
+        # store read in about 0.3 s (10,000: 3 s).
+        limit: Annotated[int, Query(ge=1, le=MAX_READ_ROWS)] = 100,
         every: Annotated[
             bool, Query(description="every trial (search and confirmation), not the board")
         ] = False,

@@ -990,18 +990,21 @@ def format_cell(v: Any) -> str:
 def pareto_png(
     store: str | MlflowClient, *, dataset: str, model: str, sweep_id: str | None = None
 ) -> bytes:
-    """The Pareto plot (PNG) of one benchmark's boards, or of one sweep's, as `log_leaderboard`
-    draws it. Raises FieldError as `query_leaderboard` does."""
-    client = _client(store)
-    boards = query_leaderboard(client, dataset=dataset, model=model, sweep_id=sweep_id)
+    """The Pareto plot (PNG) of one sweep's board, as `log_leaderboard` draws it: `sweep_id`'s,
+    or the benchmark's newest sweep's (boards of several sweeps are not one front). Raises
+    FieldError as `query_leaderboard` does."""
+    client = _client(store) if not isinstance(store, str) or not is_database_uri(store) else store
+    boards = query_leaderboard(client, dataset=dataset, model=model, sweep_id=sweep_id, limit=50)
     exps = [b for b in boards if b.dataset == dataset and b.model == model]
     if not exps:
         raise FieldError("dataset", f"no benchmark bitsweep/{dataset}/{model}")
     board = exps[0]
+    shown = sweep_id or (board.sweep_infos[0].sweep_id if board.sweep_infos else None)
+    rows = [r for r in board.rows if shown is None or r.sweep_id == shown]
     title = f"{board.benchmark}: test accuracy against weight memory"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pareto.png"
-        board_plot(board.rows, path, title if sweep_id is None else f"{title}\nsweep {sweep_id}")
+        board_plot(rows, path, title if shown is None else f"{title}\nsweep {shown}")
         return path.read_bytes()
 
 
