@@ -32,6 +32,15 @@ MAX_ATTEMPTS = 3  # submissions of one sweep, when Ray keeps losing its job
 
 
 FOLLOW_ATTEMPTS = 3  # passes in a row that may fail to follow a sweep before it is failed
+SUBMIT_ATTEMPTS = 5  # passes that may submit a sweep again after an error Ray calls transient
+# What Ray's job API answers when it may accept the same job a moment later.
+TRANSIENT = ("try again later", "no available agent", "connection refused", "timed out")
+
+
+def transient(error: BaseException) -> bool:
+    """Whether Ray's job API refused a submission for now, not for good."""
+    text = str(error).lower()
+    return isinstance(error, ConnectionError | TimeoutError) or any(t in text for t in TRANSIENT)
 
 
 def job_id(sweep_id: str, attempt: int) -> str:
@@ -71,6 +80,7 @@ class Scheduler:
         self.locate = locate
         self.lock = threading.Lock()
         self.unfollowed: dict[str, int] = {}  # sweep id -> passes in a row it failed to follow
+        self.submit_tries: dict[str, int] = {}  # sweep id -> submissions refused for now
 
     @property
     def jobs(self) -> RayJobs:
@@ -216,5 +226,17 @@ class Scheduler:
                 log.info("submitting sweep %s", sweep_id)
                 self.jobs.submit(job_id(sweep_id, 1), sweep_id, spec, resume=False)
             except Exception as e:
+                tries = self.submit_tries[sweep_id] = self.submit_tries.get(sweep_id, 0) + 1
+                if transient(e) and tries < SUBMIT_ATTEMPTS:
+                    # Ray said to try again (a head whose agent is still starting): the sweep
+                    # goes back to the head of the queue for the next pass.
+                    log.warning("submitting sweep %s: %s; trying again (%d)", sweep_id, e, tries)
+                    with self.sessions() as s, s.begin():
+                        row = s.get(SweepRow, sweep_id)
+                        if row is not None:
+                            row.status, row.started_at, row.ray_job_id = Status.queued, None, None
+                    return
                 log.exception("submitting sweep %s failed", sweep_id)
                 self._finish(sweep_id, Status.failed, f"submitting the Ray job failed: {e}")
+            else:
+                self.submit_tries.pop(sweep_id, None)

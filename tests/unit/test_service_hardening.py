@@ -230,3 +230,31 @@ def _burst(api_app: TestClient, n: int) -> None:
     assert codes == [202] * n
     page = api_app.get("/sweeps?limit=100").json()
     assert page["total"] == n and len({v["id"] for v in page["items"]}) == n
+
+
+def test_a_submission_ray_refuses_for_now_is_tried_again(tmp_path: Path) -> None:
+    """Ray's "no available agent, try again later" (a head whose agent still starts) puts the
+    sweep back in the queue for the next pass, not to failed; an error for good fails it."""
+    from service.scheduler import SUBMIT_ATTEMPTS
+
+    class Jobs:
+        refusals = 2
+        submitted: list[str] = []
+
+        def state(self, job: str) -> Any:
+            return None if job not in self.submitted else type("S", (), {"final": False})()
+
+        def submit(self, job: str, *a: Any, **kw: Any) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise RuntimeError("No available agent to submit job, please try again later.")
+            self.submitted.append(job)
+
+    sched, make = _scheduler(tmp_path, Jobs())
+    with make() as s, s.begin():
+        s.delete(s.get(SweepRow, "stuck"))
+    for expected in (Status.queued, Status.queued, Status.running):
+        sched.step()
+        with make() as s:
+            assert s.get(SweepRow, "next").status == expected
+    assert SUBMIT_ATTEMPTS > 2
