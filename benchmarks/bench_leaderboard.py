@@ -715,11 +715,11 @@ def section(shape: Shape, timings: list[Timing], imported: list[str], repeats: i
     return f"{SECTION}\n\n    {cmd}\n\n" + "\n\n".join(body) + "\n"
 
 
-def write_section(doc: Path, text: str) -> None:
-    """Put `text` in place of the document's Leaderboard section (up to the next `## `
-    heading), or at its end."""
+def write_section(doc: Path, text: str, section: str = SECTION) -> None:
+    """Put `text` in place of the document's `section` (the Leaderboard's by default; up to the
+    next `## ` heading), or at its end."""
     body = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = body.find(f"\n{SECTION}\n")
+    start = body.find(f"\n{section}\n")
     if start < 0:
         body = body.rstrip("\n") + "\n\n" + text
     else:

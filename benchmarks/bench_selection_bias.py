@@ -512,16 +512,13 @@ def wrap(text: str, width: int = 96) -> str:
 
 def write_section(doc: Path, text: str) -> None:
     """Put `text` in place of the document's Selection bias section (up to the next `## `
-    heading), or at its end."""
-    body = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = body.find(f"\n{SECTION}\n")
-    if start < 0:
-        body = body.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = body.find("\n## ", start + 1)
-        rest = "" if nxt < 0 else body[nxt:]
-        body = body[: start + 1] + text.rstrip("\n") + "\n" + rest
-    doc.write_text(body)
+    heading), or at its end: as bench_leaderboard writes its own."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from bench_leaderboard import write_section as replace
+
+    replace(doc, text, SECTION)
 
 
 def main(argv: list[str] | None = None) -> int:
