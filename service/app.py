@@ -43,6 +43,7 @@ from service.api import (
     TrialCounts,
 )
 from service.core import (
+    Busy,
     Conflict,
     NotFound,
     Service,
@@ -53,6 +54,9 @@ from service.core import (
 from service.db import LIVE, Status, SweepRow, migrate, utcnow
 from service.settings import ServiceSettings
 
+# Submissions checked at once (each loads its dataset and counts its model's parameters), and
+# how long one more waits for its turn before a 503.
+MAX_ADMITTING, ADMIT_WAIT_S = 2, 30.0
 log = logging.getLogger(__name__)
 
 SWEEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -210,6 +214,7 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(FieldError)
     async def refused(_request: Request, e: FieldError) -> Any:
         status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 422
+        status = 503 if isinstance(e, Busy) else status
         if isinstance(e, Unauthorized):
             return _error(401, e.field, e.reason, {"WWW-Authenticate": "Bearer"})
         return _error(status, e.field, e.reason)
@@ -308,6 +313,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         return [cls.describe() for cls in strategies.list_strategies().values()]
 
     submit_lock = threading.Lock()
+    admitting = threading.BoundedSemaphore(MAX_ADMITTING)
     MAX_READ_ROWS = 1000
 
     @app.post(
@@ -322,7 +328,13 @@ def _routes(app: FastAPI, service: Service) -> None:
         Ray job when a slot is free."""
         import secrets
 
-        admitted = service.admit(spec)
+        # Admission loads the dataset and checks the model: a few at once, the rest wait.
+        if not admitting.acquire(timeout=ADMIT_WAIT_S):
+            raise Busy("spec", f"{MAX_ADMITTING} submissions are being checked; submit again")
+        try:
+            admitted = service.admit(spec)
+        finally:
+            admitting.release()
         for _ in range(5):
             sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
             # One allocation of `seq` at a time in this process (the service runs one); the

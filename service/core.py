@@ -43,6 +43,10 @@ class Unauthorized(FieldError):
     """A state-changing request without a valid token (401)."""
 
 
+class Busy(FieldError):
+    """A request the service has no room for now (503): submit again."""
+
+
 class Service:
     """What the routes share: settings, database, Ray jobs, scheduler."""
 
@@ -282,4 +286,12 @@ def public_uri(uri: str) -> str:
     return masked(uri)
 
 
-__all__ = ["Conflict", "NotFound", "Service", "Unauthorized", "checked_dataset", "public_uri"]
+__all__ = [
+    "Busy",
+    "Conflict",
+    "NotFound",
+    "Service",
+    "Unauthorized",
+    "checked_dataset",
+    "public_uri",
+]

@@ -227,8 +227,33 @@ def _fixed_test_split(x: Array, y: Array, num_classes: int) -> _Raw:
 # ---------------------------------------------------------------------------- npz
 
 
+# An npz member may inflate this much beyond its compressed size, once past NPZ_SMALL bytes:
+# real image arrays compress 2-20x; a zip bomb, thousands of times.
+NPZ_RATIO, NPZ_SMALL = 200, 64 * 2**20
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse an archive whose members would inflate far beyond their size on disk, before
+    reading any (a 127 KB file made 0.66 GB of arrays)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.file_size > NPZ_SMALL and info.file_size > NPZ_RATIO * max(
+                    1, info.compress_size
+                ):
+                    raise DatasetError(
+                        f"npz: {info.filename} in {path} inflates from {info.compress_size:,} "
+                        f"to {info.file_size:,} bytes (more than {NPZ_RATIO}x); refused"
+                    )
+    except zipfile.BadZipFile:
+        return  # np.load says what it is
+
+
 def _read_npz(path: Path) -> _Raw:
     _require_file(path, "npz")
+    _check_npz_sizes(path)
     keys = ("x_train", "y_train", "x_test", "y_test")
     try:
         archive = np.load(path, allow_pickle=False)

@@ -66,6 +66,30 @@ def model_options(name: str) -> type[BaseModel]:
         raise ModelError("model", f"unknown model {name!r} (known: {known})") from None
 
 
+MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights: far beyond a benchmark's models
+
+
+def parameter_count(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    options: dict[str, Any] | None = None,
+    *,
+    defaults: dict[str, Any] | None = None,
+) -> int:
+    """The parameters model `name` would have, counted on torch's meta device (shapes only,
+    no memory). Raises `ModelError` as `build_model` does, and for more than
+    `MAX_PARAMETERS`."""
+    with torch.device("meta"):
+        model = build_model(name, input_shape, num_classes, options, defaults=defaults)
+    n = sum(p.numel() for p in model.parameters())
+    if n > MAX_PARAMETERS:
+        raise ModelError(
+            "model_options", f"the model would have {n:,} parameters; at most {MAX_PARAMETERS:,}"
+        )
+    return n
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, ...],

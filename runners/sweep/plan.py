@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.engine.data import Dataset, DatasetError, load_dataset
-from runners.engine.models import build_model
+from runners.engine.models import parameter_count
 from runners.engine.trial import ConfigError, resolve
 from runners.sweep.space import SpecError, strategy_space
 from runners.sweep.stores import check_storage_path, check_store, default_uris
@@ -86,7 +86,7 @@ def plan_sweep(spec: SweepSpec, *, home: Path | None = None, check_stores: bool 
         raise SpecError("dataset", e.reason) from None
     for p in plans:
         try:
-            build_model(
+            parameter_count(  # on the meta device: a spec is checked without its memory
                 spec.model,
                 dataset.input_shape,
                 dataset.num_classes,

@@ -258,3 +258,77 @@ def test_a_submission_ray_refuses_for_now_is_tried_again(tmp_path: Path) -> None
         with make() as s:
             assert s.get(SweepRow, "next").status == expected
     assert SUBMIT_ATTEMPTS > 2
+
+
+def test_a_model_too_big_to_build_is_refused_without_building_it(tmp_path: Path) -> None:
+    """Three hidden layers of 16,384 (each within its bound) would be 538 million parameters:
+    refused naming model_options, counted on torch's meta device in milliseconds."""
+    import time
+
+    from runners.sweep.plan import plan_sweep
+    from runners.sweep.space import SpecError
+    from schemas.sweep import SweepSpec
+
+    spec = SweepSpec.model_validate(
+        {
+            "name": "huge",
+            "strategies": [{"name": "full_precision"}],
+            "model_options": {"hidden": [16384, 16384, 16384]},
+        }
+    )
+    started = time.monotonic()
+    with pytest.raises(SpecError) as e:
+        plan_sweep(spec, home=tmp_path / "data", check_stores=False)
+    assert e.value.field == "model_options" and "538,132,490 parameters" in e.value.reason
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_npz_that_would_inflate_a_thousandfold_is_refused_before_reading(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from runners.engine.data import DatasetError, load_dataset
+
+    path = tmp_path / "bomb.npz"
+    zeros = np.zeros((80 * 2**20,), dtype=np.uint8)  # 80 MiB of zeros: about 80 KB compressed
+    np.savez_compressed(
+        path, x_train=zeros, y_train=zeros[:10], x_test=zeros[:10], y_test=zeros[:10]
+    )
+    assert path.stat().st_size < 2**20
+    with pytest.raises(DatasetError, match="inflates from"):
+        load_dataset(f"npz:{path}")
+
+
+def test_submissions_beyond_those_being_checked_wait_then_get_503(
+    api_app: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import service.app as service_app
+    from service.core import Service
+
+    gate = threading.Event()
+    real = Service.admit
+
+    def slow(self: Any, spec: Any) -> Any:
+        gate.wait(5)
+        return real(self, spec)
+
+    monkeypatch.setattr(Service, "admit", slow)
+    monkeypatch.setattr(service_app, "ADMIT_WAIT_S", 0.5)
+    body = {"name": "wait", "strategies": [{"name": "full_precision"}], "epochs": 1}
+
+    def submit(_: int) -> tuple[int, dict[str, Any]]:
+        r = api_app.post("/sweeps", json=body, headers=AUTH)
+        return r.status_code, r.json()
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(submit, i) for i in range(3)]
+        threading.Timer(2.0, gate.set).start()
+        answers = [f.result() for f in futures]
+    codes = sorted(code for code, _ in answers)
+    assert codes == [202, 202, 503], answers
+    busy = next(body for code, body in answers if code == 503)
+    assert busy["field"] == "spec" and "submit again" in busy["reason"]
