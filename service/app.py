@@ -129,9 +129,12 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def create_app(settings: ServiceSettings, *, run_jobs: bool = True) -> FastAPI:
+def create_app(
+    settings: ServiceSettings, *, run_jobs: bool = True, trusted_hosts: list[str] | None = None
+) -> FastAPI:
     """The service's app. `run_jobs=False` serves the API and the page without Ray: sweeps are
-    stored and stay queued (for tests of the API alone)."""
+    stored and stay queued (for tests of the API alone). `trusted_hosts`: the `Host` headers
+    it answers (others get 400), against DNS rebinding; None answers any."""
     service = Service(settings, run_jobs)
 
     @contextlib.asynccontextmanager
@@ -160,6 +163,10 @@ def create_app(settings: ServiceSettings, *, run_jobs: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    if trusted_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)
     _errors(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -18,6 +18,9 @@ err = Console(stderr=True)
 SERVER_HELP = "the bitsweep service, e.g. http://127.0.0.1:8000"
 
 
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on", min=1, max=65535)] = 8000,
@@ -29,11 +32,13 @@ def serve(
     import uvicorn
 
     from service.app import create_app
-    from service.settings import check_bind, load_settings
+    from service.settings import check_bind, is_loopback, load_settings
 
     settings = load_settings(str(env_file) if env_file is not None else None)
     check_bind(settings, host)
-    app = create_app(settings)
+    # On loopback, a web page elsewhere could still reach the port through DNS rebinding (its
+    # own name resolving to 127.0.0.1): only loopback names are answered there.
+    app = create_app(settings, trusted_hosts=LOOPBACK_HOSTS if is_loopback(host) else None)
     err.print(f"bitsweep service on http://{host}:{port} (data: {settings.home})")
     if not settings.tokens:
         err.print(

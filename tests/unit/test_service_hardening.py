@@ -332,3 +332,19 @@ def test_submissions_beyond_those_being_checked_wait_then_get_503(
     assert codes == [202, 202, 503], answers
     busy = next(body for code, body in answers if code == 503)
     assert busy["field"] == "spec" and "submit again" in busy["reason"]
+
+
+def test_a_loopback_service_answers_loopback_names_alone(tmp_path: Path) -> None:
+    """A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) sends its own
+    name as Host: refused (400); the loopback names are answered."""
+    from service.app import create_app
+    from service.cli_service import LOOPBACK_HOSTS
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(home=tmp_path / "home", tokens={"ci": TOKEN})
+    app = create_app(settings, run_jobs=False, trusted_hosts=LOOPBACK_HOSTS)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/health", headers={"Host": "localhost:8000"}).status_code == 200
+        assert c.get("/health", headers={"Host": "evil.example"}).status_code == 400
+        assert c.get("/", headers={"Host": "rebind.attacker.test:8000"}).status_code == 400
