@@ -77,6 +77,7 @@ class SweepView(Response):
     experiment_id: str | None
     parent_run_id: str | None
     cancel_requested: bool
+    cancelled_by: str | None = Field(None, description="the token name that cancelled it")
     error: str | None
     created_at: dt.datetime
     started_at: dt.datetime | None

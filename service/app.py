@@ -45,6 +45,7 @@ from service.api import (
 from service.core import (
     Busy,
     Conflict,
+    Forbidden,
     NotFound,
     Service,
     Unauthorized,
@@ -221,7 +222,7 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(FieldError)
     async def refused(_request: Request, e: FieldError) -> Any:
         status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 422
-        status = 503 if isinstance(e, Busy) else status
+        status = 503 if isinstance(e, Busy) else 403 if isinstance(e, Forbidden) else status
         if isinstance(e, Unauthorized):
             return _error(401, e.field, e.reason, {"WWW-Authenticate": "Bearer"})
         return _error(status, e.field, e.reason)
@@ -275,6 +276,17 @@ Metric = Literal[TRIAL_METRICS]  # type: ignore[valid-type]
 
 def _routes(app: FastAPI, service: Service) -> None:
     settings = service.settings
+
+    def may_cancel(caller: str, row: SweepRow) -> None:
+        """A token cancels the sweeps it submitted; an admin token (`BITSWEEP_ADMINS`) any.
+        Without tokens (`anonymous`), anyone on the machine may, as anyone may submit."""
+        if caller in (row.submitted_by, "anonymous") or caller in settings.admins:
+            return
+        raise Forbidden(
+            "authorization",
+            f"sweep {row.id} was submitted by {row.submitted_by}; token {caller} may cancel "
+            "its own sweeps (an admin token, BITSWEEP_ADMINS, any)",
+        )
 
     def get_row(sweep_id: str) -> SweepRow:
         with service.sessions() as s:
@@ -469,6 +481,7 @@ def _routes(app: FastAPI, service: Service) -> None:
             **ERRORS,
             **AUTH_ERRORS,
             **NOT_FOUND,
+            403: {"model": ErrorBody, "description": "another token's sweep (not an admin)"},
             202: {"model": SweepView, "description": "the job is stopping"},
             409: {"model": ErrorBody, "description": "the sweep has ended"},
         },
@@ -476,13 +489,14 @@ def _routes(app: FastAPI, service: Service) -> None:
     def cancel(sweep_id: SweepId, caller: Caller) -> Any:
         """Stop a sweep: a queued one never runs; a running one's Ray job is stopped. Its
         finished trials stay on the leaderboard; its runs left RUNNING are marked KILLED."""
-        del caller
         with service.sessions() as s, s.begin():
             row = s.get(SweepRow, sweep_id)
             if row is None:
                 raise NotFound("sweep_id", f"no sweep {sweep_id}")
+            may_cancel(caller, row)
             if row.status not in LIVE:
                 raise Conflict("sweep_id", f"sweep {sweep_id} has ended ({row.status.value})")
+            row.cancelled_by = caller
             if row.status == Status.queued:
                 row.status, row.finished_at = Status.cancelled, utcnow()
                 row.cancel_requested = True

@@ -43,6 +43,10 @@ class Unauthorized(FieldError):
     """A state-changing request without a valid token (401)."""
 
 
+class Forbidden(FieldError):
+    """A valid token asking for what it has no right to (403)."""
+
+
 class Busy(FieldError):
     """A request the service has no room for now (503): submit again."""
 
@@ -202,6 +206,7 @@ class Service:
             experiment_id=row.experiment_id,
             parent_run_id=row.parent_run_id,
             cancel_requested=row.cancel_requested,
+            cancelled_by=row.cancelled_by,
             error=row.error,
             created_at=row.created_at,
             started_at=row.started_at,
@@ -289,6 +294,7 @@ def public_uri(uri: str) -> str:
 __all__ = [
     "Busy",
     "Conflict",
+    "Forbidden",
     "NotFound",
     "Service",
     "Unauthorized",

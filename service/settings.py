@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.errors import FieldError
@@ -76,6 +76,11 @@ class ServiceSettings(BaseSettings):
         description="API tokens as comma-separated name=token pairs; every request that "
         "changes state must carry one",
     )
+    admins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="token names (comma-separated) that may cancel any sweep; the others "
+        "cancel the sweeps they submitted",
+    )
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="folders (separated by ':') under which a spec may name dataset files",
@@ -126,6 +131,20 @@ class ServiceSettings(BaseSettings):
                 raise ValueError(f"token {name!r} is shorter than {MIN_TOKEN_LENGTH} characters")
         if len(set(v.values())) < len(v):
             raise ValueError("two token names share one token")
+        return v
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _admins(cls, v: Any) -> Any:
+        return [n.strip() for n in v.split(",") if n.strip()] if isinstance(v, str) else v
+
+    @field_validator("admins")
+    @classmethod
+    def _admins_are_tokens(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        tokens = info.data.get("tokens") or {}
+        unknown = [n for n in v if n not in tokens]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} names no token of BITSWEEP_TOKENS")
         return v
 
     @field_validator("data_roots", mode="before")

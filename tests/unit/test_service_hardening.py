@@ -348,3 +348,35 @@ def test_a_loopback_service_answers_loopback_names_alone(tmp_path: Path) -> None
         assert c.get("/health", headers={"Host": "localhost:8000"}).status_code == 200
         assert c.get("/health", headers={"Host": "evil.example"}).status_code == 400
         assert c.get("/", headers={"Host": "rebind.attacker.test:8000"}).status_code == 400
+
+
+def test_a_token_cancels_its_own_sweeps_an_admin_any_and_the_canceller_is_kept(
+    tmp_path: Path,
+) -> None:
+    from schemas.errors import FieldError
+    from service.app import create_app
+    from service.settings import ServiceSettings, load_settings
+
+    alice, bob, root = "alice-token-0123456789", "bob-token-0123456789x", "root-token-0123456789"
+    settings = ServiceSettings(
+        home=tmp_path / "home", tokens={"alice": alice, "bob": bob, "root": root}, admins=["root"]
+    )
+    body = {"name": "mine", "strategies": [{"name": "full_precision"}], "epochs": 1}
+
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    with TestClient(create_app(settings, run_jobs=False)) as c:
+        first = c.post("/sweeps", json=body, headers=auth(alice)).json()["id"]
+        second = c.post("/sweeps", json=body, headers=auth(alice)).json()["id"]
+        r = c.post(f"/sweeps/{first}/cancel", headers=auth(bob))
+        assert r.status_code == 403 and r.json()["field"] == "authorization", r.text
+        assert c.get(f"/sweeps/{first}").json()["status"] == "queued"  # untouched
+        r = c.post(f"/sweeps/{first}/cancel", headers=auth(alice))
+        assert r.status_code == 200 and r.json()["cancelled_by"] == "alice", r.text
+        r = c.post(f"/sweeps/{second}/cancel", headers=auth(root))
+        assert r.status_code == 200 and r.json()["cancelled_by"] == "root", r.text
+        assert c.get(f"/sweeps/{second}").json()["cancelled_by"] == "root"
+    with pytest.raises(FieldError) as e:
+        load_settings(tokens=f"alice={alice}", admins="nobody")
+    assert e.value.field == "BITSWEEP_ADMINS" and "names no token" in e.value.reason
