@@ -380,3 +380,17 @@ def test_a_token_cancels_its_own_sweeps_an_admin_any_and_the_canceller_is_kept(
     with pytest.raises(FieldError) as e:
         load_settings(tokens=f"alice={alice}", admins="nobody")
     assert e.value.field == "BITSWEEP_ADMINS" and "names no token" in e.value.reason
+
+
+def test_the_api_schema_builds_and_bounds_a_read(api_app: TestClient) -> None:
+    """Every route's parameters resolve (the schema builds), and one anonymous read asks for
+    at most 1,000 leaderboard rows."""
+    schema = api_app.get("/openapi.json")
+    assert schema.status_code == 200
+    (limit,) = [
+        p
+        for p in schema.json()["paths"]["/leaderboard"]["get"]["parameters"]
+        if p["name"] == "limit"
+    ]
+    assert limit["schema"]["maximum"] == 1000
+    assert api_app.get("/leaderboard?limit=1001").status_code == 422
