@@ -478,7 +478,7 @@ def test_selection_cannot_read_the_test_split(tmp_path):
                 "name": "blind",
                 "dataset": dataset,
                 "epochs": 2,
-                "trials_per_strategy": 3,
+                "trials_per_strategy": 2,
                 "confirmation": {"seeds": 2},
                 "strategies": [
                     {"name": "full_precision", "search": {"lr": [0.0005, 0.05]}},

@@ -108,7 +108,7 @@ def test_confirmation_trial_on_a_lost_node_resumes_elsewhere(cluster: Cluster, t
     spec = SweepSpec.model_validate(
         {
             "name": "lost-node",
-            "epochs": 20,
+            "epochs": 12,
             "trials_per_strategy": 1,
             "max_concurrent_trials": 2,
             "max_failures": 3,

@@ -195,7 +195,8 @@ def wait_for(predicate, timeout: float, what: str) -> Any:
 def test_sweeps_submitted_over_http_run_in_order_to_success(service: ServiceProcess):
     with service.client() as c:
         first = c.submit({"name": "e2e-first", **TINY})
-        second = c.submit({"name": "e2e-second", **TINY})
+        # The second waits its turn; what it confirms is the first's to show.
+        second = c.submit({"name": "e2e-second", **TINY, "confirmation": {"enabled": False}})
         assert first.status == "queued" and first.submitted_by == "ci"
         # One sweep at a time (the default limit): the second waits queued while the first runs.
         wait_for(lambda: c.sweep(first.id).status == "running", 60, "the first sweep to run")

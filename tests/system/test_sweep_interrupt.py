@@ -107,19 +107,22 @@ def assert_invariants(home: Path, sweep_id: str, *, finished: bool) -> list:
     return trials
 
 
-def resume_to_the_end(home: Path, spec: Path, sweep_id: str, before: list | None = None) -> None:
-    """`--resume` the sweep to its end: its 4 search trials and 2 confirmations finished, each
-    once, and the runs finished `before` kept, not run again."""
+def resume_to_the_end(
+    home: Path, spec: Path, sweep_id: str, before: list | None = None, *, confirmed: bool = True
+) -> None:
+    """`--resume` the sweep to its end: its 4 search trials and (`confirmed`) 2 confirmations
+    finished, each once, and the runs finished `before` kept, not run again."""
+    trials = TRIALS if confirmed else 4
     again = start_sweep(home, spec, "--resume", "--sweep-id", sweep_id, "--json")
     out, err = again.communicate(timeout=400)
     assert again.returncode == 0, err
     summary = json.loads(out)
-    assert summary["completed"] == TRIALS and summary["failed"] == 0
+    assert summary["completed"] == trials and summary["failed"] == 0
     after = assert_invariants(home, sweep_id, finished=True)
-    assert sorted(r.info.status for r in after) == ["FINISHED"] * TRIALS
+    assert sorted(r.info.status for r in after) == ["FINISHED"] * trials
     phases = sorted(r.data.tags["bitsweep.phase"] for r in after)
-    assert phases == ["confirm"] * 2 + ["search"] * 4
-    assert summary["best"]["bit_learning"]["metrics"]["seeds"] == 2
+    assert phases == ["confirm"] * (trials - 4) + ["search"] * 4
+    assert summary["best"]["bit_learning"]["metrics"]["seeds"] == (2 if confirmed else 1)
     finished_before = {r.info.run_id for r in before or [] if r.info.status == "FINISHED"}
     assert finished_before <= {r.info.run_id for r in after}  # kept, not rerun
 
@@ -160,7 +163,8 @@ def test_ctrl_c_in_the_confirmation_stops_the_sweep_and_resume_runs_each_trial_o
 @pytest.mark.slow
 def test_sigterm_exits_143_and_a_second_signal_stops_at_once(tmp_path):
     home, spec = tmp_path / "home", tmp_path / "spec.json"
-    spec.write_text(json.dumps(SPEC))
+    # A stop in the search (the confirmation's own stop is the Ctrl-C test's).
+    spec.write_text(json.dumps({**SPEC, "confirmation": {"enabled": False}}))
     proc = start_sweep(home, spec)
     head = wait_for_line(proc, " started", 240)
     sweep_id = sweep_of(head)
@@ -175,8 +179,8 @@ def test_sigterm_exits_143_and_a_second_signal_stops_at_once(tmp_path):
     took = time.monotonic() - stopped
     assert took < 10
     assert group_gone(proc.pid), "Ray processes were left behind"
-    resume_to_the_end(home, spec, sweep_id)  # stopped at once, as a hard kill: resumable
-    print(f"\nSIGTERM twice: stopped in {took:.1f} s; resumed: {TRIALS} finished, 0 twice")
+    resume_to_the_end(home, spec, sweep_id, confirmed=False)  # as after a hard kill
+    print(f"\nSIGTERM twice: stopped in {took:.1f} s; resumed: 4 finished, 0 twice")
 
 
 @pytest.fixture
@@ -198,7 +202,7 @@ def test_a_cluster_lost_mid_sweep_ends_it_interrupted_and_resumable(tmp_path, ra
     head, address = ray_head.process, ray_head.gcs_address
     assert head is not None
     home, spec = tmp_path / "home", tmp_path / "spec.json"
-    spec.write_text(json.dumps(SPEC))
+    spec.write_text(json.dumps({**SPEC, "confirmation": {"enabled": False}}))  # in the search
     env = {**AUTH_ENV, LOST_ENV: "5"}
     proc = start_sweep(home, spec, "--ray-address", address, env=env)
     sweep_id = sweep_of(wait_for_line(proc, "finished: best_val_accuracy", 240))
@@ -217,12 +221,12 @@ def test_a_cluster_lost_mid_sweep_ends_it_interrupted_and_resumable(tmp_path, ra
     before = assert_invariants(home, sweep_id, finished=False)
     assert {r.info.status for r in before} <= {"FINISHED", "KILLED"}
     finished_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
-    assert 1 <= len(finished_before) < TRIALS
+    assert 1 <= len(finished_before) < 4
 
-    resume_to_the_end(home, spec, sweep_id, before)  # on another cluster: a local one
+    resume_to_the_end(home, spec, sweep_id, before, confirmed=False)  # on a local cluster
     print(
         f"\ncluster lost: the sweep stopped {took:.1f} s after, with {len(finished_before)} "
-        f"of {TRIALS} trials finished; resumed: {TRIALS} of {TRIALS} finished, 0 lost, 0 twice"
+        "of 4 trials finished; resumed: 4 of 4 finished, 0 lost, 0 twice"
     )
 
 
