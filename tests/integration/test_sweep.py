@@ -496,4 +496,5 @@ def test_selection_cannot_read_the_test_split(tmp_path):
         a, b = plain[name], shuffled_rows[name]
         assert a.params == b.params and a.val_accuracy == b.val_accuracy
         assert a.status == b.status == "confirmed" and a.test.n == b.test.n == 2
-        assert a.test.mean > 0.5 > b.test.mean  # reported on the test split, as it is
+        # Reported on the test split, as it is: chance (0.1 of 10 classes) once shuffled.
+        assert b.test.mean < 0.2 and a.test.mean > b.test.mean
