@@ -550,7 +550,7 @@ def best_of(fn: Any, repeats: int) -> tuple[float, Any]:
 def time_queries(uri: str, sweep_id: str, repeats: int) -> list[Timing]:
     from mlflow.tracking import MlflowClient
 
-    from runners.board.leaderboard import leaderboard_runs, query_leaderboard
+    from runners.board import leaderboard_runs, query_leaderboard
 
     client = MlflowClient(uri)
     out = []
@@ -605,7 +605,7 @@ def run_process(args: list[str], env: dict[str, str]) -> tuple[float, str, str]:
 COLD = """
 import sys, time
 t = time.perf_counter()
-from runners.board.leaderboard import query_leaderboard
+from runners.board import query_leaderboard
 boards = query_leaderboard(sys.argv[1])
 print(time.perf_counter() - t, sum(len(b.rows) for b in boards))
 """

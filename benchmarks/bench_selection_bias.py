@@ -161,7 +161,7 @@ def read_sides(plan: Any, sweep_id: str) -> list[Strategy]:
     board's order."""
     from mlflow.tracking import MlflowClient
 
-    from runners.board.leaderboard import query_leaderboard
+    from runners.board import query_leaderboard
     from schemas.names import Tag
 
     board = query_leaderboard(plan.tracking_uri, sweep_id=sweep_id)[0]

@@ -1,6 +1,7 @@
 """The service's core, shared by the HTTP API, the page and the scheduler: settings, the
 database of sweeps, the Ray jobs that run them, admission of a spec, and the reads of MLflow
-and Optuna that the routes answer from. Knows nothing of HTTP."""
+and Optuna that the routes answer from. Knows nothing of HTTP: `service.http` shows its rows
+in the API's models (`service.http.views`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,6 @@ from schemas.errors import FieldError
 from schemas.names import Tag, tag_filter
 from schemas.secrets import masked
 from schemas.sweep import SweepSpec
-from service.api import (
-    Links,
-    SweepView,
-)
 from service.db import Status, SweepRow, engine_for, sessions, sqlite_file
 from service.jobs import LocalHead, RayJobs
 from service.scheduler import Scheduler
@@ -99,7 +96,7 @@ class Service:
         return found.experiment_id, found.parent_run_id, found.parent_status
 
     def read_runs(self, sweep_id: str) -> Any:
-        from runners.board.leaderboard import sweep_runs
+        from runners.board import sweep_runs
 
         try:
             return sweep_runs(self.settings.tracking, sweep_id)
@@ -114,7 +111,7 @@ class Service:
         migrations."""
         from mlflow.tracking import MlflowClient
 
-        from runners.board.leaderboard import is_database_uri
+        from runners.board import is_database_uri
 
         s = self.settings
         for uri in (s.tracking, s.optuna):
@@ -134,7 +131,7 @@ class Service:
     def read_boards(self, **query: Any) -> list[Any]:
         """The leaderboards `query_leaderboard` reads for `query`: none before any sweep has
         written, NotFound for a benchmark or sweep that is not there."""
-        from runners.board.leaderboard import query_leaderboard
+        from runners.board import query_leaderboard
 
         if not self.store_exists():
             if query.get("sweep_id") is not None:
@@ -180,39 +177,9 @@ class Service:
         for strategy in row.spec.get("strategies", []):
             fail_lost_study_trials(storage, study_name(row.id, strategy["name"]))
 
-    def links(self, row: SweepRow) -> Links:
-        ui = self.settings.mlflow_ui_url
-        exp = f"{ui}/#/experiments/{row.experiment_id}" if ui and row.experiment_id else None
-        run = f"{exp}/runs/{row.parent_run_id}" if exp and row.parent_run_id else None
-        return Links(
-            experiment=exp,
-            parent_run=run,
-            leaderboard=f"/leaderboard?sweep={row.id}",
-            logs=f"/sweeps/{row.id}/logs",
-        )
-
     def run_link(self, experiment_id: str | None, run_id: str) -> str | None:
         ui = self.settings.mlflow_ui_url
         return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" if ui and experiment_id else None
-
-    def view(self, row: SweepRow) -> SweepView:
-        return SweepView(
-            id=row.id,
-            name=row.name,
-            status=row.status.value,
-            benchmark=row.benchmark,
-            submitted_by=row.submitted_by,
-            ray_job_id=row.ray_job_id,
-            experiment_id=row.experiment_id,
-            parent_run_id=row.parent_run_id,
-            cancel_requested=row.cancel_requested,
-            cancelled_by=row.cancelled_by,
-            error=row.error,
-            created_at=row.created_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-            links=self.links(row),
-        )
 
     # -- admission -----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -18,7 +18,14 @@ from torch import nn
 from schemas.errors import FieldError
 from schemas.trial import OptimizerConfig, ScheduleConfig
 from strategies.base import ExportedLayer, Recipe, Relation, Search, Strategy, StrategyParams
-from strategies.layers import attach, he_std, latent_weight, parametrizations, quantizable_layers
+from strategies.layers import (
+    attach,
+    he_std,
+    latent_weight,
+    parametrizations,
+    quantizable_layers,
+    weight_of,
+)
 from strategies.registry import register_strategy
 
 # Payload header: 8-byte little-endian length, then the SHA-256 of the payload bytes.
@@ -358,47 +365,22 @@ class BitLearningParams(StrategyParams):
 class BitLearning(Strategy[BitLearningParams]):
     """Ivan & Florian, "Bit-wise training of neural network weights" (arXiv 2202.09571).
 
-    Forward: each quantized layer keeps n real latents of its weight's shape, magnitude bits
-    m_0 (LSB) ... m_{n-2} and a sign s. b_i = 1[m_i > 0]; sign = -1 if s > 0 else +1;
-    W_int = sign * sum_i b_i 2^i, an integer in [-(2^(n-1)-1), 2^(n-1)-1]; W = alpha * W_int.
-    Gradient (straight-through, the authors' to_bit/to_sign: identity for each b_i, negated
-    for the sign), chained through W = alpha * sign * sum_i b_i 2^i:
-        dL/dm_i = dL/dW * alpha * sign * 2^i,   dL/ds = -dL/dW * alpha * |W_int|.
-    alpha: one constant per layer, fixed at init so that std(alpha * W_int) = sqrt(2/fan_in).
-    Init: magnitude latents ~ sqrt(2/(n fan_in)) * N(0,1), the sign latent ~ sqrt(2/fan_in) *
-    N(0,1) (the authors' code); a weight whose magnitude bits are all 0 redraws them, so no
-    weight is zero at init. Zeros appear during training (sparsity comes free).
-    Which bits train: `trainable_msbs` most significant magnitude bits and the sign (default
-    sign + 2 MSBs, the paper's "first three MSBs"), or an explicit `train_bits` mask. Frozen
-    bits keep their random values, or carry `payload` (a file's bytes) exactly.
-    Regularizer: none. Schedule: Adam, no weight decay, lr 9e-4 (LeNet-300-100), x0.1 at
-    epochs 40 and 80 (the paper's 100-epoch MNIST run), batch 25. No biases.
+    Each weight is an n-bit sign-magnitude integer times a per-layer constant, learned bit by
+    bit: b_i = 1[m_i > 0] for the magnitude latents m_0 (LSB) ... m_{n-2}, sign = -1 if s > 0
+    else +1, W = alpha * sign * sum_i b_i 2^i, with straight-through gradients to the latents.
+    alpha is fixed when the layer is built, so that std(W) = sqrt(2/fan_in) at init. Only the
+    sign and the `trainable_msbs` most significant bits train (default: sign + 2 MSBs); the
+    frozen bits keep their random init or carry the bytes of a `payload` file.
 
-    Faithful: composition, straight-through gradients, init and resampling, trainable-bit mask,
-    Adam without weight decay, lr/schedule/batch of LeNet-300-100, no biases. Differs from the
-    authors' code: alpha is fixed at init and solved in closed form, where their layers
-    recompute it against the He std at every forward. Reconstructed: the step schedule
-    is in epochs, so trials shorter than 40 epochs keep lr constant; BatchNorm after hidden
-    MLP layers (bitsweep's prototype; `model_options: {batch_norm: false}` is the paper's
-    LeNet-300-100); the payload header (8-byte length + SHA-256) and layout.
-
-    Payload layout (reproducible from an export's metadata): the header-prefixed bit stream
-    fills the frozen bits layer by layer (quantized-layer order, `layer_index`), within a layer
-    plane by plane (ascending plane index; plane p is bit p of the code, the sign plane n-1
-    last when frozen), within a plane element by element in row-major order; bytes MSB first.
-    Codes: int64 (sign_bit << (n-1)) | magnitude, so every bit, the sign of a zero included,
-    is recoverable. Float32 holds W_int exactly up to n = 25; the codes are exact for any n.
+    Paper, fidelity and every choice of bitsweep's: docs/strategies/bit_learning.md.
     """
 
     paper = "Bit-wise training of neural network weights (Ivan & Florian, arXiv 2202.09571)"
     summary = "n-bit integer weights learned bit by bit; frozen bits can carry a payload"
     fidelity = (
-        "faithful to the paper and the authors' code: bit composition, straight-through "
-        "gradients, init (magnitude latents sqrt(2/(n fan_in)), sign sqrt(2/fan_in)) with "
-        "resampling of zero weights, trainable-bit mask, Adam/no decay/lr 9e-4/batch 25; "
-        "differs from the authors' code: alpha fixed at init (closed form) where their layers "
-        "recompute it every forward; reconstructed: epoch-based step schedule, BatchNorm in "
-        "MLPs, payload header and layout"
+        "faithful: bit composition, straight-through gradients, init, alpha fixed at build, "
+        "trainable-bit mask, Adam recipe; bitsweep's: BatchNorm in MLPs, lr steps in epochs, "
+        "payload format (docs/strategies/bit_learning.md)"
     )
 
     recipe = Recipe(
@@ -430,7 +412,7 @@ class BitLearning(Strategy[BitLearningParams]):
         n = self.params.bits
         mask = self.trainable_mask()
         frozen = [i for i in range(n) if not mask[i]]
-        weights = {name: cast(torch.Tensor, m.weight) for name, m in quantizable_layers(model)}
+        weights = {name: weight_of(m) for name, m in quantizable_layers(model)}
         stream = self._payload_stream(len(frozen) * sum(w.numel() for w in weights.values()))
         made: dict[str, _BitWeight] = {}
         offset = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -234,75 +234,22 @@ class BitRegularizationParams(StrategyParams):
 class BitRegularization(Strategy[BitRegularizationParams]):
     """BitNet: bit-regularized deep neural networks (Raghavan et al., arXiv 1708.04788).
 
-    Grid, per quantized layer n with integer bit-depth B_n:
-        alpha = min W, beta = max W, delta = (beta - alpha) / (2^B - 1),
-        Z = round((W - alpha) / delta) in {0, ..., 2^B - 1},  W~ = alpha + delta * Z.
-    The layer deploys the integer codes Z (B bits each) and the two floats alpha and delta;
-    evaluation and deployment compute with W~.
+    Each layer has a min-max integer grid whose bit-depth B is learned: alpha = min W,
+    delta = (max W - alpha) / (2^B - 1), W~ = alpha + delta * round((W - alpha) / delta). The
+    loss adds lambda1 * sum 1/2 ||W~ - W||^2 + lambda2 * sum 2^B with W~ held constant, and
+    after each optimizer step B moves by one integer step:
+        B <- B - sign_eps(mu * lambda1 * dQ/dB + mu * lambda2 * 2^B).
+    Evaluation and deployment use W~: integer codes plus alpha and delta per layer.
 
-    Training forward (`train_forward`): `full_precision`, the paper's, computes the task loss at
-    the float W ("we cannot simply plug in W~ ... l(W) can be used instead"): W~ enters training
-    only through the regularizer and the bit update. `quantized` is bitsweep's variant: the
-    loss at W~ with a straight-through gradient to W (alpha, beta, delta not differentiated).
-
-    Regularizer: lambda1 * sum_n 1/2 ||W~ - W||^2 + lambda2 * sum_n 2^{B_n}, with W~ a constant,
-    so the first term pulls W towards its grid (gradient lambda1 * (W - W~)) and the second is
-    constant in W (it only drives the bit update).
-
-    Bit update: after each optimizer step every B_n moves by one integer step, clipped to
-    [min_bits, max_bits]:
-        B_n <- B_n - sign_eps(mu * lambda1 * dQ/dB + mu * lambda2 * 2^{B_n}),
-        dQ/dB = sum (W~ - W) * (-delta) * Z,  sign_eps(x) = 0 if |x| < eps else sign(x).
-    dQ/dB is taken at the step's forward W~, the point where the gradient of W is taken, so W
-    and B move simultaneously (without a regularizer call it is taken at the updated W). With
-    `mu_from_lr` the step size follows the learning-rate schedule: mu_t = mu * lr_t / lr_0
-    (lr_0 the first step's learning rate).
-
-    Faithful to the paper: the min-max grid with per-layer alpha and delta, the integer codes,
-    the loss CE(W) + regularizer with W~ held constant, test accuracy at W~, the sign_eps
-    integer update of B with dQ/dB for fixed Z, mu = lambda1 = 1e-3 and lambda2 = 1e-6, batch
-    200 with the learning rate halved every 200 iterations, tanh activations, no augmentation.
-    `compression_ratio_paper` is the paper's compression, 32 over the unweighted mean of the
-    layers' bit-depths, beside the parameter-weighted `compression_ratio` of every strategy.
-
-    Not the paper's, and why:
-    - The optimizer of W. The paper uses one learning rate mu = 1e-3 for W and for the bit
-      update, with plain SGD, over 30 epochs of full MNIST (about 9000 steps). On small data
-      that does not train: on mnist-5k (MLP, 8 epochs) plain SGD at 1e-3 reaches 0.38 test
-      accuracy. bitsweep trains W with SGD, momentum 0.9, lr 0.05 (0.916 there, the float net
-      with the same recipe 0.915) and keeps the bit update's mu at the paper's 1e-3, so the
-      bit dynamics are the paper's whatever the learning rate of W.
-    - delta = (beta - alpha) / (2^B - 1) instead of the paper's (beta - alpha) / 2^B. The
-      paper's grid has 2^B + 1 points (codes 0..2^B), which do not fit in B bits; with 2^B - 1
-      intervals both alpha and beta are codes and exactly 2^B levels are used, so the exported
-      bit-depth is B. (At B = 1 this gives {alpha, beta}; clamping the paper's grid to 2^B
-      codes would deploy {alpha, (alpha + beta) / 2}: a symmetric layer's positive weights
-      would all become about zero.)
-    - dQ/dB is the paper's expression. The exact derivative of W~ = alpha + delta * Z for fixed
-      Z is Z * d delta / dB = -Z * delta * ln 2 * 2^B / (2^B - 1); the positive factor
-      ln 2 * 2^B / (2^B - 1) is left out as in the paper, so eps and lambda2 keep the paper's
-      scale.
-    - Biases (the recipe's nets have them) stay float32 and are counted as 32-bit floats
-      stored with their layer (`n_floats` = 2 + the bias's size); BatchNorm stays float.
-    - Unstated in the paper and made parameters: the initial bit-depth (8), eps (1e-7), the
-      bounds of B (1..16; `max_bits` up to 32, the paper's lambda2 = 0 limit, with codes of
-      more than 24 bits found in float64), and whether mu decays with the learning rate (on by
-      default: the bits then settle, as the paper reports).
-    - The paper's "about 6 bits per layer" follows from the unstated eps: the bit cost moves B
-      only while mu * lambda2 * 2^B >= eps, so B settles near log2(eps / (mu * lambda2)), 6.6
-      with the paper's mu and lambda2 and eps = 1e-7; below that the quantization-error term
-      decides (measured in docs/strategies/bit_regularization.md).
+    Paper, fidelity and every choice of bitsweep's: docs/strategies/bit_regularization.md.
     """
 
     paper = "BitNet: Bit-Regularized Deep Neural Networks (arXiv 1708.04788)"
     summary = "per-layer min-max integer grid; each layer's bit-depth learned by a regularized step"
     fidelity = (
-        "faithful: min-max grid with alpha/delta per layer, loss CE(W) + lambda1/2 ||W~-W||^2 + "
-        "lambda2 sum 2^B, eval at W~, sign_eps integer update of B, paper's mu/lambdas, batch "
-        "and halving schedule, compression_ratio_paper; bitsweep's: SGD momentum 0.9 lr 0.05 "
-        "for W (the paper's lr 1e-3 does not train on small data), delta = range/(2^B-1) so "
-        "codes fit B bits, biases counted as floats; unstated: init B, eps (~6 bits follow "
-        "from 2^B ~ eps/(mu lambda2)), B bounds, mu following the lr schedule"
+        "faithful: min-max grid, regularized loss at W, eval at W~, sign_eps update of B, the "
+        "paper's mu, lambdas and batch; bitsweep's: momentum SGD for W, delta = range/(2^B-1), "
+        "the unstated eps and initial B (docs/strategies/bit_regularization.md)"
     )
 
     recipe = Recipe(
@@ -326,10 +273,7 @@ class BitRegularization(Strategy[BitRegularizationParams]):
         found = self._found
         if found is not None and found[0]() is model:
             return found[1]
-        layers = [
-            (name, layer, cast(_BitQuant, quant))
-            for name, layer, quant in parametrizations(model, _BitQuant)
-        ]
+        layers = list(parametrizations(model, _BitQuant))
         self._found = (weakref.ref(model), layers)
         return layers
 
@@ -404,7 +348,7 @@ class BitRegularization(Strategy[BitRegularizationParams]):
             return
         # One update for all layers: the same elementwise ops as one per layer, on a vector.
         bits = torch.stack([quant.bits for _, _, quant in layers])
-        dq = None if p.lambda1 == 0 else torch.stack(cast(list[torch.Tensor], dq_dbs))
+        dq = None if p.lambda1 == 0 else torch.stack([d for d in dq_dbs if d is not None])
         new = self._new_bits(bits, dq, mu, layers[0][1].dtype)
         for (_, _, quant), b in zip(layers, new.unbind(), strict=True):
             quant.bits.copy_(b)

@@ -142,39 +142,13 @@ class ExactBinary(Strategy[ExactBinaryParams]):
     """Shulman, "Exact backpropagation in binary weighted networks with group weight
     transformations" (arXiv 2107.01400), reconstructed from its abstract.
 
-    Forward (training): each layer's latent v is split into groups (rows = output units or
-    filters by default, or the whole layer); within a group u = v / max|v| and
-    W = s * u * (u^2 + eps^2)^((p - 1) / 2), with s = sqrt(2 / fan_in), a constant of the
-    layer's shape. p anneals from `p_initial` (1: W = s*u, a per-group normalization) to
-    `p_final` over the first `anneal_fraction` of the optimizer steps (geometrically by
-    default), then stays there: W = s * sign(v) * |u|^p_final for |u| >> eps, within 3% of
-    the deployed s * sign(v) wherever |u| >= 0.01 at the default p_final = 0.005.
-    Gradient: exact. Autograd differentiates the training forward itself (the group maximum
-    included); there is no straight-through estimator. eps keeps the slope at v = 0 finite.
-    Regularizer: none. The map is scale-invariant per group (no tanh/sigmoid saturation
-    of the latent's magnitude), so L2 weight decay only shrinks the latent norm, raising the
-    effective learning rate as for weights followed by BatchNorm.
-    Schedule: momentum SGD (0.9), lr 0.1 with a cosine decay, weight decay 5e-4, as a float
-    network would be trained; an MLP gets BatchNorm after hidden layers and no biases.
-    Deployed: s * sign(v), exactly two values per layer (bits = 1, n_floats = 1: s is counted
-    though it follows from the shape); `extra_metrics` reports `deploy_gap`, the mean
-    |W_train - W_deployed| / s.
+    Within each group of a layer's latent v (a row by default), u = v / max|v| and
+    W = s * u * (u^2 + eps^2)^((p - 1) / 2), s = sqrt(2 / fan_in). p anneals from 1 (a
+    normalization) towards 0, where W tends to s * sign(v). Gradients are the exact derivative
+    of this map (no straight-through estimator); no auxiliary loss. Evaluated and deployed as
+    s * sign(v), two values per layer.
 
-    Slope profile (normalized units, dt/du, measured by autograd in the tests): 1 everywhere
-    at p = 1. At p_final = 0.005 with eps = 1e-3: 0.0100 at |u| = 0.5 (p*|u|^(p-1) = 0.00997),
-    0.050 at |u| = 0.1, 344 at |u| = 1e-3 and eps^(p-1) = 966 at u = 0. The gradient is exact
-    for this map, and the map is what an annealed soft sign looks like: almost flat over most
-    of each group, steep only within a few eps of zero.
-
-    Met (abstract): the evaluated and deployed network is exactly binary (eval mode computes
-    with +-s); gradients are the exact derivative of the training forward (no straight-through
-    estimator); the map is invariant to each group's scale, so the latent's magnitude never
-    saturates it; no auxiliary loss, no architecture change, the float recipe (momentum SGD,
-    large lr, L2). Not met: after the anneal the map saturates within each group (slope ~0.01
-    over most of it, ~1000 near zero), the soft-sign-with-annealing profile the abstract says
-    the method avoids; training computes with W_train, not the deployed network (deploy_gap).
-    Reconstructed (the paper's text and code were not found): the power map, its annealing,
-    the max normalization and the constant s.
+    Paper, fidelity and every choice of bitsweep's: docs/strategies/exact_binary.md.
     """
 
     paper = (
@@ -183,9 +157,9 @@ class ExactBinary(Strategy[ExactBinaryParams]):
     )
     summary = "binary weights via an annealed per-group power map with exact gradients"
     fidelity = (
-        "reconstructed from the abstract (paper text and code not found): binary deployment, "
-        "exact gradients of the map used (no STE), per-group scale invariance; not met: after "
-        "the anneal the power map is a soft sign (slope 0.01 at |u|=0.5, ~1000 near 0)"
+        "reconstructed from the abstract: binary deployment, exact gradients of the map (no "
+        "STE), per-group scale invariance; not met: after the anneal the map is a soft sign "
+        "(docs/strategies/exact_binary.md)"
     )
 
     recipe = Recipe(

@@ -20,11 +20,13 @@ class FullPrecision(Strategy[FullPrecisionParams]):
 
     Every Linear and Conv weight is reported as a 32-bit layer, so its cost sits on the same
     leaderboard as the quantized strategies.
+
+    Paper, fidelity and every choice of bitsweep's: docs/strategies/full_precision.md.
     """
 
     paper = "baseline (float32 weights)"
     summary = "float32 weights, the reference every strategy is compared with"
-    fidelity = "exact: no transform"
+    fidelity = "exact: no transform (docs/strategies/full_precision.md)"
 
     recipe = Recipe(
         optimizer=OptimizerConfig(name="adam", lr=1e-3),

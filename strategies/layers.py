@@ -6,12 +6,15 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from strategies.exported import ExportedLayer
+
+M = TypeVar("M", bound=nn.Module)
 
 QUANTIZED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -61,9 +64,7 @@ def attach(model: nn.Module, make: Callable[[str, nn.Module], nn.Module | None])
     return model
 
 
-def parametrizations(
-    model: nn.Module, kind: type[nn.Module]
-) -> Iterator[tuple[str, nn.Module, nn.Module]]:
+def parametrizations(model: nn.Module, kind: type[M]) -> Iterator[tuple[str, nn.Module, M]]:
     """(name, layer, transform) for each layer whose weight carries a transform of type `kind`."""
     for name, layer in quantizable_layers(model):
         if parametrize.is_parametrized(layer, "weight"):

@@ -8,7 +8,7 @@ import math
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field, field_validator
@@ -219,8 +219,9 @@ def soft_relative_distance(
     w: torch.Tensor, c_lo: torch.Tensor, c_hi: torch.Tensor, tau: float, gamma0: float
 ) -> torch.Tensor:
     """Per weight: sum_c softmin_c(d_c / tau) * d_c, d_c = |w - c| / max(|w|, gamma0), over the
-    pair of centres (c_lo, c_hi) bracketing w. The other centres carry weight below
-    exp(-gap / tau), negligible at tau = 0.05, and would cost a factor K in time and memory.
+    pair of centres (c_lo, c_hi) bracketing w, an approximation: the other centres would cost a
+    factor K in time and memory, and late in the schedule they can carry a sizeable share of the
+    softmin (docs/strategies/weight_fixing.md says how much).
     A weight with |w| < gamma0 is at distance 0: the clustering fixes it to the zero centre,
     as the authors' regularizer has it (no pull up towards +-gamma0)."""
     denom = w.abs().clamp_min(gamma0)
@@ -370,10 +371,7 @@ class _Fixable(nn.Module):
 
 def _fixables(model: nn.Module) -> list[tuple[str, torch.Tensor, _Fixable]]:
     """(name, latent weight, transform) of every layer this strategy fixes."""
-    return [
-        (name, latent_weight(layer), cast(_Fixable, p))
-        for name, layer, p in parametrizations(model, _Fixable)
-    ]
+    return [(name, latent_weight(layer), p) for name, layer, p in parametrizations(model, _Fixable)]
 
 
 # -- the strategy -------------------------------------------------------------------------------
@@ -452,50 +450,15 @@ class WeightFixingParams(StrategyParams):
 class WeightFixing(Strategy[WeightFixingParams]):
     """Subia-Waud & Dasmahapatra, "Weight Fixing Networks" (ECCV 2022, arXiv 2210.13554).
 
-    All Linear and Conv weights form one whole-network vector (biases and BatchNorm stay
-    float and are not exported). The trial first trains the float model for `pretrain_epochs`
-    (default: a third of the trial's epochs), or loads `init_checkpoint` (then 0 by default),
-    and then runs the fixing schedule: after step t = 0..9, the fractions 0.3, 0.6, 0.8, 0.9,
-    0.95, 0.975, 0.99, 0.9975, 0.999, 1.0 of all weights are fixed. Step 0 ends pre-training;
-    steps 1..9 are spread evenly over the remaining epochs, several at one epoch end when there
-    are fewer epochs than steps, the last always at the end of the last epoch: a trial always
-    ends 100% fixed. Each step asks the runner for a fresh optimizer. `selectable` is False
-    until every weight is fixed, so the runner only picks a fully fixed network as best.
+    After float training (or from `init_checkpoint`), ten fixing steps fix the fractions 0.3,
+    0.6, ..., 1.0 of all conv and linear weights to whole-network centres: zero below gamma0,
+    else powers of two or short signed sums of them. Each step greedily fixes the weights
+    nearest the centres that most weights are nearest to, while their mean relative distance
+    |w - c| / |w| stays within delta_t. Fixed weights get zero gradient; a softmin pull towards
+    the centres, worth `reg_lambda` * CE, trains the free ones. Deployed as a per-layer
+    codebook of its distinct values.
 
-    Forward: W = where(fixed, centre, W_latent); fixed weights get zero gradient and stay
-    exactly at their centre. Centres: zero for |w| < gamma0 = 2^-7; above it, powers of two,
-    or sums of up to `max_terms` signed powers of two made by rounding a geometric grid term by
-    term, as in the authors' code (ratio (1 + delta_t)/(1 - delta_t): every magnitude is within
-    relative distance delta_t of a grid point). Step t allows delta_t = max(delta,
-    delta * (T - t)), from 10*delta down to delta. Greedy clustering: take the centre that is
-    nearest for the most free weights; among the free weights whose nearest centre it is, fix
-    the closest (relative distance |w - c| / |w|) while their mean distance stays <= delta_t;
-    next centre; until the step's fraction is fixed. A level starts with powers of two only;
-    when all centres are used up, one more term is allowed, and beyond `max_terms` the allowed
-    distance doubles, so every target is met. `max_terms` (3) is bitsweep's bound: the
-    authors' code caps no term count, adds a term each time no centre can take more weights,
-    and doubles the distance only after 20 such increases.
-
-    Regularizer (fixing phase only, on free weights): d = mean over free weights of
-    sum_c softmin_c(d_c / tau) * d_c, d_c = |w - c| / max(|w|, gamma0), c over the centres in
-    use; loss term = lambda * CE.detach() * d / d.detach(), i.e. its value is lambda * CE
-    every step and its gradient lambda * CE / d * grad(d).
-    Recipe: Adam, gradient-norm clipping 0.5, constant lr (the authors use no schedule).
-
-    Faithful: the fraction schedule, whole-network centres, power-of-two and additive
-    power-of-two centres on a relative-distance grid, gamma0, delta_t, the greedy mean-distance
-    clustering, zero gradient for fixed weights, fresh optimizer per step, lambda and tau,
-    Adam with clipping 0.5. Reconstructed / changed: a centre's candidates are only the weights
-    whose nearest centre it is (without this a large delta_t collapses accuracy); fixed weights
-    are never re-clustered (the authors' code re-clusters from scratch each step); the softmin
-    runs over the two bracketing centres; the regularizer is the paper's, as in the authors'
-    final code (an earlier commit of theirs overwrote it by a bug); at most `max_terms` terms
-    per centre; epochs per step follow the trial length unless `epochs_per_step` is set (the
-    paper's 3); lr 1e-3 (the authors' 2e-5 fine-tunes ImageNet nets, this trains from
-    scratch); BatchNorm parameters and biases are never fixed.
-    Deployment: per layer a codebook of its distinct values; bits = ceil(log2 K) per weight,
-    n_floats = K, codes = codebook indices. A layer that still has free weights (a trial
-    stopped early) deploys as float32, bits = 32.
+    Paper, fidelity and every choice of bitsweep's: docs/strategies/weight_fixing.md.
     """
 
     paper = "Weight Fixing Networks (Subia-Waud & Dasmahapatra, ECCV 2022, arXiv 2210.13554)"
@@ -504,13 +467,9 @@ class WeightFixing(Strategy[WeightFixingParams]):
         "low entropy"
     )
     fidelity = (
-        "faithful: fixing schedule, whole-network power-of-two / additive power-of-two centres, "
-        "delta_t, greedy mean-distance clustering, zero gradient on fixed weights, softmin "
-        "regularizer scaled to lambda*CE (zero distance below gamma0), Adam + clip 0.5; "
-        "reconstructed: candidates restricted to each centre's nearest weights, at most "
-        "max_terms terms per centre, no re-clustering of fixed weights, float pre-training "
-        "inside the trial, epochs per step from the trial length unless epochs_per_step "
-        "(paper: 3) is set, lr for training from scratch, BatchNorm and biases left float"
+        "faithful: fixing schedule, whole-network power-of-two centres, greedy clustering, "
+        "softmin regularizer; bitsweep's: nearest-centre candidates, no re-clustering, two-centre "
+        "softmin, lr from scratch (docs/strategies/weight_fixing.md)"
     )
 
     recipe = Recipe(

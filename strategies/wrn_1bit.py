@@ -74,33 +74,13 @@ class WRN1Bit(Strategy[WRN1BitParams]):
     """McDonnell, "Training wide residual networks for deployment using a single bit for each
     weight" (ICLR 2018, arXiv 1802.08530).
 
-    Forward: W^ = s * sign(W) with s = sqrt(2 / fan_in) (the He-init std; fan_in = k*k*C_in
-    for a conv, in_features for a Linear), a constant of the layer's shape, never learned.
-    `scale="plain"` uses 2 / sqrt(fan_in), the paper's choice for plain CNNs without skip
-    connections. sign(+0) = +1 and sign(-0) = -1, so a layer holds exactly two values.
-    Gradient: identity straight-through, dL/dW = dL/dW^, neither clipped nor scaled by s.
-    Regularizer: none; weight decay (5e-4) and momentum act on the float W.
-    Schedule: SGD momentum 0.9, lr 0.1, cosine warm restarts down to 1e-4 with cycles of
-    2, 4, 8, ... epochs (run 6, 14, 30, 62 or 126 epochs to end on a cycle), batch 125.
-    Every Conv and Linear is binarized, the first conv and the classifier included. The
-    recipe asks models for BatchNorm without learned scale/offset and, for an MLP, BatchNorm
-    after hidden layers and no biases. The `wrn` model is the paper's architecture.
+    Forward: W^ = s * sign(W) with the constant s = sqrt(2 / fan_in), the He-init std, never
+    learned (`scale="plain"`: 2 / sqrt(fan_in)), so each layer holds exactly two values.
+    Backward: the identity to the float W, neither clipped nor scaled by s. Every Conv and
+    Linear is binarized, the first and the last included; SGD with momentum, weight decay and
+    cosine warm restarts trains the float W.
 
-    Faithful: the forward, the gradient, the all-layers rule, optimizer, weight decay and
-    schedule. Not in the default recipe: flip + pad-4 crop augmentation (right for CIFAR,
-    wrong for digits and MNIST; set `augment` to PAPER_AUGMENT on CIFAR). Applied beyond
-    the paper: the same rule on Linear layers, so any model works.
-    BatchNorm statistics, a conscious difference: PyTorch's running average (momentum 0.1,
-    eps 1e-5). The paper computes the inference moments after training, averaged over
-    minibatches of the whole training set; the authors' Keras port keeps Keras' default
-    running average (momentum 0.99, PyTorch's 0.01) with eps 1e-5. On digits/mlp, 10 epochs,
-    seeds 0/1/2, momentum 0.01 lags and scores 0.953/0.964/0.950 against 0.967/0.967/0.975.
-    SGD momentum at a warm restart: kept, as in the Keras port (one optimizer per trial; a
-    restart changes only the lr). Both of the authors' codes start each cycle with, in
-    effect, no momentum: the Matlab code zeroes the buffers, and Keras' lr-scaled velocity
-    is at most ~1e-3 of a fresh step there, while PyTorch's buffer is applied at the new lr.
-    Zeroing it at each restart moved digits/mlp test accuracy by less than seed noise.
-    Deployment: bits = 1, n_floats = 1 (s follows from the shape, but is counted as stored).
+    Paper, fidelity and every choice of bitsweep's: docs/strategies/wrn_1bit.md.
     """
 
     paper = (
@@ -109,10 +89,9 @@ class WRN1Bit(Strategy[WRN1BitParams]):
     )
     summary = "1-bit weights +-sqrt(2/fan_in), identity straight-through gradient, all layers"
     fidelity = (
-        "faithful: forward, straight-through gradient, constant He scale, every layer binarized, "
-        "SGD/weight decay/cosine warm restarts recipe; augmentation off by default (set "
-        "PAPER_AUGMENT for CIFAR); Linear layers binarized the same way; BatchNorm keeps "
-        "PyTorch's running average, not post-training moments; momentum kept at restarts"
+        "faithful: forward, straight-through gradient, constant He scale, all layers, SGD "
+        "recipe; bitsweep's: no augmentation by default, BatchNorm running averages, momentum "
+        "kept at restarts (docs/strategies/wrn_1bit.md)"
     )
 
     # The paper's CIFAR augmentation, for users who train on CIFAR.

@@ -1,8 +1,11 @@
 """A board as people read it: markdown (the sweep's leaderboard.md, docs), short cells for the
-CLI's table and the page, and the Pareto plot of confirmed means with their intervals."""
+CLI's table and the page, CSV, trial tables, and the Pareto plot of confirmed means with their
+intervals."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import threading
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runners.board.board import Row
+from runners.board.rows import several_sweeps
 from runners.board.stats import ALPHA, CONFIDENCE
 
 NOTE = (
@@ -234,3 +238,47 @@ __all__ = [
     "seeds_text",
     "versus_text",
 ]
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+MARKDOWN_IDS = ("trial_id", "run_id")
+
+
+def rows_to_markdown(rows: list[dict[str, Any]], *, board: bool = False) -> str:
+    """A markdown table of flat rows: every column, or (`board`) a leaderboard's: rank and
+    strategy, the sweep and epochs when the rows come from several sweeps, the metrics, then
+    the trial and run ids."""
+    if not rows:
+        return "(no finished trials)\n"
+    cols = list(rows[0])
+    if board:
+        ids = ["rank", "strategy", "run_name", "sweep_id", "epochs", *MARKDOWN_IDS]
+        cols = [
+            "rank",
+            "strategy",
+            *(["sweep_id", "epochs"] if several_sweeps(rows) else []),
+            *(c for c in cols if c not in ids),
+            *MARKDOWN_IDS,
+        ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(format_cell(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_cell(v: Any) -> str:
+    """A table cell: integers as integers (also when MLflow holds them as floats), other
+    numbers to 4 significant digits."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)

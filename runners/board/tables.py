@@ -362,6 +362,65 @@ class Tables:
                     out[run_id][key] = value
         return out
 
+    def ranked(
+        self,
+        experiment_id: str,
+        *,
+        keys: list[tuple[str, str]],
+        strategies: list[str] | None,
+        sweep_id: str | None,
+        every_trial: bool,
+        limit: int,
+    ) -> list[str]:
+        """Run ids of a benchmark's finished trials ranked by `keys` in one query: every trial
+        (the first `limit`) or the best of each strategy, a `row_number()` window partitioned by
+        the strategy tag (SQLite >= 3.25, PostgreSQL, MySQL 8). See `runners.board.ranking`."""
+        runs, tags, latest = _runs, _tags, _latest
+
+        def tag(alias: str, key: str, value: str | None = None) -> tuple[Any, Any]:
+            t = tags.alias(alias)
+            on = sa.and_(t.c.run_uuid == runs.c.run_uuid, t.c.key == key)
+            return t, on if value is None else sa.and_(on, t.c.value == value)
+
+        kind, on_kind = tag("kind", Tag.KIND, "trial")
+        strat, on_strat = tag("strategy", Tag.STRATEGY)
+        joined = runs.join(kind, on_kind).join(strat, on_strat)
+        if sweep_id is not None:
+            sweep, on_sweep = tag("sweep", Tag.SWEEP_ID, sweep_id)
+            joined = joined.join(sweep, on_sweep)
+        order: list[Any] = []
+        first = None
+        for i, (key, mode) in enumerate(keys):
+            m = latest.alias(f"m{i}")
+            joined = joined.outerjoin(m, sa.and_(m.c.run_uuid == runs.c.run_uuid, m.c.key == key))
+            first = m if first is None else first
+            order.append(sa.case((m.c.is_nan == sa.true(), 1), (m.c.value.is_(None), 2), else_=0))
+            order.append(m.c.value.desc() if mode == "max" else m.c.value.asc())
+        order += [runs.c.start_time.desc(), runs.c.run_uuid]
+        where = [
+            runs.c.experiment_id == int(experiment_id),
+            runs.c.status == "FINISHED",
+            runs.c.lifecycle_stage == "active",
+        ]
+        if strategies is not None:
+            where.append(strat.c.value.in_(strategies))
+        if every_trial:
+            stmt = (
+                sa.select(runs.c.run_uuid).select_from(joined).where(*where).order_by(*order)
+            ).limit(limit)
+        else:
+            assert first is not None
+            n = sa.func.row_number().over(partition_by=strat.c.value, order_by=order)
+            ranked = (
+                sa.select(runs.c.run_uuid, first.c.run_uuid.label("has"), n.label("n"))
+                .select_from(joined)
+                .where(*where)
+                .subquery()
+            )
+            stmt = sa.select(ranked.c.run_uuid).where(ranked.c.n == 1, ranked.c.has.is_not(None))
+        with self.engine.connect() as conn:
+            return [str(row[0]) for row in conn.execute(stmt)]
+
 
 RUNS, TAGS, LATEST_METRICS = _runs, _tags, _latest
 

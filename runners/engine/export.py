@@ -14,10 +14,11 @@ Both are read by `load_weights`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from strategies.exported import ExportedLayer
+from strategies.exported import Encoding, ExportedLayer
 
 FORMAT = "bitsweep.weights/1"
 PACKED_FORMAT = "bitsweep.packed/1"
@@ -238,37 +239,100 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     return meta, tensors
 
 
+def _check_packed(
+    path: Path, name: str, lm: Any, packed: torch.Tensor, floats: torch.Tensor | None
+) -> None:
+    """Refuse a packed layer whose metadata disagrees with its bytes, before anything is
+    allocated from the metadata: what is unpacked is bounded by the file's own size."""
+
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"{path}: layer {name}: {reason}")
+
+    if not isinstance(lm, dict):
+        raise bad("its metadata is not an object")
+    bits, numel, shape = _whole(lm.get("bits")), _whole(lm.get("numel")), lm.get("shape")
+    if bits is None or not 1 <= bits <= 64:
+        raise bad(f"bits must be an integer from 1 to 64, got {lm.get('bits')!r}")
+    dims = [_whole(d) for d in shape] if isinstance(shape, list) else [None]
+    if any(d is None or d < 0 for d in dims):
+        raise bad(f"shape must be a list of non-negative integers, got {shape!r}")
+    if numel is None or numel != math.prod(d for d in dims if d is not None):
+        raise bad(f"numel {lm.get('numel')!r} is not the product of its shape {shape}")
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise bad("its packed codes are not a vector of bytes")
+    if packed.numel() != (numel * bits + 7) // 8:
+        raise bad(
+            f"{numel} codes of {bits} bits take {(numel * bits + 7) // 8} bytes; "
+            f"the file holds {packed.numel()}"
+        )
+    book = _whole(lm.get("codebook", 0))
+    if book is None or not 0 <= book <= 2**bits:
+        raise bad(f"codebook must hold 0 to 2^bits values, got {book!r}")
+    if lm.get("encoding") not in get_args(Encoding):
+        raise bad(
+            f"encoding must be one of {', '.join(get_args(Encoding))}, got {lm.get('encoding')!r}"
+        )
+    wanted = int(bool(lm.get("scale"))) + int(bool(lm.get("offset"))) + book
+    if floats is None or floats.dim() != 1 or floats.numel() != wanted:
+        raise bad(f"it needs {wanted} stored floats; the file holds {_count(floats)}")
+
+
+def _whole(v: Any) -> int | None:
+    """`v` as an integer when it is one (JSON may hold 6 as 6.0), else None."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return int(v) if float(v).is_integer() else None
+
+
+def _count(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel()
+
+
 def load_weights(
     path: Path,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """(deployed weights by layer, integer codes by layer, metadata) of a file `save_weights`
-    wrote, packed or not. Raises ValueError when the file is not a bitsweep weights file."""
+    wrote, packed or not. Raises ValueError when the file is not a bitsweep weights file, or
+    its metadata disagrees with what it holds."""
     meta, tensors = _read(path)
-    layers = json.loads(meta["layers"])
+    try:
+        layers = json.loads(meta["layers"])
+        info = {
+            "format": meta["format"],
+            "strategy": meta["strategy"],
+            "params": json.loads(meta["params"]),
+            "layers": layers,
+            "extra": json.loads(meta.get("extra", "{}")),
+            "model": json.loads(meta["model"]) if "model" in meta else None,
+        }
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: its metadata is incomplete or not JSON ({e})") from None
+    if not isinstance(layers, dict):
+        raise ValueError(f"{path}: its layers metadata is not an object")
     weights: dict[str, torch.Tensor] = {}
     codes: dict[str, torch.Tensor] = {}
     for name, lm in layers.items():
         if name + PACKED_SUFFIX in tensors:
-            p = unpack(tensors[name + PACKED_SUFFIX].numpy(), int(lm["bits"]), int(lm["numel"]))
+            packed, floats = tensors[name + PACKED_SUFFIX], tensors.get(name + FLOATS_SUFFIX)
+            _check_packed(path, name, lm, packed, floats)
+            assert floats is not None
+            p = unpack(packed.numpy(), int(lm["bits"]), int(lm["numel"]))
             codes[name] = _codes_from_patterns(p, lm)
-            weights[name] = _decode(codes[name], tensors[name + FLOATS_SUFFIX], lm)
-        else:
+            weights[name] = _decode(codes[name], floats, lm)
+        elif name in tensors:
             weights[name] = tensors[name]
             if name + CODES_SUFFIX in tensors:
                 codes[name] = tensors[name + CODES_SUFFIX]
-    info = {
-        "format": meta["format"],
-        "strategy": meta["strategy"],
-        "params": json.loads(meta["params"]),
-        "layers": layers,
-        "extra": json.loads(meta.get("extra", "{}")),
-        "model": json.loads(meta["model"]) if "model" in meta else None,
-    }
+        else:
+            raise ValueError(f"{path}: layer {name} is named in the metadata but not stored")
     return weights, codes, info
 
 
 def load_deployed(path: Path) -> nn.Module:
-    """The float model a packed export stands for: built by name, every tensor loaded."""
+    """The float model a packed export stands for: built by name, every tensor loaded.
+
+    The model is first built on torch's meta device (shapes only) and every tensor it needs
+    checked against the file, so that a file cannot make it build more than it holds."""
     from runners.engine.models import build_model
 
     meta, tensors = _read(path)
@@ -276,14 +340,30 @@ def load_deployed(path: Path) -> nn.Module:
         raise ValueError(f"{path}: an unpacked export does not hold the model; export it packed")
     weights, _, info = load_weights(path)
     spec = info["model"]
-    model = build_model(
-        spec["name"],
-        tuple(spec["input_shape"]),
-        spec["num_classes"],
-        spec["options"],
-        defaults=spec["defaults"],
-    )
+    try:
+        args = (
+            str(spec["name"]),
+            tuple(spec["input_shape"]),
+            spec["num_classes"],
+            spec["options"],
+        )
+        defaults = spec["defaults"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: its model metadata is incomplete ({e})") from None
     state = {k[len(STATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
     state.update({f"{name}.weight": w for name, w in weights.items()})
+    try:
+        with torch.device("meta"):
+            shapes = build_model(*args, defaults=defaults).state_dict()
+    except Exception as e:  # ModelError, or a model that cannot be built from these options
+        raise ValueError(f"{path}: its model cannot be built ({e})") from None
+    for key, want in shapes.items():
+        got = state.get(key)
+        if got is None or tuple(got.shape) != tuple(want.shape):
+            held = None if got is None else tuple(got.shape)
+            raise ValueError(
+                f"{path}: the model needs {key} of shape {tuple(want.shape)}; the file holds {held}"
+            )
+    model = build_model(*args, defaults=defaults)
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray import tune
 
+from runners.sweep.artifacts import log_leaderboard
 from runners.sweep.plan import Plan, StrategyPlan, base_trial
 from runners.sweep.progress import Progress
 from runners.sweep.retry import retrying, retrying_client
@@ -24,12 +25,10 @@ from runners.sweep.tracking import (
     bitsweep_version,
     describe_experiment,
     ensure_experiment,
-    log_leaderboard,
-    q,
     set_tracking,
 )
 from runners.sweep.worker import split_config
-from schemas.names import Phase, Tag, tag_filter
+from schemas.names import Phase, Tag, literal, tag_filter
 from schemas.secrets import masked
 from strategies import strategy_origin
 
@@ -228,7 +227,7 @@ class SweepRecord:
         if strategy is not None:
             flt += f" and {tag_filter(Tag.STRATEGY, strategy)}"
         if status is not None:
-            flt += f" and attributes.status = {q(status)}"
+            flt += f" and attributes.status = {literal(status)}"
         return list(
             self.client.search_runs([state.experiment_id], filter_string=flt, max_results=10000)
         )

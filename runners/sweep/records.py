@@ -17,6 +17,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from runners.board import SWEEP_ID_PATTERN
 from runners.sweep.space import SpecError
 from runners.sweep.worker import RESULT_FILE
 from schemas.home import Home
@@ -144,8 +145,6 @@ def remove_sweep(
     """Delete what sweep `sweep_id` wrote: its MLflow runs (moved to MLflow's trash, which
     `mlflow gc` empties), its Optuna studies, its Tune folder and its saved state."""
     import optuna
-
-    from runners.board.leaderboard import SWEEP_ID_PATTERN
 
     if not SWEEP_ID_PATTERN.fullmatch(sweep_id):
         raise SpecError("sweep_id", f"{sweep_id!r} is not a sweep id")

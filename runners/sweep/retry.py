@@ -19,11 +19,17 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import optuna
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from schemas.names import STORE_RETRY_ENV
 
@@ -74,30 +80,32 @@ def transient(e: BaseException) -> bool:
 
 
 def retried(fn: F, what: str = "") -> F:
-    """`fn`, retried on transient store errors with backoff for up to `RETRY_SECONDS`."""
+    """`fn`, retried on transient store errors with backoff (0.5 s doubling to 10 s) for up to
+    `RETRY_SECONDS`; any other error is raised at once."""
+    name = what or getattr(fn, "__name__", "a store call")
+
+    def note(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "%s failed (%s); retry %d in %.1f s",
+            name,
+            str(error).splitlines()[0][:200] if error else "",
+            state.attempt_number,
+            state.upcoming_sleep,
+        )
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + RETRY_SECONDS
-        wait, attempt = FIRST_WAIT_S, 0
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:
-                attempt += 1
-                if not transient(e) or time.monotonic() + wait > deadline:
-                    raise
-                log.warning(
-                    "%s failed (%s); retry %d in %.1f s",
-                    what or getattr(fn, "__name__", "a store call"),
-                    str(e).splitlines()[0][:200],
-                    attempt,
-                    wait,
-                )
-                time.sleep(wait)
-                wait = min(wait * 2, MOST_WAIT_S)
+        return Retrying(
+            retry=retry_if_exception(transient),
+            wait=wait_exponential(multiplier=FIRST_WAIT_S, max=MOST_WAIT_S),
+            # Gives up before a wait that would end past the deadline, not after it.
+            stop=stop_before_delay(RETRY_SECONDS),
+            before_sleep=note,
+            reraise=True,
+        )(fn, *args, **kwargs)
 
-    return call  # type: ignore[return-value]
+    return cast(F, call)
 
 
 class RetryingClient:
@@ -124,6 +132,20 @@ def retrying_client(uri: str) -> Any:
     return retrying(retried(MlflowClient, "MLflow store")(uri))
 
 
+def _retrying_storage_calls(
+    cls: type[optuna.storages.RDBStorage],
+) -> type[optuna.storages.RDBStorage]:
+    """`cls` with each of Optuna's storage calls (the public methods of `BaseStorage`) that
+    `RDBStorage` implements `retried`."""
+    base = optuna.storages.BaseStorage
+    for name in dir(base):
+        method = getattr(optuna.storages.RDBStorage, name, None)
+        if not name.startswith("_") and callable(getattr(base, name)) and method is not None:
+            setattr(cls, name, retried(method, f"Optuna {name}"))
+    return cls
+
+
+@_retrying_storage_calls
 class RetryingRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage, each storage call `retried`, its pooled connections pre-pinged."""
 
@@ -132,19 +154,6 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
         if url.startswith("sqlite"):
             engine_kwargs.pop("pool_pre_ping")
         retried(super().__init__, "Optuna storage")(url, engine_kwargs=engine_kwargs, **kw)
-
-
-def _wrap_storage_methods() -> None:
-    base = optuna.storages.BaseStorage
-    for name in dir(base):
-        if name.startswith("_") or not callable(getattr(base, name)):
-            continue
-        method = getattr(optuna.storages.RDBStorage, name, None)
-        if method is not None:
-            setattr(RetryingRDBStorage, name, retried(method, f"Optuna {name}"))
-
-
-_wrap_storage_methods()
 
 
 __all__ = [

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runners.sweep.space import SpecError
 from schemas.home import Home
@@ -20,9 +21,10 @@ def state_path(home: Path, sweep_id: str) -> Path:
     return Home(home).state_file(sweep_id)
 
 
-@dataclass
-class SweepState:
+class SweepState(BaseModel):
     """What a sweep wrote so far, kept beside its Ray results so that it can resume."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     sweep_id: str
     spec: dict[str, Any]
@@ -31,8 +33,8 @@ class SweepState:
     tracking_uri: str
     optuna_url: str
     status: str = "running"
-    strategies: dict[str, str] = field(default_factory=dict)
-    created: float = field(default_factory=time.time)
+    strategies: dict[str, str] = Field(default_factory=dict)
+    created: float = Field(default_factory=time.time)
 
     def save(self, home: Path) -> None:
         path = state_path(home, self.sweep_id)
@@ -42,13 +44,18 @@ class SweepState:
         # connect with them): readable by its owner alone, as a .pgpass is.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.__dict__, indent=2, sort_keys=True))
+            f.write(self.model_dump_json(indent=2))
         os.chmod(tmp, 0o600)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> SweepState:
-        return cls(**json.loads(path.read_text()))
+        """The state saved at `path`; a `SpecError` naming the file if it is not one."""
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError) as e:
+            reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+            raise SpecError("state", f"{path} is not a sweep's saved state: {reason}") from e
 
 
 def find_resumable(home: Path, spec: SweepSpec, sweep_id: str | None) -> SweepState:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +21,6 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run,
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-# The leaderboard lives in runners.board.leaderboard (no Ray, no torch); its names stay
-# importable here.
-from runners.board.leaderboard import (  # noqa: F401
-    LEADERBOARD_COLUMNS,
-    finite,
-    format_cell,
-    leaderboard_rows,
-    leaderboard_runs,
-    log_leaderboard,
-    q,
-    rows_to_csv,
-    rows_to_markdown,
-    trial_strategies,
-)
 from runners.sweep.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE, confirms, split_config
 from schemas.errors import FieldError
 from schemas.names import EPOCH_METRICS, Attr, Phase, Tag, tag_filter
@@ -110,6 +96,15 @@ def dataset_input(ref: str, summary: dict[str, Any], digest: str) -> DatasetInpu
     )
 
 
+def finite(value: Any) -> bool:
+    """Whether `value` is a finite number (not a bool): what MLflow is given as a metric."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
 def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> Run | None:
     """The run carrying every tag in `tags`, or None."""
     flt = " and ".join(tag_filter(k, v) for k, v in tags.items())
@@ -117,24 +112,6 @@ def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> 
     if len(runs) > 1:
         log.warning("several runs carry %s; continuing the first", tags)
     return runs[0] if runs else None
-
-
-def log_in_batches(
-    client: MlflowClient,
-    run_id: str,
-    *,
-    metrics: Iterable[Metric] = (),
-    params: Iterable[Param] = (),
-    tags: Iterable[RunTag] = (),
-) -> None:
-    """`log_batch` within MLflow's limits (1,000 metrics, 100 params and tags per call)."""
-    ms, ps, ts = list(metrics), list(params), list(tags)
-    for i in range(0, len(ms), 1000):
-        client.log_batch(run_id, metrics=ms[i : i + 1000])
-    for i in range(0, len(ps), 100):
-        client.log_batch(run_id, params=ps[i : i + 100])
-    for i in range(0, len(ts), 100):
-        client.log_batch(run_id, tags=ts[i : i + 100])
 
 
 def param_metric_key(name: str, result_keys: set[str]) -> str:
@@ -216,8 +193,7 @@ class TrialLogger(tune.Callback):
                     **self.tags,
                 },
             ).info.run_id
-            log_in_batches(
-                self.client,
+            self.client.log_batch(  # MLflow chunks it within its limits
                 run_id,
                 params=[Param(k, _param_str(v)) for k, v in sorted(params.items())],
             )
@@ -253,8 +229,7 @@ class TrialLogger(tune.Callback):
                 trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
                 with contextlib.suppress(RuntimeError):  # a finished trial: attrs are frozen
                     storage.set_trial_user_attr(trial_id, RUN_ID_ATTR, run_id)
-                log_in_batches(
-                    self.client,
+                self.client.log_batch(
                     run_id,
                     tags=[
                         RunTag(Tag.OPTUNA_STUDY, self.study_name),
@@ -291,7 +266,7 @@ class TrialLogger(tune.Callback):
         if finite(result.get("epoch_seconds")):
             tid = trial.trial_id
             self._seconds[tid] = self._seconds.get(tid, 0.0) + float(result["epoch_seconds"])
-        log_in_batches(self.client, run_id, metrics=metrics, tags=tags)
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
@@ -309,7 +284,7 @@ class TrialLogger(tune.Callback):
                 spent = [Metric("train_seconds", self._seconds.get(tid, 0.0), _now(), 0)]
                 if finite(last.get("epoch")):
                     spent.append(Metric("epochs_run", float(last["epoch"]), _now(), 0))
-                log_in_batches(self.client, run_id, metrics=spent)
+                self.client.log_batch(run_id, metrics=spent)
                 self.client.set_tag(run_id, Tag.STOPPED_EARLY, "true")
                 self.client.set_terminated(run_id, status="KILLED")
                 self._done.add(tid)
@@ -330,7 +305,7 @@ class TrialLogger(tune.Callback):
         tags = [RunTag(Tag.ERROR, line)]
         if field is not None:
             tags.append(RunTag(Tag.ERROR_FIELD, field))
-        log_in_batches(self.client, run_id, tags=tags)
+        self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, status="FAILED")
         self._done.add(trial.trial_id)
 
@@ -353,7 +328,7 @@ class TrialLogger(tune.Callback):
             RunTag(Tag.TORCH, env.torch),
             RunTag(Tag.THREADS, str(env.threads or "")),
         ]
-        log_in_batches(self.client, run_id, metrics=entries, tags=tags)
+        self.client.log_batch(run_id, metrics=entries, tags=tags)
         self.client.log_artifact(run_id, str(folder / RESULT_FILE))
         if self.export_weights and (folder / WEIGHTS_FILE).exists():
             self.client.log_artifact(run_id, str(folder / WEIGHTS_FILE))

@@ -20,7 +20,6 @@ from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from service.app import create_app
 from service.db import (
     Base,
     Status,
@@ -31,6 +30,7 @@ from service.db import (
     sessions,
     utcnow,
 )
+from service.http.app import create_app
 from service.settings import load_settings
 
 SPEC = {"name": "db", "strategies": [{"name": "full_precision"}], "epochs": 1}

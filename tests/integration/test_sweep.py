@@ -78,7 +78,7 @@ def test_the_selected_config_is_confirmed_on_fresh_seeds(sqlite_sweep):
 
 
 def test_the_board_reports_the_confirmation_mean_and_interval(sqlite_sweep):
-    from runners.board.leaderboard import query_leaderboard
+    from runners.board import query_leaderboard
     from runners.board.stats import estimate
 
     _, plan, summary = sqlite_sweep
@@ -467,7 +467,7 @@ def test_selection_cannot_read_the_test_split(tmp_path):
     """The same sweep on digits and on digits with its test labels shuffled selects and
     confirms exactly the same configs with the same validation numbers: nothing that chooses
     reads the test split. Only the reported test accuracy differs (chance, once shuffled)."""
-    from runners.board.leaderboard import query_leaderboard
+    from runners.board import query_leaderboard
 
     boards = {}
     for shuffled in (False, True):

@@ -1,5 +1,5 @@
 """The service end to end: `bitsweep serve` as a real process (uvicorn on 127.0.0.1) with the
-local Ray head it starts for itself, driven over HTTP with `service.client`.
+local Ray head it starts for itself, driven over HTTP with `service.cli.client`.
 
 A sweep submitted over HTTP runs as a Ray job and is followed to success, then read on the
 leaderboard and the page; a second one waits queued while the first runs; another is cancelled
@@ -27,7 +27,7 @@ import httpx
 import pytest
 from faults import wait_healthy
 
-from service.client import Client, ServiceRefused
+from service.cli.client import Client, ServiceRefused
 from service.jobs import free_port
 
 pytestmark = pytest.mark.slow

@@ -108,7 +108,7 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import load_settings
 
     home = tmp_path_factory.mktemp("fuzz-home")

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from runners.sweep.run import plan_sweep, run_sweep
 from schemas.sweep import SweepSpec
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import load_settings
 
 pytestmark = [pytest.mark.slow]

@@ -53,3 +53,62 @@ def test_packed_export_costs_its_weight_bytes_and_loads_back(name, digits, tmp_p
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.fixture(scope="module")
+def packed_file(digits, tmp_path_factory) -> Path:
+    trained = train(TrialConfig(strategy="bit_learning", epochs=1), dataset=digits)
+    path = tmp_path_factory.mktemp("packed") / "w.safetensors"
+    save_trained(path, trained, digits.input_shape, digits.num_classes, packed=True)
+    return path
+
+
+def _rewritten(src: Path, dst: Path, edit) -> Path:
+    """`src` with its metadata (a dict of JSON strings) changed by `edit`."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    decoded = {k: json.loads(v) if k in ("layers", "model") else v for k, v in meta.items()}
+    edit(decoded)
+    save_file(
+        tensors,
+        str(dst),
+        metadata={k: json.dumps(v) if k in ("layers", "model") else v for k, v in decoded.items()},
+    )
+    return dst
+
+
+def _first_layer(meta: dict) -> dict:
+    return next(iter(meta["layers"].values()))
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        # A claim of 2^31 codes in a layer of a few hundred bytes: refused before unpacking.
+        (lambda m: _first_layer(m).update(numel=2**31, shape=[2**31]), "take"),
+        (lambda m: _first_layer(m).update(numel=7), "not the product of its shape"),
+        (lambda m: _first_layer(m).update(bits=65), "bits must be an integer from 1 to 64"),
+        (lambda m: _first_layer(m).update(encoding="zigzag"), "encoding must be one of"),
+        (lambda m: _first_layer(m).update(codebook=3), "stored floats"),
+        # A model of 16,384-wide hidden layers named by a file that holds a small one.
+        (lambda m: m["model"]["options"].update(hidden=[16384, 16384]), "the model needs"),
+        (lambda m: m["model"].update(name="no-such-model"), "cannot be built"),
+        (lambda m: m.pop("layers"), "metadata is incomplete"),
+    ],
+)
+def test_a_file_whose_metadata_lies_is_refused_before_it_costs_memory(
+    packed_file: Path, tmp_path: Path, edit, reason: str
+) -> None:
+    bad = _rewritten(packed_file, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(ValueError, match=reason):
+        load_deployed(bad)
+
+
+def test_the_rewritten_file_itself_loads(packed_file: Path, tmp_path: Path) -> None:
+    load_deployed(_rewritten(packed_file, tmp_path / "same.safetensors", lambda m: None))

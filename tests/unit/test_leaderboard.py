@@ -1,4 +1,4 @@
-"""The leaderboard query (runners/board/leaderboard.py) and `bitsweep leaderboard`, on small MLflow
+"""The leaderboard query (runners/board/) and `bitsweep leaderboard`, on small MLflow
 stores shaped like a sweep's (written by benchmarks/bench_leaderboard.py's store builder)."""
 
 from __future__ import annotations
@@ -18,12 +18,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from runners.board.leaderboard import (
-    check_query,
-    leaderboard_runs,
-    log_leaderboard,
-    query_leaderboard,
-)
+from runners.board import check_query, leaderboard_runs, query_leaderboard
+from runners.sweep.artifacts import log_leaderboard
 from schemas.errors import FieldError
 from service.cli import main
 
@@ -151,7 +147,7 @@ def _comparable(board) -> list[dict]:
 @pytest.mark.system  # starts real processes
 def test_the_module_imports_neither_ray_nor_torch():
     code = (
-        "import sys, runners.board.leaderboard, service.cli_sweep; "
+        "import sys, runners.board, service.cli.sweep; "
         "bad = [m for m in ('ray', 'torch', 'mlflow') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -313,7 +309,7 @@ def test_a_store_recorded_before_confirmation_reads_as_it_was_and_says_so(tmp_pa
 def test_the_sql_read_is_the_client_read(uri):
     """The board read from MLflow's tables (no MLflow) equals the board read through
     `MlflowClient`, as a tracking server is read: every sweep's, and one sweep's."""
-    from runners.board.leaderboard import board_of
+    from runners.board import board_of
     from runners.board.read import ClientReader, SqlReader
 
     client = MlflowClient(uri)
@@ -502,7 +498,7 @@ def test_cli_refuses_a_missing_store_without_creating_it(tmp_path, capsys):
 
 
 def test_default_store_is_where_a_sweep_writes(tmp_path, monkeypatch):
-    from runners.board.leaderboard import default_store
+    from runners.board import default_store
     from runners.sweep.run import data_home
     from runners.sweep.stores import default_uris
 

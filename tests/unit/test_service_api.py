@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import service.app
 import service.core
+import service.http.deps
 from schemas.errors import FieldError
-from service.app import create_app
 from service.cli import main
 from service.db import SweepRow
+from service.http.app import create_app
 from service.settings import check_bind, is_loopback, load_settings
 
 TOKENS = {
@@ -502,14 +502,14 @@ def test_reads_need_no_token(api: TestClient) -> None:
 def test_every_token_is_compared_in_constant_time(
     api: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = service.app.hmac.compare_digest
+    real = service.http.deps.hmac.compare_digest
     calls: list[tuple[bytes, bytes]] = []
 
     def counting(a: Any, b: Any) -> bool:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(service.app.hmac, "compare_digest", counting)
+    monkeypatch.setattr(service.http.deps.hmac, "compare_digest", counting)
     for given, status in (
         (TOKENS["alice"], 202),  # the first configured token: the others are compared still
         (TOKENS["carol"], 202),
@@ -611,6 +611,13 @@ def test_the_page_says_there_is_no_benchmark_yet(fresh: Callable[..., TestClient
 def test_unknown_routes_answer_with_the_error_body(api: TestClient) -> None:
     assert_refused(api.get("/nowhere"), 404, "path")
     assert_refused(api.delete("/sweeps"), 405, "path")
+
+
+def test_a_405_allows_every_method_of_the_path_across_routes(api: TestClient) -> None:
+    """GET and POST /sweeps are two routes (inside an included router): Allow names both."""
+    assert api.delete("/sweeps").headers["allow"] == "GET, POST"
+    assert api.put("/sweeps/some-sweep").headers["allow"] == "GET"
+    assert api.get("/sweeps/some-sweep/cancel").headers["allow"] == "POST"
 
 
 # -- CORS ------------------------------------------------------------------------------------

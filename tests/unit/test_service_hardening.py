@@ -64,7 +64,7 @@ def test_a_sweep_name_or_id_with_a_trailing_newline_is_refused(api_app: TestClie
 
 @pytest.fixture
 def api_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import ServiceSettings
 
     for k in ("RAY_ADDRESS", "BITSWEEP_TOKENS"):
@@ -208,7 +208,7 @@ def test_concurrent_submits_are_all_taken_each_with_its_own_place(
     """40 submits at once on a PostgreSQL service database (where `max(seq) + 1` raced: 10 of
     40 were refused 409): every one is taken, each with its own id and place in the queue."""
 
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import ServiceSettings
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -306,7 +306,7 @@ def test_submissions_beyond_those_being_checked_wait_then_get_503(
 ) -> None:
     import threading
 
-    import service.app as service_app
+    import service.http.deps as deps
     from service.core import Service
 
     gate = threading.Event()
@@ -317,7 +317,7 @@ def test_submissions_beyond_those_being_checked_wait_then_get_503(
         return real(self, spec)
 
     monkeypatch.setattr(Service, "admit", slow)
-    monkeypatch.setattr(service_app, "ADMIT_WAIT_S", 0.5)
+    monkeypatch.setattr(deps, "ADMIT_WAIT_S", 0.5)
     body = {"name": "wait", "strategies": [{"name": "full_precision"}], "epochs": 1}
 
     def submit(_: int) -> tuple[int, dict[str, Any]]:
@@ -337,8 +337,8 @@ def test_submissions_beyond_those_being_checked_wait_then_get_503(
 def test_a_loopback_service_answers_loopback_names_alone(tmp_path: Path) -> None:
     """A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) sends its own
     name as Host: refused (400); the loopback names are answered."""
-    from service.app import create_app
-    from service.cli_service import LOOPBACK_HOSTS
+    from service.cli.serve import LOOPBACK_HOSTS
+    from service.http.app import create_app
     from service.settings import ServiceSettings
 
     settings = ServiceSettings(home=tmp_path / "home", tokens={"ci": TOKEN})
@@ -354,7 +354,7 @@ def test_a_token_cancels_its_own_sweeps_an_admin_any_and_the_canceller_is_kept(
     tmp_path: Path,
 ) -> None:
     from schemas.errors import FieldError
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import ServiceSettings, load_settings
 
     alice, bob, root = "alice-token-0123456789", "bob-token-0123456789x", "root-token-0123456789"

@@ -1,5 +1,7 @@
-"""The REST API's request and response models, named by role. The sweep spec itself is
-`schemas.sweep.SweepSpec`, shared with the CLI; `service.client` uses these same models."""
+"""The REST API's request and response models, named by role, and the refusals each route
+documents (`ERRORS`, `AUTH_ERRORS`, `NOT_FOUND`). The sweep spec itself is
+`schemas.sweep.SweepSpec`, shared with the CLI; `service.cli.client` uses these same models.
+Pydantic only: the client imports this module without FastAPI."""
 
 from __future__ import annotations
 
@@ -132,7 +134,39 @@ class StrategyView(BaseModel):
     recipe: dict[str, Any]
 
 
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorBody, "description": "a field is invalid"},
+}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no valid bearer token"},
+    413: {"model": ErrorBody, "description": "the request body is too large"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such sweep"}
+}
+
+
+def json_error(description: str) -> dict[str, Any]:
+    """A refusal documented as an `ErrorBody` in JSON, for a route whose own answer is not."""
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def version() -> str:
+    """The API's version: the installed bitsweep's ("0" from a source tree not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("bitsweep")
+    except PackageNotFoundError:
+        return "0"
+
+
 __all__ = [
+    "AUTH_ERRORS",
+    "ERRORS",
+    "NOT_FOUND",
     "BestTrial",
     "BoardView",
     "ErrorBody",
@@ -145,4 +179,6 @@ __all__ = [
     "SweepPage",
     "SweepView",
     "TrialCounts",
+    "json_error",
+    "version",
 ]

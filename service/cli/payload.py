@@ -10,6 +10,8 @@ import typer
 
 from service.errors import InputRefused
 
+# The commands import what they run inside their functions, to keep `bitsweep --help` fast.
+
 app = typer.Typer(
     help="Payloads carried in the frozen bits of bit_learning weights.", no_args_is_help=True
 )

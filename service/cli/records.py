@@ -10,8 +10,10 @@ import typer
 from rich.console import Console
 
 from schemas.home import Home
-from service.cli_sweep import tracking_store
+from service.cli.sweep import tracking_store
 from service.errors import InputRefused
+
+# The commands import what they run inside their functions, to keep `bitsweep --help` fast.
 
 out = Console()
 err = Console(stderr=True)
@@ -49,7 +51,7 @@ def remove(
     yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
 ) -> None:
     """Delete a sweep: its MLflow runs (to MLflow's trash), Optuna studies, checkpoints, state."""
-    from runners.board.leaderboard import SWEEP_ID_PATTERN
+    from runners.board import SWEEP_ID_PATTERN
     from runners.sweep.records import remove_sweep
     from runners.sweep.run import SweepState, data_home
     from runners.sweep.stores import default_uris

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from service.db import SweepRow
+from service.http.deps import ServiceDep
+from service.http.views import sweep_view
 
-if TYPE_CHECKING:
-    from service.core import Service
-
-TEMPLATES = Path(__file__).with_name("templates")
+TEMPLATES = Path(__file__).parent.with_name("templates")  # service/templates
 # (row key, header): the page's columns; each table is one sweep's board.
 COLUMNS = (
     ("rank", "#"),
@@ -93,68 +92,69 @@ def sort_rows(rows: list[dict[str, Any]], key: str, order: str) -> list[dict[str
     return have + lack
 
 
-def add_page(app: FastAPI, service: Service) -> None:
-    templates = Jinja2Templates(directory=str(TEMPLATES))
-    templates.env.filters["cell"] = cell
-    templates.env.globals["show"] = show
+templates = Jinja2Templates(directory=str(TEMPLATES))
+templates.env.filters["cell"] = cell
+templates.env.globals["show"] = show
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page(
-        request: Request,
-        sort: Annotated[SortKey, Query()] = "rank",
-        order: Annotated[Literal["asc", "desc"], Query()] = "asc",
-    ) -> HTMLResponse:
-        boards = service.read_boards(
-            dataset=None,
-            model=None,
-            metric="test_accuracy",
-            mode="max",
-            every_trial=False,
-            limit=100,
-            sweep_id=None,
-        )
-        with service.sessions() as s:
-            sweeps = s.scalars(select(SweepRow).order_by(SweepRow.seq.desc()).limit(50)).all()
+router = APIRouter()
 
-        def sort_link(key: str) -> str:
-            flip = "desc" if sort == key and order == "asc" else "asc"
-            return "?" + urlencode({"sort": key, "order": flip})
 
-        from runners.board.leaderboard import sweep_title
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page(
+    request: Request,
+    service: ServiceDep,
+    sort: Annotated[SortKey, Query()] = "rank",
+    order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+) -> HTMLResponse:
+    boards = service.read_boards(
+        dataset=None,
+        model=None,
+        metric="test_accuracy",
+        mode="max",
+        every_trial=False,
+        limit=100,
+        sweep_id=None,
+    )
+    with service.sessions() as s:
+        sweeps = s.scalars(select(SweepRow).order_by(SweepRow.seq.desc()).limit(50)).all()
 
-        tables = []
-        for b in boards:
-            sweeps_of = []
-            for info, rows in b.by_sweep():
-                rows = sort_rows(rows, sort, order)
-                for r in rows:
-                    r["link"] = service.run_link(b.experiment_id, r["run_id"])
-                sweeps_of.append(
-                    {"title": sweep_title(info, info.sweep_id, info.epochs), "rows": rows}
-                )
-            tables.append(
-                {
-                    "board": b,
-                    "sweeps": sweeps_of,
-                    "pareto": "/leaderboard/pareto.png?"
-                    + urlencode({"dataset": b.dataset, "model": b.model}),
-                    "experiment_link": (
-                        f"{service.settings.mlflow_ui_url}/#/experiments/{b.experiment_id}"
-                        if service.settings.mlflow_ui_url
-                        else None
-                    ),
-                }
-            )
-        return templates.TemplateResponse(
-            request,
-            "index.html",
+    def sort_link(key: str) -> str:
+        flip = "desc" if sort == key and order == "asc" else "asc"
+        return "?" + urlencode({"sort": key, "order": flip})
+
+    from runners.board import sweep_title
+
+    tables = []
+    for b in boards:
+        sweeps_of = []
+        for info, rows in b.by_sweep():
+            rows = sort_rows(rows, sort, order)
+            for r in rows:
+                r["link"] = service.run_link(b.experiment_id, r["run_id"])
+            sweeps_of.append({"title": sweep_title(info, info.sweep_id, info.epochs), "rows": rows})
+        tables.append(
             {
-                "tables": tables,
-                "columns": COLUMNS,
-                "sort": sort,
-                "order": order,
-                "sort_link": sort_link,
-                "sweeps": [service.view(r) for r in sweeps],
-                "mlflow_ui": service.settings.mlflow_ui_url,
-            },
+                "board": b,
+                "sweeps": sweeps_of,
+                "pareto": "/leaderboard/pareto.png?"
+                + urlencode({"dataset": b.dataset, "model": b.model}),
+                "experiment_link": (
+                    f"{service.settings.mlflow_ui_url}/#/experiments/{b.experiment_id}"
+                    if service.settings.mlflow_ui_url
+                    else None
+                ),
+            }
         )
+    return templates.TemplateResponse(
+        request,
+        "index.html",
+        {
+            "tables": tables,
+            "columns": COLUMNS,
+            "sort": sort,
+            "order": order,
+            "sort_link": sort_link,
+            "sweeps": [sweep_view(service, r) for r in sweeps],
+            "mlflow_ui": service.settings.mlflow_ui_url,
+        },
+    )

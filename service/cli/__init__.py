@@ -1,4 +1,10 @@
-"""The `bitsweep` command line: train one trial, list strategies, print schemas."""
+"""The `bitsweep` command line: train one trial, list strategies, print schemas; the other
+commands live beside this module (`sweep`, `records`, `serve`, `payload`), and `client` is the
+HTTP client of the service that `bitsweep submit|status` use.
+
+The commands import what they run (torch, Ray, MLflow, the service) inside their functions, so
+that `bitsweep --help` stays fast; none of these imports is there to avoid an import cycle.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from service.cli import payload, records, serve, sweep
 from service.errors import InputRefused, input_error
 
 app = typer.Typer(
@@ -28,19 +35,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-from service.cli_payload import app as payload_app  # noqa: E402
-from service.cli_records import remove, rerun  # noqa: E402
-from service.cli_service import serve, status, submit  # noqa: E402
-from service.cli_sweep import leaderboard, sweep  # noqa: E402
-
-app.add_typer(payload_app, name="payload")
-app.command()(sweep)
-app.command()(leaderboard)
-app.command()(rerun)
-app.command()(remove)
-app.command()(serve)
-app.command()(submit)
-app.command()(status)
+app.add_typer(payload.app, name="payload")
+app.command()(sweep.sweep)
+app.command()(sweep.leaderboard)
+app.command()(records.rerun)
+app.command()(records.remove)
+app.command()(serve.serve)
+app.command()(serve.submit)
+app.command()(serve.status)
 out = Console()
 err = Console(stderr=True)
 
@@ -340,7 +342,3 @@ def entry() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-if __name__ == "__main__":
-    entry()

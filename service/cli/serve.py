@@ -10,7 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.cli.sweep import load_spec
 from service.errors import InputRefused
+
+# The commands import what they run (uvicorn, the HTTP app, httpx) inside their functions, to
+# keep `bitsweep --help` fast.
 
 out = Console()
 err = Console(stderr=True)
@@ -31,7 +35,7 @@ def serve(
     """Serve the REST API and the leaderboard page; sweeps run as Ray jobs."""
     import uvicorn
 
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import check_bind, is_loopback, load_settings
 
     settings = load_settings(str(env_file) if env_file is not None else None)
@@ -49,7 +53,7 @@ def serve(
 
 
 def _client(server: str) -> Any:
-    from service.client import Client
+    from service.cli.client import Client
 
     if not server.startswith(("http://", "https://")):
         raise InputRefused("--server", f"{server!r} is not an http:// or https:// address")
@@ -62,8 +66,6 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="print the sweep as JSON")] = False,
 ) -> None:
     """Submit SPEC to the service (token from BITSWEEP_TOKEN); prints the sweep's id."""
-    from service.cli_sweep import load_spec
-
     spec = load_spec(spec_path)
     with _client(server) as c:
         sweep = c.submit(spec)

@@ -18,6 +18,8 @@ from rich.table import Table
 from schemas.secrets import masked
 from service.errors import InputRefused
 
+# The commands import what they run inside their functions, to keep `bitsweep --help` fast.
+
 out = Console()
 err = Console(stderr=True)
 
@@ -27,7 +29,7 @@ def tracking_store(given: str | None, *, must_exist: bool = True) -> str:
     already exist. Refuses, naming `tracking_uri`, a store that cannot be read: a SQLite file
     that does not exist (a read never creates a store, whatever `must_exist` says), a server or
     database that cannot be reached. Imports neither Ray nor torch."""
-    from runners.board.leaderboard import check_read_store, default_store
+    from runners.board import check_read_store, default_store
 
     path, uri = default_store()
     if given is None and not path.exists():
@@ -95,7 +97,7 @@ def sweep(
     ] = False,
 ) -> None:
     """Sweep every strategy of SPEC: Ray Tune trials, Optuna search, MLflow leaderboard."""
-    from runners.board.leaderboard import SWEEP_ID_PATTERN
+    from runners.board import SWEEP_ID_PATTERN
     from runners.sweep.run import plan_sweep, run_sweep
     from runners.sweep.state import state_path
 
@@ -243,7 +245,7 @@ WIDTH, SWEEPS_WIDTH, BOARD_WIDTH = 100, 130, 160  # of the table in a file or a 
 def show_rows(rows: list[dict[str, Any]], title: str) -> None:
     """A leaderboard as a table; with the sweep and epochs of each row when the rows come
     from several sweeps."""
-    from runners.board.leaderboard import format_cell, several_sweeps
+    from runners.board import format_cell, several_sweeps
 
     columns = list(BOARD_COLUMNS)
     several = several_sweeps(rows)
@@ -292,7 +294,7 @@ def leaderboard(
     """The leaderboard of each benchmark: the board of each of its sweeps (each strategy's
     config selected on validation, its test accuracy over fresh seeds with its uncertainty),
     or of one sweep with --sweep-id; or with --all its trials."""
-    from runners.board.leaderboard import check_query, query_leaderboard
+    from runners.board import check_query, query_leaderboard
     from schemas.errors import FieldError
 
     try:
@@ -312,7 +314,7 @@ def leaderboard(
     if as_json:
         sys.stdout.write(json.dumps({b.benchmark: b.to_json() for b in boards}) + "\n")
         return
-    from runners.board.leaderboard import sweep_title
+    from runners.board import sweep_title
 
     for board in boards:
         if board.every_trial:

@@ -1,6 +1,6 @@
 """A Python client of the bitsweep service (httpx), with the API's own models.
 
-    from service.client import Client
+    from service.cli.client import Client
     with Client("http://127.0.0.1:8000", token="...") as c:
         sweep = c.submit(spec)            # a SweepSpec, or a dict of its fields
         c.sweep(sweep.id).status          # queued, running, succeeded, failed, cancelled
@@ -20,7 +20,7 @@ import httpx
 from schemas.errors import FieldError
 from schemas.names import TOKEN_ENV
 from schemas.sweep import SweepSpec
-from service.api import Health, Leaderboard, StrategyView, SweepDetail, SweepPage, SweepView
+from service.http.api import Health, Leaderboard, StrategyView, SweepDetail, SweepPage, SweepView
 
 
 class ServiceRefused(FieldError):
