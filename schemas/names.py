@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from typing import Final
 
+# A sweep's id: the MLflow tag, the state file's name, the Ray job's submission id, a path of
+# the API. Matched whole (`re.fullmatch`, or the anchored form).
+SWEEP_ID: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+SWEEP_ID_ANCHORED: Final = rf"^{SWEEP_ID}$"
+
 
 class Tag:
     """MLflow tag keys that bitsweep writes and reads."""

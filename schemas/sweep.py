@@ -9,7 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from schemas.errors import located_error
 from schemas.names import OBJECTIVE_METRICS, TEST_METRICS, TRIAL_METRICS
-from schemas.trial import Strict, TrainingSettings
+from schemas.trial import Options, Strict, TrainingSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TRIALS = 10_000  # a strategy's most trials in one sweep
@@ -26,8 +26,8 @@ class StrategySpec(Strict):
     """
 
     name: str = Field(..., min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict)
-    search: dict[str, Any] = Field(default_factory=dict)
+    params: Options = Field(default_factory=dict)
+    search: Options = Field(default_factory=dict)
     search_defaults: bool = Field(
         True, description="also search the strategy's default ranges not named in `search`"
     )

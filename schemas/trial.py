@@ -11,6 +11,28 @@ DATASET_PATTERN = re.compile(r"^(digits|mnist-5k|(npz|mnist|cifar10|cifar100):.+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+MAX_DEPTH = 8  # nesting of a free-form mapping (params, search ranges, model options)
+
+
+def _shallow(v: dict[str, Any]) -> dict[str, Any]:
+    """`v`, refused when its values nest lists or mappings more than `MAX_DEPTH` deep: no
+    strategy, search range or model takes more, and deeper ones would cost every reader's
+    recursion."""
+    level: list[Any] = [v]
+    for _ in range(MAX_DEPTH + 1):
+        level = [
+            x for c in level for x in (c.values() if isinstance(c, dict) else c)
+            if isinstance(x, dict | list | tuple)
+        ]  # fmt: skip
+        if not level:
+            return v
+    raise ValueError(f"is nested more than {MAX_DEPTH} levels deep")
+
+
+# A free-form mapping of a spec (a strategy's params, its search ranges, model options).
+Options = Annotated[dict[str, Any], AfterValidator(_shallow)]
+
+
 def _dataset_ref(v: str) -> str:
     if not DATASET_PATTERN.fullmatch(v):
         raise ValueError(
@@ -93,7 +115,7 @@ class TrainingSettings(Strict):
         "digits", description="digits, mnist-5k, npz:PATH, mnist:DIR, cifar10:DIR, cifar100:DIR"
     )
     model: str = Field("mlp", min_length=1)
-    model_options: dict[str, Any] = Field(default_factory=dict)
+    model_options: Options = Field(default_factory=dict)
     schedule: ScheduleConfig | None = None
     augment: AugmentConfig | None = None
     epochs: int = Field(10, ge=1, le=10_000)
@@ -110,7 +132,7 @@ class TrialConfig(TrainingSettings):
     """Everything needed to train one trial. Unset training fields take the strategy's recipe."""
 
     strategy: str = Field(..., min_length=1, description="registered strategy name")
-    params: dict[str, Any] = Field(
+    params: Options = Field(
         default_factory=dict,
         description="the strategy's own params (validated by its Params) and training knobs "
         "(lr, optimizer, weight_decay, momentum, batch_size)",

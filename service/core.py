@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ from service.scheduler import Scheduler
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+PLOTS_KEPT = 32  # Pareto plots kept, each of one benchmark (or sweep) at one store state
 
 STORE_FIELDS = {
     "tracking_uri": "BITSWEEP_TRACKING_URI",
@@ -65,6 +69,8 @@ class Service:
             finalize=self.finalize,
             locate=self.locate,
         )
+        self._plots: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._plots_lock = threading.Lock()
 
     # -- Ray -----------------------------------------------------------------------------------
 
@@ -180,6 +186,28 @@ class Service:
     def run_link(self, experiment_id: str | None, run_id: str) -> str | None:
         ui = self.settings.mlflow_ui_url
         return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" if ui and experiment_id else None
+
+    def pareto_png(self, dataset: str, model: str, sweep_id: str | None) -> bytes:
+        """The Pareto plot of a benchmark's board (`runners.board.pareto_png`), drawn once per
+        state of a database store and kept (the newest `PLOTS_KEPT`); drawn each time from a
+        tracking server, whose state is not read."""
+        from runners.board import pareto_png, store_version
+
+        uri = self.settings.tracking
+        version = store_version(uri)
+        key = (dataset, model, sweep_id, version)
+        with self._plots_lock:
+            png = self._plots.get(key) if version is not None else None
+            if png is not None:
+                self._plots.move_to_end(key)
+                return png
+        png = pareto_png(uri, dataset=dataset, model=model, sweep_id=sweep_id)
+        if version is not None:
+            with self._plots_lock:
+                self._plots[key] = png
+                while len(self._plots) > PLOTS_KEPT:
+                    self._plots.popitem(last=False)
+        return png
 
     # -- admission -----------------------------------------------------------------------------
 

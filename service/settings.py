@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +35,9 @@ OTHER_VARS = frozenset(
 )
 TOKEN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 MIN_TOKEN_LENGTH = 16
+# A Host header name the service may answer: a name or IPv4 address (`*.` for subdomains),
+# or an IPv6 address in brackets.
+HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\]")
 
 
 class ServiceSettings(BaseSettings):
@@ -81,6 +85,16 @@ class ServiceSettings(BaseSettings):
         description="token names (comma-separated) that may cancel any sweep; the others "
         "cancel the sweeps they submitted",
     )
+    reads_need_token: bool = Field(
+        False,
+        description="every read (the sweeps, their specs and logs, the leaderboards, the page) "
+        "needs a token too; /health stays open for probes",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names the service answers (comma-separated), against DNS "
+        "rebinding; default: loopback names when it listens on loopback, else any",
+    )
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="folders (separated by ':') under which a spec may name dataset files",
@@ -88,6 +102,9 @@ class ServiceSettings(BaseSettings):
     max_trials_per_sweep: int = Field(200, ge=1, le=100_000)
     max_concurrent_sweeps: int = Field(1, ge=1, le=1000)
     max_request_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="how long a request's body may take to arrive (408)"
+    )
     poll_seconds: float = Field(2.0, gt=0, le=60, description="how often jobs are followed")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (comma-separated); none"
@@ -145,6 +162,26 @@ class ServiceSettings(BaseSettings):
         unknown = [n for n in v if n not in tokens]
         if unknown:
             raise ValueError(f"{unknown[0]!r} names no token of BITSWEEP_TOKENS")
+        return v
+
+    @field_validator("reads_need_token")
+    @classmethod
+    def _reads_need_tokens(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and not info.data.get("tokens"):
+            raise ValueError("reads can need a token only when BITSWEEP_TOKENS is set")
+        return v
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, v: Any) -> Any:
+        return [h.strip() for h in v.split(",") if h.strip()] if isinstance(v, str) else v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, v: list[str]) -> list[str]:
+        for host in v:
+            if not HOST_NAME.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name (a name, an address, or *.domain)")
         return v
 
     @field_validator("data_roots", mode="before")

@@ -12,9 +12,16 @@ Every test has exactly one tier, decided for it (docs/contributing.md):
 - **system**: real processes: `bitsweep sweep|serve`, a PostgreSQL or MLflow server of its own,
   Chromium. `tests/system`, or a test marked `@pytest.mark.system`.
 
-Under pytest-xdist (`-n 2 --dist loadgroup`) unit tests spread over the workers one by one;
-integration and system tests run one after another on one worker (their clusters and servers
-take the machine's cores and fixed names).
+Under pytest-xdist (`-n 2 --dist loadgroup`) unit tests spread over the workers one by one.
+Integration and system tests run in two groups, each one test after another on one worker,
+beside each other:
+
+- `sweep-processes`: the modules of `SWEEP_PROCESS_MODULES`, whose `bitsweep sweep` processes
+  start Ray without an address, and the one test cluster (`ray.cluster_utils.Cluster`) that
+  leaves its address where such a process would join it: never at the same time;
+- `clusters-and-services`: every other one: in-process clusters of their own (`local_ray`
+  starts a new one, whatever the machine runs), services with Ray heads of their own,
+  PostgreSQL, Chromium.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ INTEGRATION_FIXTURES = {"pg_database", "module_pg_database", "local_ray"}
 # Executables whose start makes a test a system test.
 PROCESS_NAMES = ("python", "bitsweep", "ray", "raylet", "gcs_server", "mlflow", "chromium")
 PROCESS_NAMES += ("postgres", "pg_ctl", "initdb", "uvicorn")
+SWEEP_PROCESS_MODULES = {
+    "test_sweep_cluster.py",
+    "test_sweep_interrupt.py",
+    "test_sweep_resume.py",
+    "test_store_faults.py",
+    "test_benchmarks_smoke.py",
+}
 
 
 def _tier(item: pytest.Item) -> str:
@@ -57,7 +71,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(getattr(pytest.mark, tier))
         item.user_properties.append(("tier", tier))
         if tier != "unit":  # unit tests go to whichever worker is free
-            item.add_marker(pytest.mark.xdist_group("serial"))
+            own = Path(str(item.path)).name in SWEEP_PROCESS_MODULES
+            group = "sweep-processes" if own else "clusters-and-services"
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def _is_unit(item: pytest.Item) -> bool:
@@ -166,6 +182,12 @@ def local_ray() -> Iterator[None]:
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",  # a cluster of its own, never one another test left running
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     yield
     ray.shutdown()

@@ -23,6 +23,7 @@ from runners.board.query import (
     pareto_png,
     query_leaderboard,
     reader_of,
+    store_version,
     sweep_runs,
     sweep_title,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "rows_to_csv",
     "rows_to_markdown",
     "several_sweeps",
+    "store_version",
     "sweep_runs",
     "sweep_strategies",
     "sweep_title",

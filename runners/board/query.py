@@ -509,6 +509,18 @@ def pareto_png(
         return path.read_bytes()
 
 
+def store_version(uri: str) -> tuple[int, ...] | None:
+    """A value that changes whenever a board of the database store `uri` may change (its
+    runs, their starts, ends and deletions): what a cache of boards or plots is keyed on.
+    None for a tracking server, whose tables are not read."""
+    if not is_database_uri(uri):
+        return None
+    from runners.board.tables import Tables
+
+    with Tables(uri) as tables:
+        return tables.version()
+
+
 @dataclass(frozen=True)
 class SweepRuns:
     """What MLflow holds of one sweep: its parent run and its trial runs by status."""

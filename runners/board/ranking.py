@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from runners.board.read import is_database_uri
 from schemas.errors import FieldError
-from schemas.names import TRIAL_METRICS, Tag, literal, tag_filter
+from schemas.names import SWEEP_ID, TRIAL_METRICS, Tag, literal, tag_filter
 from schemas.sweep import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # What a board may be ranked by: any metric a trial reports (reading is not selecting).
 BOARD_METRICS = TRIAL_METRICS
 
-SWEEP_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SWEEP_ID_PATTERN = re.compile(SWEEP_ID)  # fullmatch
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

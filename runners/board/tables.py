@@ -35,6 +35,7 @@ _runs = sa.table(
     sa.column("name"),
     sa.column("status"),
     sa.column("start_time"),
+    sa.column("end_time"),
     sa.column("experiment_id"),
     sa.column("lifecycle_stage"),
 )
@@ -94,6 +95,18 @@ class Tables:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def version(self) -> tuple[int, int, int, int]:
+        """What changes whenever a board of the store may: its runs, active and deleted, and
+        their newest start and end (a run that finishes sets its end time)."""
+        r = _runs
+        deleted = sa.func.sum(sa.case((r.c.lifecycle_stage == "deleted", 1), else_=0))
+        stmt = sa.select(
+            sa.func.count(), sa.func.max(r.c.start_time), sa.func.max(r.c.end_time), deleted
+        )
+        with self.engine.connect() as conn:
+            n, started, ended, gone = conn.execute(stmt).one()
+        return int(n), int(started or 0), int(ended or 0), int(gone or 0)
 
     def benchmarks(self) -> list[Experiment]:
         """The active experiments named `bitsweep/...` of the default workspace, by name."""

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from service.cli import payload, records, serve, sweep
+from service.cli import payload, queue, records, serve, sweep
 from service.errors import InputRefused, input_error
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(payload.app, name="payload")
+app.add_typer(queue.app, name="queue")
 app.command()(sweep.sweep)
 app.command()(sweep.leaderboard)
 app.command()(records.rerun)

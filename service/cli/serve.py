@@ -40,14 +40,26 @@ def serve(
 
     settings = load_settings(str(env_file) if env_file is not None else None)
     check_bind(settings, host)
-    # On loopback, a web page elsewhere could still reach the port through DNS rebinding (its
-    # own name resolving to 127.0.0.1): only loopback names are answered there.
-    app = create_app(settings, trusted_hosts=LOOPBACK_HOSTS if is_loopback(host) else None)
+    # A web page elsewhere could reach the port through DNS rebinding (its own name resolving
+    # to this address): only the names set (on loopback, by default, loopback names) are
+    # answered.
+    hosts = settings.allowed_hosts or (LOOPBACK_HOSTS if is_loopback(host) else None)
+    app = create_app(settings, trusted_hosts=hosts)
     err.print(f"bitsweep service on http://{host}:{port} (data: {settings.home})")
+    if hosts is None:
+        err.print(
+            "no BITSWEEP_ALLOWED_HOSTS: any Host header is answered; name the service's host "
+            "names there (or in the proxy in front of it)"
+        )
     if not settings.tokens:
         err.print(
             "no BITSWEEP_TOKENS: anyone who can reach this port (anyone on this machine) may "
             "submit and cancel sweeps"
+        )
+    elif not settings.reads_need_token:
+        err.print(
+            "reads need no token: anyone who can reach this port may read the sweeps, their "
+            "logs and the leaderboards (BITSWEEP_READS_NEED_TOKEN=true closes them)"
         )
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 

@@ -141,6 +141,10 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no valid bearer token"},
     413: {"model": ErrorBody, "description": "the request body is too large"},
 }
+# What a read may be refused for: with BITSWEEP_READS_NEED_TOKEN, a read without a valid token.
+READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no valid bearer token (BITSWEEP_READS_NEED_TOKEN)"},
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no such sweep"}
 }
@@ -167,6 +171,7 @@ __all__ = [
     "AUTH_ERRORS",
     "ERRORS",
     "NOT_FOUND",
+    "READ_ERRORS",
     "BestTrial",
     "BoardView",
     "ErrorBody",

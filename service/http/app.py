@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,10 +46,11 @@ def _error(status: int, field: str, reason: str, headers: dict[str, str] | None 
 
 class BodyLimit:
     """Refuse request bodies over `limit` bytes (413), by their Content-Length or, when
-    chunked, as they arrive, before the app reads them."""
+    chunked, as they arrive, before the app reads them; and bodies that take more than
+    `timeout` seconds to arrive (408), so that a slow sender cannot hold a worker."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout: float) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,8 +64,15 @@ class BodyLimit:
         # from inside the app's receive() is turned into a 400 by FastAPI's body parsing.
         messages: list[Message] = []
         seen, more = 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while more:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                response = _error(408, "body", f"did not arrive within {self.timeout:g} s")
+                await response(scope, receive, send)
+                return
             messages.append(message)
             if message["type"] != "http.request":
                 break
@@ -111,7 +120,9 @@ def create_app(
                 await asyncio.to_thread(service.head.stop)
             service.engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's assets served by the app itself, not a
+    # CDN: a service on an air-gapped cluster still shows its API.
+    app = FastAPIOffline(
         title="bitsweep",
         summary="Sweeps of low-bit weight training on a Ray cluster; leaderboards from MLflow.",
         version=version(),
@@ -133,7 +144,9 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit, limit=settings.max_request_bytes, timeout=settings.body_timeout_seconds
+    )
     for router in (health.router, strategies.router, sweeps.router, leaderboard.router):
         app.include_router(router)
     app.include_router(page.router)  # `/`, outside the API's schema
@@ -157,7 +170,10 @@ def _errors(app: FastAPI) -> None:
         where = loc[0] if loc else "body"
         loc = loc[1:] if where in ("body", "query", "path", "header") else loc
         if err.get("type") == "json_invalid":
-            return _error(422, "body", f"is not valid JSON ({err.get('ctx', {}).get('error', '')})")
+            at = err["loc"][1] if len(err.get("loc", ())) > 1 else None
+            where = f" at character {at}" if isinstance(at, int) else ""
+            why = err.get("ctx", {}).get("error", "")
+            return _error(422, "body", f"is not valid JSON ({why}{where})")
         field = ".".join(loc) or where
         reason = str(err.get("msg", "is invalid"))
         for noise in ("Value error, ", "Assertion failed, "):
@@ -176,8 +192,8 @@ def _errors(app: FastAPI) -> None:
     async def http(request: Request, e: StarletteHTTPException) -> Any:
         headers = dict(getattr(e, "headers", None) or {})
         if e.status_code == 400 and "parsing the body" in str(e.detail):
-            # A body that is not UTF-8 text: as malformed JSON is answered.
-            return _error(422, "body", "is not valid JSON (not UTF-8 text)")
+            # FastAPI could not read the body (it says why in the cause): as malformed JSON.
+            return _error(422, "body", f"is not valid JSON ({_parse_reason(e.__cause__)})")
         if e.status_code == 405:
             # A path served by several routes (GET and POST /sweeps): Starlette's Allow names
             # the first route's methods alone. Each method is tried on the path, as the routes
@@ -194,6 +210,17 @@ def _errors(app: FastAPI) -> None:
                 headers["Allow"] = ", ".join(sorted(allowed))
         field = "path" if e.status_code in (404, 405) else "request"
         return _error(e.status_code, field, str(e.detail).lower(), headers or None)
+
+
+def _parse_reason(cause: BaseException | None) -> str:
+    """Why a body could not be parsed, in a few words (never the body itself)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 text: byte {cause.start}"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if cause is None:
+        return "unreadable"
+    return " ".join(str(cause).split())[:200] or type(cause).__name__
 
 
 __all__ = ["create_app"]

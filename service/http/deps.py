@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from schemas.names import SWEEP_ID_ANCHORED
 from schemas.sweep import SweepSpec
 from service.core import Busy, Forbidden, NotFound, Service, Unauthorized
 from service.db import SweepRow
@@ -19,7 +20,7 @@ from service.db import SweepRow
 # Submissions checked at once (each loads its dataset and counts its model's parameters), and
 # how long one more waits for its turn before a 503.
 MAX_ADMITTING, ADMIT_WAIT_S = 2, 30.0
-SWEEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+SWEEP_ID = SWEEP_ID_ANCHORED
 
 
 def get_service(request: Request) -> Service:
@@ -60,6 +61,19 @@ def token_name(
 
 
 Caller = Annotated[str, Depends(token_name)]
+
+
+def read_access(
+    service: ServiceDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """With `reads_need_token` (BITSWEEP_READS_NEED_TOKEN), a read needs a valid token as a
+    state change does; without it anyone who reaches the port may read."""
+    if service.settings.reads_need_token:
+        token_name(service, credentials)
+
+
+Reader = Depends(read_access)
 SweepId = Annotated[str, PathParam(pattern=SWEEP_ID, max_length=128)]
 
 
@@ -119,6 +133,7 @@ __all__ = [
     "Admission",
     "Admissions",
     "Caller",
+    "Reader",
     "ServiceDep",
     "SweepId",
     "bearer",
@@ -126,5 +141,6 @@ __all__ = [
     "get_row",
     "get_service",
     "may_cancel",
+    "read_access",
     "token_name",
 ]

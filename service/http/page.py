@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from service.db import SweepRow
-from service.http.deps import ServiceDep
+from service.http.deps import Reader, ServiceDep
 from service.http.views import sweep_view
 
 TEMPLATES = Path(__file__).parent.with_name("templates")  # service/templates
@@ -96,7 +96,7 @@ templates = Jinja2Templates(directory=str(TEMPLATES))
 templates.env.filters["cell"] = cell
 templates.env.globals["show"] = show
 
-router = APIRouter()
+router = APIRouter(dependencies=[Reader])
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -326,7 +326,12 @@ def test_a_sweep_cancelled_midway_keeps_its_finished_trials(service: ServiceProc
             assert optuna.trial.TrialState.RUNNING not in states
 
 
-def test_a_killed_service_restarts_and_the_sweep_finishes_once(service: ServiceProcess):
+def test_a_killed_service_restarts_and_every_accepted_sweep_runs_once(service: ServiceProcess):
+    """A burst of submits and reads, then SIGKILL with one sweep running and the burst queued:
+    after the restart the running row is intact and followed, and every accepted sweep runs
+    exactly once (one Ray job, one MLflow parent run, its trials once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     spec = {
         **TINY,
         "name": "e2e-restart",
@@ -335,10 +340,31 @@ def test_a_killed_service_restarts_and_the_sweep_finishes_once(service: ServiceP
         "confirmation": {"enabled": False},  # a restart of the service; the sweep's own
         "strategies": [{"name": "full_precision"}],
     }
+    burst = {
+        **TINY,
+        "trials_per_strategy": 1,
+        "confirmation": {"enabled": False},
+        "strategies": [{"name": "full_precision"}],
+    }
     with service.client() as c:
         sweep = c.submit(spec)
         wait_for(lambda: c.sweep(sweep.id).trials.done >= 1, 240, "a finished trial")
+
+        def submit(i: int) -> str:
+            with service.client() as own:
+                return own.submit({**burst, "name": f"e2e-burst-{i}"}).id
+
+        def read(i: int) -> int:
+            with service.client() as own:
+                return own.sweeps().total + len(own.leaderboard().boards)
+
+        with ThreadPoolExecutor(6) as pool:
+            submitted = pool.map(submit, range(3))
+            reads = pool.map(read, range(6))
+            queued = list(submitted)
+            assert all(n >= 1 for n in reads)
         before = c.sweep(sweep.id)
+        assert [c.sweep(q).status for q in queued] == ["queued"] * 3  # behind the running one
     assert before.status == "running"
     service.kill()
     service.start()
@@ -348,7 +374,16 @@ def test_a_killed_service_restarts_and_the_sweep_finishes_once(service: ServiceP
         for key in ("id", "ray_job_id", "submitted_by", "created_at", "started_at", "spec"):
             assert getattr(after, key) == getattr(before, key), key
         done = c.wait(sweep.id, timeout=300, poll=1)
+        ended = [c.wait(q, timeout=300, poll=1) for q in queued]
     assert done.status == "succeeded", done.error
     assert done.ray_job_id == before.ray_job_id  # followed, not submitted again
     assert done.trials.done == 4
     assert_invariants(service, sweep.id, planned=4)
+    assert [e.status for e in ended] == ["succeeded"] * 3, [e.error for e in ended]
+    assert len({e.ray_job_id for e in ended}) == 3
+    for q in queued:
+        parents = [
+            r for r in mlflow_runs(service, q) if r.data.tags.get("bitsweep.kind") == "sweep"
+        ]
+        assert len(parents) == 1, q
+        assert_invariants(service, q, planned=1)

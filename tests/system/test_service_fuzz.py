@@ -2,9 +2,12 @@
 response may break the schema the service publishes.
 
 Every operation of `/openapi.json` is fuzzed three times: with a valid bearer token, with none
-and with a wrong one. Schemathesis generates both schema-valid ("positive") and schema-invalid
-("negative") requests, runs its coverage phase (boundary values, missing parameters, wrong
-types, unsupported methods) and a fuzzing phase, and every response goes through its checks
+and with a wrong one. The service runs with `reads_need_token` (BITSWEEP_READS_NEED_TOKEN), so
+reads are refused without a valid token as state changes are (the open reads are the in-process
+tests' in tests/unit/test_service_api.py). Schemathesis generates both schema-valid ("positive")
+and schema-invalid ("negative") requests, runs its coverage phase (boundary values, missing
+parameters, wrong types, unsupported methods) and a fuzzing phase, and every response goes
+through its checks
 (`not_a_server_error`, `status_code_conformance`, `content_type_conformance`,
 `response_schema_conformance`, `response_headers_conformance`, `negative_data_rejection`, ...).
 
@@ -113,13 +116,16 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     home = tmp_path_factory.mktemp("fuzz-home")
     app = CountingApp(
-        create_app(load_settings(home=str(home), tokens={"alice": TOKEN}), run_jobs=False)
+        create_app(
+            load_settings(home=str(home), tokens={"alice": TOKEN}, reads_need_token=True),
+            run_jobs=False,
+        )
     )
     # A fresh default config: a schemathesis.toml lying around must not change this test.
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=schemathesis.Config())
     svc = Service(schema, app, home)
     # The first request starts the app's lifespan (migrations, stores) in schemathesis's loop.
-    listed = schema["/strategies"]["GET"].Case().call_and_validate()
+    listed = schema["/strategies"]["GET"].Case().call_and_validate(headers=HEADERS["token"])
     svc.strategies = [s["name"] for s in listed.json()]
     submit = schema["/sweeps"]["POST"]
     for _ in range(3):
@@ -250,7 +256,7 @@ def test_logs_errors_documented_as_json(service: Service) -> None:
     case = service.schema["/sweeps/{sweep_id}/logs"]["GET"].Case(
         path_parameters={"sweep_id": "no-such-sweep"}
     )
-    response = case.call()
+    response = case.call(headers=HEADERS["token"])
     assert response.status_code == 404
     assert response.headers["content-type"][0].startswith("application/json")
     assert "application/json" in responses["404"]["content"], responses["404"]

@@ -394,3 +394,184 @@ def test_the_api_schema_builds_and_bounds_a_read(api_app: TestClient) -> None:
     ]
     assert limit["schema"]["maximum"] == 1000
     assert api_app.get("/leaderboard?limit=1001").status_code == 422
+
+
+def test_an_operator_fails_a_stuck_row_and_the_queue_moves_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bitsweep queue fail` ends a stuck row in the service's database, with the reason,
+    whether or not the service runs; the next pass starts the queued sweep behind it."""
+
+    class Jobs:
+        submitted: list[str] = []
+
+        def state(self, job: str) -> Any:
+            return None if job != "bitsweep-stuck" else type("S", (), {"final": False})()
+
+        def submit(self, job: str, *a: Any, **kw: Any) -> None:
+            self.submitted.append(job)
+
+    sched, make = _scheduler(tmp_path, Jobs())
+    for k in ("BITSWEEP_TOKENS", "BITSWEEP_DATABASE_URL"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("BITSWEEP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BITSWEEP_DATABASE_URL", f"sqlite:///{tmp_path / 'service.db'}")
+    assert main(["queue", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "stuck" in listed and "running" in listed and "next" in listed
+    for args, field in (
+        (["queue", "fail", "stuck"], "--reason"),
+        (["queue", "fail", "stuck", "--reason", "  "], "--reason"),
+        (["queue", "fail", "nope", "--reason", "x"], "ID"),
+        (["queue", "fail", "../x", "--reason", "x"], "ID"),
+    ):
+        assert main(args) == 2, args
+        assert field in capsys.readouterr().err
+    assert main(["queue", "fail", "stuck", "--reason", "its job cannot be followed"]) == 0
+    assert "ray job stop bitsweep-stuck" in capsys.readouterr().err
+    assert main(["queue", "fail", "stuck", "--reason", "again"]) == 2  # it has ended
+    assert "already ended (failed)" in capsys.readouterr().err
+    with make() as s:
+        row = s.get(SweepRow, "stuck")
+        assert row.status == Status.failed and row.finished_at is not None
+        assert row.error == "failed by the operator: its job cannot be followed"
+    sched.step()
+    with make() as s:
+        assert s.get(SweepRow, "next").status == Status.running
+
+
+def test_reads_need_a_token_when_the_operator_says_so(tmp_path: Path) -> None:
+    from service.http.app import create_app
+    from service.settings import ServiceSettings, load_settings
+
+    settings = ServiceSettings(home=tmp_path / "home", tokens={"ci": TOKEN}, reads_need_token=True)
+    reads = ["/strategies", "/sweeps", "/sweeps/nope", "/sweeps/nope/logs", "/leaderboard", "/"]
+    with TestClient(create_app(settings, run_jobs=False)) as c:
+        for path in reads:
+            r = c.get(path)
+            assert r.status_code == 401, (path, r.text)
+            assert r.json()["field"] == "authorization"
+            assert c.get(path, headers={"Authorization": "Bearer not-the-token"}).status_code == 401
+            assert c.get(path, headers=AUTH).status_code in (200, 404, 422), path
+        assert c.get("/health").status_code == 200  # probes stay open
+    with TestClient(create_app(settings.model_copy(update={"reads_need_token": False}),
+                               run_jobs=False)) as c:  # fmt: skip
+        assert c.get("/sweeps").status_code == 200
+    with pytest.raises(Exception, match="only when BITSWEEP_TOKENS is set"):
+        load_settings(home=tmp_path / "home", reads_need_token=True)
+
+
+@pytest.mark.parametrize(
+    ("hosts", "ok"), [("bitsweep.example.org,*.lab.example", True), ("a/b", False), ("x y", False)]
+)
+def test_allowed_hosts_are_host_names(tmp_path: Path, hosts: str, ok: bool) -> None:
+    from schemas.errors import FieldError
+    from service.settings import load_settings
+
+    if ok:
+        names = load_settings(home=tmp_path, allowed_hosts=hosts).allowed_hosts
+        assert names == hosts.split(",")
+    else:
+        with pytest.raises(FieldError, match="BITSWEEP_ALLOWED_HOSTS"):
+            load_settings(home=tmp_path, allowed_hosts=hosts)
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> None:
+    """A sender that starts a body and stalls holds nothing past `body_timeout_seconds`."""
+    import asyncio
+
+    from service.http.app import create_app
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(home=tmp_path / "home", body_timeout_seconds=0.2)
+    app = create_app(settings, run_jobs=False)
+    sent: list[dict[str, Any]] = []
+    parts = [{"type": "http.request", "body": b'{"name": ', "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return parts.pop()
+        await asyncio.sleep(3600)  # the rest never comes
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/sweeps", "raw_path": b"/sweeps",
+        "query_string": b"", "headers": [(b"host", b"testserver"),
+        (b"content-type", b"application/json")], "server": ("testserver", 80),
+        "client": ("127.0.0.1", 5), "scheme": "http", "root_path": "", "http_version": "1.1",
+    }  # fmt: skip
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    assert sent[0]["status"] == 408
+    assert b"did not arrive within 0.2 s" in sent[1]["body"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"name": "\xff"}', "is not valid JSON (not UTF-8 text: byte 10)"),
+        (b'{"name": "x", ', "is not valid JSON (Expecting property name enclosed in double quotes"),
+        (b"[1,2", "Expecting ',' delimiter at character 4"),
+    ],
+)
+def test_a_body_that_cannot_be_parsed_says_why(api_app: TestClient, body: bytes, reason: str):
+    r = api_app.post("/sweeps", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text
+    assert reason in r.json()["reason"]
+
+
+def test_params_nested_deeply_are_refused_with_422(api_app: TestClient) -> None:
+    deep: Any = 1
+    for _ in range(500):
+        deep = {"a": deep}
+    body = {"name": "deep", "epochs": 1, "strategies": [{"name": "full_precision", "params": deep}]}
+    r = api_app.post("/sweeps", json=body, headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"].startswith("strategies.0.params"), r.text
+
+
+def test_the_api_documents_itself_offline(api_app: TestClient) -> None:
+    """/docs and /redoc load Swagger UI and ReDoc from the service itself, not a CDN."""
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = api_app.get(page).text
+        assert "cdn." not in html and "https://" not in html.split("<body")[0], page
+        src = next(p.split('"')[0] for p in html.split('src="')[1:] if asset in p)
+        js = api_app.get(src)
+        assert js.status_code == 200 and len(js.content) > 100_000, src
+
+
+def test_the_pareto_plot_is_drawn_once_per_store_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plot is kept per benchmark, sweep and store state: drawn again only once a run of
+    the store starts, ends or is deleted."""
+    from mlflow.tracking import MlflowClient
+
+    import runners.board
+    from service.core import Service
+    from service.settings import ServiceSettings
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("bitsweep/digits/mlp")
+    drawn: list[tuple[str, str | None]] = []
+
+    def draw(store: str, *, dataset: str, model: str, sweep_id: str | None = None) -> bytes:
+        drawn.append((dataset, sweep_id))
+        return f"png {len(drawn)}".encode()
+
+    monkeypatch.setattr(runners.board, "pareto_png", draw)
+    service = Service(ServiceSettings(home=tmp_path, tracking_uri=uri), run_jobs=False)
+    assert service.pareto_png("digits", "mlp", None) == b"png 1"
+    assert service.pareto_png("digits", "mlp", None) == b"png 1"  # the same state: kept
+    assert service.pareto_png("digits", "mlp", "s1") == b"png 2"  # another sweep
+    run = client.create_run(exp).info.run_id
+    assert service.pareto_png("digits", "mlp", None) == b"png 3"  # a run started
+    client.set_terminated(run)
+    assert service.pareto_png("digits", "mlp", None) == b"png 4"  # it ended
+    client.delete_run(run)
+    assert service.pareto_png("digits", "mlp", None) == b"png 5"  # it was deleted
+    assert service.pareto_png("digits", "mlp", None) == b"png 5"
+    service.engine.dispose()

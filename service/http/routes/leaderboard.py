@@ -10,8 +10,8 @@ from fastapi.responses import Response
 from schemas.errors import FieldError
 from schemas.names import TRIAL_METRICS
 from service.core import NotFound
-from service.http.api import ERRORS, BoardView, ErrorBody, Leaderboard
-from service.http.deps import SWEEP_ID, ServiceDep
+from service.http.api import ERRORS, READ_ERRORS, BoardView, ErrorBody, Leaderboard
+from service.http.deps import SWEEP_ID, Reader, ServiceDep
 
 # The most leaderboard rows one read may ask for, for anyone who reaches the port: 1,000 rows
 # of a 10,000-run store read in about 0.3 s (10,000: 3 s).
@@ -19,7 +19,7 @@ MAX_READ_ROWS = 1000
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:/+-]{0,499}$"
 Metric = Literal[TRIAL_METRICS]  # type: ignore[valid-type]
 
-router = APIRouter(tags=["leaderboard"])
+router = APIRouter(tags=["leaderboard"], dependencies=[Reader], responses=READ_ERRORS)
 
 
 @router.get(
@@ -74,12 +74,10 @@ def pareto(
     sweep: Annotated[str | None, Query(pattern=SWEEP_ID, max_length=128)] = None,
 ) -> Response:
     """Test accuracy against weight memory of a benchmark's trials (or one sweep's)."""
-    from runners.board import pareto_png
-
     if not service.store_exists():
         raise NotFound("dataset", f"no benchmark bitsweep/{dataset}/{model}")
     try:
-        png = pareto_png(service.settings.tracking, dataset=dataset, model=model, sweep_id=sweep)
+        png = service.pareto_png(dataset, model, sweep)
     except FieldError as e:
         if e.field in ("dataset", "sweep_id"):
             raise NotFound("sweep" if e.field == "sweep_id" else "dataset", e.reason) from None

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.http.api import StrategyView
+from service.http.api import READ_ERRORS, StrategyView
+from service.http.deps import Reader
 
-router = APIRouter(tags=["strategies"])
+router = APIRouter(tags=["strategies"], dependencies=[Reader], responses=READ_ERRORS)
 
 
 @router.get("/strategies", response_model=list[StrategyView])

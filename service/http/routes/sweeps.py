@@ -19,6 +19,7 @@ from service.http.api import (
     AUTH_ERRORS,
     ERRORS,
     NOT_FOUND,
+    READ_ERRORS,
     BestTrial,
     ErrorBody,
     SweepDetail,
@@ -27,13 +28,13 @@ from service.http.api import (
     TrialCounts,
     json_error,
 )
-from service.http.deps import Admissions, Caller, ServiceDep, SweepId, get_row, may_cancel
+from service.http.deps import Admissions, Caller, Reader, ServiceDep, SweepId, get_row, may_cancel
 from service.http.views import sweep_view
 
 # How long a cancel waits for a running sweep's Ray job to stop before answering 202.
 CANCEL_WAIT_S = 20.0
 
-router = APIRouter(tags=["sweeps"])
+router = APIRouter(tags=["sweeps"], dependencies=[Reader], responses=READ_ERRORS)
 
 
 @router.post(
@@ -215,7 +216,10 @@ def cancel(sweep_id: SweepId, caller: Caller, service: ServiceDep) -> Any:
     # The route's class is text; its refusals are JSON, said explicitly (a "model" here
     # would be documented under text/plain).
     responses={
-        **{code: json_error(v["description"]) for code, v in {**ERRORS, **NOT_FOUND}.items()},
+        **{
+            code: json_error(v["description"])
+            for code, v in {**ERRORS, **NOT_FOUND, **READ_ERRORS}.items()
+        },
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
     },
 )
