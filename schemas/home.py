@@ -44,6 +44,11 @@ class Home:
     def sweeps(self) -> Path:
         return self.root / "sweeps"
 
+    @property
+    def log(self) -> Path:
+        """What Ray, Tune and Optuna log while a sweep runs (`runners.sweep.quiet`)."""
+        return self.root / "bitsweep.log"
+
     def state_file(self, sweep_id: str) -> Path:
         """The saved state of one sweep (what `--resume` reads)."""
         return self.sweeps / f"{sweep_id}.json"

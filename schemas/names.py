@@ -16,6 +16,15 @@ SWEEP_ID: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 SWEEP_ID_ANCHORED: Final = rf"^{SWEEP_ID}$"
 
 
+# The run description MLflow's UI shows (a run's or an experiment's).
+NOTE_TAG: Final = "mlflow.note.content"
+# The size of a trial's deployed (packed) weights file, beside `weight_bytes`.
+DEPLOYED_FILE_METRIC: Final = "deployed_file_bytes"
+# MLflow's experiment kind (the UI's "experiment type"): a benchmark is a model-training one.
+EXPERIMENT_KIND_TAG: Final = "mlflow.experimentKind"
+TRAINING_KIND: Final = "custom_model_development"
+
+
 class Tag:
     """MLflow tag keys that bitsweep writes and reads."""
 

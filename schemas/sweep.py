@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from schemas.errors import located_error
 from schemas.names import OBJECTIVE_METRICS, TEST_METRICS, TRIAL_METRICS
+from schemas.secrets import masked
 from schemas.trial import Options, Strict, TrainingSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -196,6 +197,13 @@ class SweepSpec(TrainingSettings):
         """A spec read back from a record, to show, never to run: one recorded before 0.2 may
         select on a test metric, which a spec to run may not."""
         return cls.model_validate(data, context={RECORDED: True})
+
+    def shown(self) -> SweepSpec:
+        """This spec as a record or an answer shows it: its stores without their passwords."""
+        stores = ("tracking_uri", "optuna_storage", "storage_path")
+        return self.model_copy(
+            update={k: masked(v) for k in stores if (v := getattr(self, k)) is not None}
+        )
 
     def total_trials(self) -> int:
         """The most trials the sweep runs: every strategy's search and its confirmations."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from schemas.errors import FieldError
 from schemas.names import Tag, tag_filter
-from schemas.secrets import masked
+from schemas.secrets import scrubbed
 from schemas.sweep import SweepSpec
 from service.db import Status, SweepRow, engine_for, sessions, sqlite_file
 from service.jobs import LocalHead, RayJobs
@@ -183,6 +183,14 @@ class Service:
         for strategy in row.spec.get("strategies", []):
             fail_lost_study_trials(storage, study_name(row.id, strategy["name"]))
 
+    def job_log(self, row: SweepRow, tail: int) -> list[str]:
+        """The last `tail` lines of the sweep's Ray job log, with any store password scrubbed
+        (a sweep prints its stores masked; a driver's error may still quote one)."""
+        if row.ray_job_id is None or not self.run_jobs:
+            return []
+        s = self.settings
+        return scrubbed(self.jobs.logs(row.ray_job_id), [s.tracking, s.optuna]).splitlines()[-tail:]
+
     def run_link(self, experiment_id: str | None, run_id: str) -> str | None:
         ui = self.settings.mlflow_ui_url
         return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" if ui and experiment_id else None
@@ -281,11 +289,6 @@ def checked_dataset(ref: str, roots: list[Path]) -> str:
     raise FieldError("dataset", f"{arg} is not a file or folder under the service's data roots")
 
 
-def public_uri(uri: str) -> str:
-    """A store URI without its password (`schemas.secrets.masked`)."""
-    return masked(uri)
-
-
 __all__ = [
     "Busy",
     "Conflict",
@@ -294,5 +297,4 @@ __all__ = [
     "Service",
     "Unauthorized",
     "checked_dataset",
-    "public_uri",
 ]

@@ -194,7 +194,11 @@ class ServiceSettings(BaseSettings):
     @field_validator("data_roots")
     @classmethod
     def _resolve_roots(cls, v: list[Path]) -> list[Path]:
-        return [p.expanduser().resolve() for p in v]
+        roots = [p.expanduser().resolve() for p in v]
+        for given, root in zip(v, roots, strict=True):
+            if not root.is_dir():  # a typo would refuse every dataset file, saying nothing
+                raise ValueError(f"{given} is not a folder")
+        return roots
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -4,8 +4,9 @@ ranking in SQL on a database store (`runners.board.tables.Tables.ranked`) or thr
 
 Ranking, as MLflow's `order_by` ranks: by the metric (then each tie-break objective, then test
 accuracy), NaN after numbers and a missing value after NaN, then the newest run first, then the
-run id. The best per strategy is the first run of each strategy in that order, kept when it has
-the metric.
+run id (`rank_order`). The best per strategy is the first run of each strategy in that order, kept
+when it has the metric; the strategies' bests are listed in that order too (ties: the newest
+first, as in trials.csv and `bitsweep leaderboard --all`).
 
 Why not `search_runs(order_by=[metrics...])` on SQLite: MLflow joins the metric it sorts by as
 a LEFT OUTER JOIN on a subquery of `latest_metrics` (every run of the store that has the key),
@@ -124,7 +125,7 @@ def leaderboard_runs(
     if every_trial:
         return runs
     best = [r for r in runs if metric in r.data.metrics]
-    return sorted(best, key=lambda r: (_rank_key(r, keys), r.data.tags.get(Tag.STRATEGY, "")))
+    return sorted(best, key=lambda r: rank_order(r, keys))
 
 
 def strategy_ok(name: str) -> bool:
@@ -142,6 +143,13 @@ def ranking(metric: str, mode: str, tiebreak: Sequence[tuple[str, str]]) -> list
     if "test_accuracy" not in [m for m, _ in keys]:
         keys.append(("test_accuracy", "max"))
     return keys
+
+
+def rank_order(run: Run, keys: list[tuple[str, str]]) -> tuple[object, ...]:
+    """The one order of ranked trials, as the SQL (`Tables.ranked`) and MLflow's search give
+    it: by `keys` (the metric, each tie-break, test accuracy), then the newest run first, then
+    the run id. trials.csv, `--all` and each strategy's best are listed in it."""
+    return (_rank_key(run, keys), -(run.info.start_time or 0), run.info.run_id)
 
 
 def _rank_key(run: Run, keys: list[tuple[str, str]]) -> tuple[tuple[int, float], ...]:
@@ -240,6 +248,7 @@ __all__ = [
     "check_query",
     "leaderboard_runs",
     "q",
+    "rank_order",
     "ranking",
     "strategy_ok",
     "sweep_strategies",

@@ -251,14 +251,27 @@ def _check_npz_sizes(path: Path) -> None:
         return  # np.load says what it is
 
 
+def _starts_as_zip(path: Path) -> bool:
+    """Whether the file begins as a zip archive does (as every npz file does)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    except OSError:
+        return True  # np.load says why it cannot be read
+
+
 def _read_npz(path: Path) -> _Raw:
     _require_file(path, "npz")
     _check_npz_sizes(path)
     keys = ("x_train", "y_train", "x_test", "y_test")
+    if not _starts_as_zip(path):  # else np.load reads it as a pickle, and advises allow_pickle
+        raise DatasetError(
+            f"{path} is not an npz archive (a zip of .npy arrays, as numpy.savez writes)"
+        )
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DatasetError(f"npz: {path} is not an .npz archive")
+            raise DatasetError(f"{path} is not an npz archive (a zip of .npy arrays)")
         with archive:
             for key in keys:
                 if key not in archive.files:

@@ -173,7 +173,7 @@ class SweepRecord:
             client.log_param(run_id, k, str(v))
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / "spec.json"
-            p.write_text(shown_spec(spec).model_dump_json(indent=2))
+            p.write_text(spec.shown().model_dump_json(indent=2))
             client.log_artifact(run_id, str(p))
         return SweepState(
             sweep_id=sweep_id,
@@ -325,17 +325,6 @@ class SweepRecord:
             pareto=pareto,
             selection=board["board"].title().split(": ", 1)[-1],
         )
-
-
-def shown_spec(spec: Any) -> Any:
-    """The spec as a record shows it: its stores without their passwords."""
-    return spec.model_copy(
-        update={
-            k: masked(v)
-            for k in ("tracking_uri", "optuna_storage", "storage_path")
-            if (v := getattr(spec, k)) is not None
-        }
-    )
 
 
 def numbers(row: dict[str, Any]) -> dict[str, float]:

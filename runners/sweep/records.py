@@ -8,6 +8,7 @@ and compares the metrics. `remove_sweep` deletes what one sweep wrote.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from runners.board import SWEEP_ID_PATTERN
 from runners.sweep.space import SpecError
 from runners.sweep.worker import RESULT_FILE
 from schemas.home import Home
-from schemas.names import TIMING_METRICS, Tag, tag_filter
+from schemas.names import TIMING_METRICS, Tag, literal, tag_filter
 from schemas.secrets import masked
 from schemas.trial import TrialResult
 
@@ -91,14 +92,84 @@ def recorded_result(client: MlflowClient, run_id: str) -> TrialResult:
         return TrialResult.model_validate_json(path.read_text())
 
 
-def rerun(client: MlflowClient, run_id: str) -> RerunReport:
-    """Train the trial of `run_id` again, on this machine, with the thread count it ran with."""
+# A trial id, or the start of one, as `rerun` accepts it: checked before it reaches a filter.
+TRIAL_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+MIN_PREFIX = 4  # characters of a trial id at least, as git asks of a commit's
+SHOWN_CANDIDATES = 5  # of an ambiguous prefix
+
+
+def trial_run_id(client: MlflowClient, ref: str) -> str:
+    """The run id of the trial `ref` names: an MLflow run id, a trial id (MLflow tag
+    `bitsweep.trial_id`), or an unambiguous prefix of one (4 characters at least; the boards
+    show 8). A whole trial id wins over the longer ids it starts. Raises `SpecError` on
+    `run_id` for an unknown, malformed, too short or ambiguous `ref`."""
+    if not TRIAL_REF.fullmatch(ref):
+        raise SpecError("run_id", f"{ref!r} is not a trial id or a run id")
+    try:
+        return str(client.get_run(ref).info.run_id)
+    except MlflowException:
+        pass  # not a run id: a trial id, or the start of one
+    if len(ref) < MIN_PREFIX:
+        raise SpecError(
+            "run_id", f"{ref!r} is too short: give {MIN_PREFIX} characters of a trial id at least"
+        )
+    runs = _trial_runs(client, ref)
+    exact = [r for r in runs if r.data.tags.get(Tag.TRIAL_ID) == ref]
+    found = exact or runs
+    if not found:
+        raise SpecError(
+            "run_id", f"no run {ref!r} in this tracking store, and no trial id starts with it"
+        )
+    if len(found) > 1:
+        shown = ", ".join(
+            f"{r.data.tags.get(Tag.TRIAL_ID)} (sweep {r.data.tags.get(Tag.SWEEP_ID, '?')}, "
+            f"run {r.info.run_id})"
+            for r in found[:SHOWN_CANDIDATES]
+        )
+        more = f" and {len(found) - SHOWN_CANDIDATES} more" if len(found) > SHOWN_CANDIDATES else ""
+        raise SpecError(
+            "run_id",
+            f"{ref!r} is ambiguous: it starts {len(found)} trials: {shown}{more}; "
+            "give more of the trial id, or the run id",
+        )
+    return str(found[0].info.run_id)
+
+
+def _trial_runs(client: MlflowClient, prefix: str) -> list[Any]:
+    """The trial runs whose trial id starts with `prefix` (validated by `TRIAL_REF`), newest
+    first. MLflow's LIKE reads `_` as any one character and has no escape: the filter takes
+    the prefix up to its first `_`, and the ids are compared here."""
+    exps = client.search_experiments(filter_string="name LIKE 'bitsweep/%'", max_results=1000)
+    if not exps:
+        return []
+    like = prefix.split("_", 1)[0] + "%"
+    flt = f"{tag_filter(Tag.KIND, 'trial')} and tags.`{Tag.TRIAL_ID}` LIKE {literal(like)}"
+    found: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [e.experiment_id for e in exps],
+            filter_string=flt,
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+            page_token=token,
+        )
+        found += [r for r in page if r.data.tags.get(Tag.TRIAL_ID, "").startswith(prefix)]
+        token = page.token
+        if not token:
+            return found
+
+
+def rerun(client: MlflowClient, ref: str) -> RerunReport:
+    """Train the trial `ref` names (see `trial_run_id`) again, on this machine, with the
+    thread count it ran with."""
     import torch
 
     from runners.engine.data import load_dataset
     from runners.engine.trial import resolve, train
     from strategies import strategy_origin
 
+    run_id = trial_run_id(client, ref)
     recorded = recorded_result(client, run_id)
     config = recorded.config
     env = recorded.environment
@@ -186,16 +257,31 @@ def remove_sweep(
 def report_lines(report: RerunReport) -> list[str]:
     """The rerun's outcome, a line each (what the CLI prints)."""
     lines = [f"warning: {w}" for w in report.warnings]
+    threads = "threads unknown" if report.threads is None else _plural(report.threads, "thread")
     if report.reproduced:
         lines.append(
             f"reproduced: every metric of run {report.run_id} ({report.strategy}, "
-            f"{report.threads} threads) came out the same"
+            f"{threads}) came out the same"
         )
     else:
         for k, (a, b) in report.differences.items():
             lines.append(f"differs: {k}: recorded {a}, rerun {b}")
-        lines.append(f"not reproduced: {len(report.differences)} metrics differ")
+        n = len(report.differences)
+        lines.append(f"not reproduced: {_plural(n, 'metric')} {'differs' if n == 1 else 'differ'}")
     return lines
 
 
-__all__ = ["Removed", "RerunReport", "recorded_result", "remove_sweep", "report_lines", "rerun"]
+def _plural(n: int, word: str) -> str:
+    """`1 thread`, `2 threads`."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+__all__ = [
+    "Removed",
+    "RerunReport",
+    "recorded_result",
+    "remove_sweep",
+    "report_lines",
+    "rerun",
+    "trial_run_id",
+]

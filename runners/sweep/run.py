@@ -37,6 +37,7 @@ from runners.sweep.cluster import (
 )
 from runners.sweep.plan import HOME_ENV, Plan, StrategyPlan, base_trial, data_home, plan_sweep
 from runners.sweep.progress import Progress, ProgressCallback, StrategyProgress, TrialEvent
+from runners.sweep.quiet import third_party_to_log
 from runners.sweep.record import SweepRecord, SweepSummary
 from runners.sweep.retry import RetryingRDBStorage
 from runners.sweep.search import (
@@ -57,6 +58,7 @@ from runners.sweep.signals import (
 from runners.sweep.space import SpecError
 from runners.sweep.state import SweepState, find_resumable
 from runners.sweep.worker import trainable
+from schemas.home import Home
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,21 @@ def run_sweep(
     on_start: Callable[[str, str], None] | None = None,
     on_event: Callable[[TrialEvent], None] | None = None,
 ) -> SweepSummary:
-    """Run (or resume) the sweep of `plan`; returns its summary once every strategy is done."""
+    """Run (or resume) the sweep of `plan`; returns its summary once every strategy is done.
+    Ray's, Tune's and Optuna's own lines go to the data directory's `bitsweep.log`."""
+    with third_party_to_log(Home(plan.home).log):
+        return _run_sweep(plan, ray_address, resume, sweep_id, on_progress, on_start, on_event)
+
+
+def _run_sweep(
+    plan: Plan,
+    ray_address: str | None,
+    resume: bool,
+    sweep_id: str | None,
+    on_progress: Callable[[Progress], None] | None,
+    on_start: Callable[[str, str], None] | None,
+    on_event: Callable[[TrialEvent], None] | None,
+) -> SweepSummary:
     spec, home = plan.spec, plan.home
     state = find_resumable(home, spec, sweep_id) if resume else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +107,9 @@ class StrategySearch(OptunaSearch):
         super()._setup_study(mode)
         assert self._ot_study is not None
         metric = self._metric
-        self._ot_study.set_metric_names(list(metric) if isinstance(metric, list) else [metric])
+        with warnings.catch_warnings():  # Optuna calls naming metrics "experimental": it works
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(list(metric) if isinstance(metric, list) else [metric])
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         cls = get_strategy(self._strategy)

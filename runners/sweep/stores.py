@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from runners.board.reach import database_problem, reason, server_problem
 from runners.sweep.space import SpecError
 from schemas.home import Home
-from schemas.secrets import masked
+from schemas.secrets import masked, scrubbed
 
 
 def default_uris(home: Path) -> tuple[str, str]:
@@ -65,7 +65,9 @@ def check_storage_path(raw: str | None, home: Path) -> str:
         try:
             pyarrow.fs.FileSystem.from_uri(raw)
         except (pyarrow.lib.ArrowException, ValueError, OSError) as e:
-            raise SpecError("storage_path", f"cannot open {raw} ({reason(e)})") from None
+            raise SpecError(
+                "storage_path", f"cannot open {masked(raw)} ({scrubbed(reason(e), [raw])})"
+            ) from None
         return raw.rstrip("/")
     path = Path(raw).expanduser().resolve()
     existing = path

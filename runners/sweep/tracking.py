@@ -17,13 +17,26 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
+from mlflow.data.schema import TensorDatasetSchema
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
 from ray import tune
 
 from runners.sweep.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE, confirms, split_config
 from schemas.errors import FieldError
-from schemas.names import EPOCH_METRICS, Attr, Phase, Tag, tag_filter
+from schemas.names import (
+    DEPLOYED_FILE_METRIC,
+    EPOCH_METRICS,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
+    TRAINING_KIND,
+    Attr,
+    Phase,
+    Tag,
+    tag_filter,
+)
 from schemas.trial import TrialConfig, TrialResult
 
 log = logging.getLogger(__name__)
@@ -59,9 +72,13 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
 def describe_experiment(
     client: MlflowClient, experiment_id: str, *, dataset: str, model: str
 ) -> None:
-    """Give a benchmark's experiment its description (MLflow's `mlflow.note.content`)."""
+    """Give a benchmark's experiment its description (MLflow's `mlflow.note.content`) and its
+    kind: a model-training experiment, so that the MLflow UI opens it on its runs (without the
+    tag MLflow 3 guesses, and shows an empty GenAI overview)."""
     exp = client.get_experiment(experiment_id)
-    if exp.tags.get("mlflow.note.content"):
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    if exp.tags.get(NOTE_TAG):
         return
     text = (
         f"bitsweep benchmark: dataset `{dataset}`, model `{model}`. Each sweep is a parent run "
@@ -75,9 +92,18 @@ def describe_experiment(
         "interval. Sort runs by test_accuracy here and you select on the test split: read "
         "leaderboard.md or `bitsweep leaderboard` instead."
     )
-    client.set_experiment_tag(experiment_id, "mlflow.note.content", text)
+    client.set_experiment_tag(experiment_id, NOTE_TAG, text)
     client.set_experiment_tag(experiment_id, Tag.DATASET, dataset)
     client.set_experiment_tag(experiment_id, Tag.MODEL, model)
+
+
+def _tensor_schema(input_shape: list[int]) -> TensorDatasetSchema:
+    """The data as MLflow's dataset panel renders it: float32 images or feature vectors of
+    `input_shape` (any count), and int64 class labels."""
+    return TensorDatasetSchema(
+        features=Schema([TensorSpec(np.dtype("float32"), (-1, *input_shape), "x")]),
+        targets=Schema([TensorSpec(np.dtype("int64"), (-1,), "y")]),
+    )
 
 
 def dataset_input(ref: str, summary: dict[str, Any], digest: str) -> DatasetInput:
@@ -89,7 +115,7 @@ def dataset_input(ref: str, summary: dict[str, Any], digest: str) -> DatasetInpu
             digest=digest,
             source_type="bitsweep",
             source=json.dumps({"dataset": ref}),
-            schema=json.dumps({"input_shape": summary["input_shape"]}),
+            schema=json.dumps(_tensor_schema(summary["input_shape"]).to_dict()),
             profile=json.dumps(profile),
         ),
         tags=[InputTag("mlflow.data.context", "train/val/test")],
@@ -321,8 +347,13 @@ class TrialLogger(tune.Callback):
                 entries.append(Metric(param_metric_key(k, keys), float(v), now, 0))
         entries.append(Metric("epochs_run", float(result.epochs_run), now, 0))
         entries.append(Metric("best_epoch", float(result.best_epoch), now, 0))
+        deployed = folder / WEIGHTS_FILE
+        if self.export_weights and deployed.exists():
+            size = deployed.stat().st_size  # the packed file: codes, floats, BatchNorm, header
+            entries.append(Metric(DEPLOYED_FILE_METRIC, float(size), now, 0))
         env = result.environment
         tags = [
+            RunTag(NOTE_TAG, run_description(result)),
             RunTag(Tag.DEVICE, env.device),
             RunTag(Tag.GIT_COMMIT, env.git_commit or ""),
             RunTag(Tag.TORCH, env.torch),
@@ -332,6 +363,19 @@ class TrialLogger(tune.Callback):
         self.client.log_artifact(run_id, str(folder / RESULT_FILE))
         if self.export_weights and (folder / WEIGHTS_FILE).exists():
             self.client.log_artifact(run_id, str(folder / WEIGHTS_FILE))
+
+
+def run_description(result: TrialResult) -> str:
+    """A trial run's description in MLflow's UI: what the leaderboard reads of it, first."""
+    w = result.weights
+    kb = w.weight_bytes / 1000
+    return (
+        f"**test accuracy {result.test_accuracy:.4f}** (validation {result.best_val_accuracy:.4f}"
+        f", epoch {result.best_epoch}) · **weights {kb:,.1f} kB**, {w.mean_bits:.2f} bits a "
+        f"weight, entropy {w.weight_entropy_bits:.2f} bits, {w.unique_weights:,} unique values, "
+        f"{100 * w.sparsity:.1f} % zero.\n\nOne trial of a sweep; the sweep's board (the parent "
+        "run's leaderboard.md) reports the selected configs' means over fresh seeds."
+    )
 
 
 def _now() -> int:

@@ -1,6 +1,7 @@
 """The `bitsweep` command line: train one trial, list strategies, print schemas; the other
-commands live beside this module (`sweep`, `records`, `serve`, `payload`), and `client` is the
-HTTP client of the service that `bitsweep submit|status` use.
+commands live beside this module (`sweep`, `records`, `serve`, `queue`, `payload`), `text` holds
+the words they share (`plural`), and `client` is the HTTP client of the service that
+`bitsweep submit|status|cancel` use.
 
 The commands import what they run (torch, Ray, MLflow, the service) inside their functions, so
 that `bitsweep --help` stays fast; none of these imports is there to avoid an import cycle.
@@ -44,6 +45,7 @@ app.command()(records.remove)
 app.command()(serve.serve)
 app.command()(serve.submit)
 app.command()(serve.status)
+app.command()(serve.cancel)
 out = Console()
 err = Console(stderr=True)
 
@@ -108,6 +110,9 @@ def train(
             "--unpacked", help="with --export: float weights and integer codes, for inspection"
         ),
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="with --export: overwrite an existing file")
+    ] = False,
 ) -> None:
     """Train one trial and report its accuracy and the cost of its deployed weights."""
     from schemas.trial import TrialConfig
@@ -118,6 +123,8 @@ def train(
         raise refuse("export", f"directory {export.parent} does not exist")
     if export is not None and export.is_dir():
         raise refuse("export", f"{export} is a directory")
+    if export is not None and export.exists() and not force:
+        raise refuse("export", f"{export} exists; pass --force to overwrite it")
     config = TrialConfig(
         strategy=strategy,
         params=params,
@@ -196,68 +203,116 @@ def show_result(result: Any, export: Path | None) -> None:
 
 @app.command("strategies")
 def strategies_cmd(
-    name: Annotated[str | None, typer.Argument(help="only this strategy")] = None,
+    name: Annotated[str | None, typer.Argument(help="this strategy, in full")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print every strategy as JSON")] = False,
 ) -> None:
-    """List every registered strategy: its paper, docstring, params, bounds and search ranges."""
+    """List the registered strategies, one line each; NAME: one in full (its paper, docstring,
+    params, bounds and search ranges, recipe and docs page)."""
     import strategies
 
     registered = strategies.list_strategies()
     if name is not None and name not in registered:
-        raise refuse("name", str(strategies.UnknownStrategyError(name)))
+        raise refuse("name", _unknown_strategy(name, list(registered)))
     described = [
         {**cls.describe(), "origin": asdict(strategies.strategy_origin(key))}
         for key, cls in registered.items()
         if name is None or key == name
     ]
     for e in strategies.plugin_errors():  # the others stay usable; say what is missing
-        err.print(f"warning: {escape(str(e))}", highlight=False)
+        err.print(f"warning: {escape(str(e))}", highlight=False, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps(described, indent=2) + "\n")
         return
+    if name is None:
+        _strategy_lines(described)
+        return
+    _strategy_in_full(described[0])
+
+
+def _unknown_strategy(name: str, known: list[str]) -> str:
+    import difflib
+
+    import strategies
+
+    reason = str(strategies.UnknownStrategyError(name))
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close and "failed to load" not in reason:
+        return f"unknown strategy {name!r}; did you mean {close[0]}?"
+    return reason
+
+
+def paper_short(paper: str) -> str:
+    """A paper's title without its authors and venue, and before its subtitle's colon:
+    `BitNet: Bit-Regularized ... (arXiv 1708.04788)` is `BitNet`."""
+    title = paper.split(" (", 1)[0]
+    return title.split(": ", 1)[0].strip() or paper
+
+
+def _strategy_lines(described: list[dict[str, Any]]) -> None:
+    """One line per strategy: its name, its paper's short title and its summary, cut by rich
+    to the terminal's width (80 columns off a terminal)."""
+    plugins = any(d["origin"]["via"] != "builtin" for d in described)
+    table = Table(box=None, pad_edge=False, show_edge=False, expand=True)
+    widest = max((len(d["name"]) for d in described), default=8)
+    table.add_column("strategy", no_wrap=True, style="bold cyan", min_width=widest)
+    table.add_column("paper", no_wrap=True, overflow="ellipsis", min_width=14, max_width=22)
+    if plugins:
+        table.add_column("from", no_wrap=True, overflow="ellipsis", min_width=8, max_width=16)
+    table.add_column("summary", no_wrap=True, overflow="ellipsis", ratio=1)
     for d in described:
-        # Docstrings and descriptions are printed verbatim: never read as rich markup.
-        out.print(f"[bold cyan]{escape(d['name'])}[/] — {escape(d['summary'])}")
         o = d["origin"]
-        out.print(f"  paper: {d['paper']}", markup=False, highlight=False)
-        out.print(
-            f"  from: {o['distribution']} {o['version']} ({o['via']})".rstrip(),
-            markup=False,
-            highlight=False,
-        )
-        out.print(f"  fidelity: {d['fidelity']}", markup=False, highlight=False)
-        if d["doc"]:
-            out.print(textwrap.indent(d["doc"], "    "), style="dim", markup=False, highlight=False)
-        if d["relations"]:
-            out.print(f"  relations: {'; '.join(d['relations'])}", markup=False, highlight=False)
-        table = Table(show_edge=False, pad_edge=False, box=None)
-        for col in ("param", "type", "default", "bounds", "search", "description"):
-            table.add_column(col)
-        rows = d["params"] + [
-            {"name": k, "type": "knob", "default": None, "search": v}
-            for k, v in d["recipe"]["search"].items()
-        ]
-        for p in rows:
-            cells = (
-                p["name"],
-                p["type"],
-                "" if p.get("default") is None else str(p["default"]),
-                _bounds_text(p["bounds"]) if p.get("bounds") else str(p.get("choices", "")),
-                _search_text(p.get("search")),
-                p.get("description", ""),
-            )
-            table.add_row(*(Text(c) for c in cells))
-        if rows:
-            out.print(table)
-        r = d["recipe"]
-        out.print(
-            f"  recipe: {r['optimizer']['name']} lr={r['optimizer']['lr']:g}, "
-            f"schedule={r['schedule']['name']}, batch={r['batch_size']}, "
-            f"model options={r['model_options']}",
-            markup=False,
-            highlight=False,
-        )
-        out.print()
+        cells = [d["name"], paper_short(d["paper"])]
+        if plugins:
+            cells.append("" if o["via"] == "builtin" else o["distribution"])
+        cells.append(d["summary"])
+        # Names, papers and summaries are printed verbatim: never read as rich markup.
+        table.add_row(*(Text(c) for c in cells))
+    out.print(table)
+    err.print("bitsweep strategies NAME: one strategy in full", highlight=False)
+
+
+def _strategy_in_full(d: dict[str, Any]) -> None:
+    """One strategy: its paper, origin, fidelity, docstring (its own line breaks, never
+    wrapped again), params with bounds and search ranges, recipe and docs page."""
+
+    def line(text: str, **kw: Any) -> None:
+        out.print(text, markup=False, highlight=False, soft_wrap=True, **kw)
+
+    o = d["origin"]
+    out.print(f"[bold cyan]{escape(d['name'])}[/] — {escape(d['summary'])}", soft_wrap=True)
+    line(f"  paper: {d['paper']}")
+    line(f"  from: {o['distribution']} {o['version']} ({o['via']})".rstrip())
+    line(f"  fidelity: {d['fidelity']}")
+    if o["via"] == "builtin":
+        line(f"  docs: docs/strategies/{d['name']}.md")
+    if d["doc"]:
+        line(textwrap.indent(d["doc"], "    "), style="dim")
+    if d["relations"]:
+        line(f"  relations: {'; '.join(d['relations'])}")
+    # One line a param, wrapped by the terminal alone: a table's narrow columns broke its
+    # description into a word a line.
+    if d["params"]:
+        line("  params:")
+    for p in d["params"]:
+        facts = [] if p.get("default") is None else [f"default {p['default']}"]
+        if p.get("bounds"):
+            facts.append(f"bounds {_bounds_text(p['bounds'])}")
+        elif p.get("choices"):
+            facts.append(f"choices {p['choices']}")
+        if p.get("search"):
+            facts.append(f"search {_search_text(p['search'])}")
+        text = f"    {p['name']} ({p['type']})" + (f": {', '.join(facts)}" if facts else "")
+        line(text + (f" — {p['description']}" if p.get("description") else ""))
+    if d["recipe"]["search"]:
+        line("  training knobs searched:")
+    for k, v in d["recipe"]["search"].items():
+        line(f"    {k}: search {_search_text(v)}")
+    r = d["recipe"]
+    line(
+        f"  recipe: {r['optimizer']['name']} lr={r['optimizer']['lr']:g}, "
+        f"schedule={r['schedule']['name']}, batch={r['batch_size']}, "
+        f"model options={r['model_options']}"
+    )
 
 
 def _bounds_text(b: dict[str, Any]) -> str:

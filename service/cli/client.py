@@ -20,6 +20,7 @@ import httpx
 from schemas.errors import FieldError
 from schemas.names import TOKEN_ENV
 from schemas.sweep import SweepSpec
+from service.errors import ServiceUnreachable
 from service.http.api import Health, Leaderboard, StrategyView, SweepDetail, SweepPage, SweepView
 
 
@@ -32,10 +33,6 @@ class ServiceRefused(FieldError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.field, self.reason, self.status))
-
-
-class ServiceUnreachable(ConnectionError):
-    """No answer from the service."""
 
 
 class Client:
@@ -60,7 +57,7 @@ class Client:
         try:
             r = self.http.request(method, path, **kw)
         except httpx.TransportError as e:
-            raise ServiceUnreachable(f"no answer from {self.url}: {e}") from None
+            raise ServiceUnreachable(self.url, _why(e)) from None
         if r.status_code >= 400:
             try:
                 body = r.json()
@@ -119,6 +116,12 @@ class Client:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sweep {sweep_id} is still {detail.status}")
             time.sleep(poll)
+
+
+def _why(e: httpx.TransportError) -> str:
+    """What a connection met, in a few words: httpx's message, else the kind of failure."""
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
 __all__ = ["TOKEN_ENV", "Client", "ServiceRefused", "ServiceUnreachable"]

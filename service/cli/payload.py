@@ -8,6 +8,7 @@ from typing import Annotated
 import click
 import typer
 
+from service.cli.text import plural
 from service.errors import InputRefused
 
 # The commands import what they run inside their functions, to keep `bitsweep --help` fast.
@@ -54,4 +55,4 @@ def extract(
     except PayloadError as e:
         raise InputRefused("weights", e.reason) from None
     out.write_bytes(data)
-    click.echo(f"wrote {len(data)} payload bytes to {out}")
+    click.echo(f"wrote {plural(len(data), 'payload byte')} to {out}")

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from schemas.home import Home
 from service.cli.sweep import tracking_store
+from service.cli.text import plural
 from service.errors import InputRefused
 
 # The commands import what they run inside their functions, to keep `bitsweep --help` fast.
@@ -20,7 +21,14 @@ err = Console(stderr=True)
 
 
 def rerun(
-    run_id: Annotated[str, typer.Argument(help="the MLflow run id of a finished trial")],
+    run_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID",
+            help="a finished trial: its trial id as the boards show it (or 4 characters of it "
+            "at least, unambiguous), or its MLflow run id",
+        ),
+    ],
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow store (default: under BITSWEEP_HOME)")
     ] = None,
@@ -28,7 +36,9 @@ def rerun(
 ) -> None:
     """Train a trial again from what MLflow holds and say whether its metrics came out the same.
 
-    Exits 0 when every metric but the timings is reproduced, 1 when one differs.
+    ID is a trial id (the `trial` column of `bitsweep leaderboard`), an unambiguous prefix of
+    one, or an MLflow run id. Exits 0 when every metric but the timings is reproduced, 1 when
+    one differs.
     """
     from mlflow.tracking import MlflowClient
 
@@ -48,7 +58,9 @@ def rerun(
 
 def remove(
     sweep_id: Annotated[str, typer.Argument(help="the sweep to delete")],
-    yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="delete without asking (needed without a terminal)")
+    ] = False,
 ) -> None:
     """Delete a sweep: its MLflow runs (to MLflow's trash), Optuna studies, checkpoints, state."""
     from runners.board import SWEEP_ID_PATTERN
@@ -68,8 +80,12 @@ def remove(
         storage_root = state.spec.get("storage_path") or storage_root
     elif not Home(home).mlflow_db.exists():
         raise InputRefused("sweep_id", f"no sweep {sweep_id!r} under {home}")
-    if not yes and not typer.confirm(f"delete sweep {sweep_id} and everything it wrote?"):
-        raise typer.Exit(1)
+    if not yes:
+        if not can_ask():
+            raise InputRefused("--yes", "no terminal to ask on: pass --yes to delete the sweep")
+        if not typer.confirm(f"delete sweep {sweep_id} and everything it wrote?"):
+            out.print("nothing removed", highlight=False)
+            return
     removed = remove_sweep(
         sweep_id=sweep_id,
         home=home,
@@ -78,9 +94,14 @@ def remove(
         storage_root=storage_root,
     )
     out.print(
-        f"removed sweep {sweep_id}: {removed.runs} MLflow runs (to MLflow's trash; "
-        f"`mlflow gc` empties it), {len(removed.studies)} Optuna studies, "
-        f"{len(removed.folders)} checkpoint folders",
+        f"removed sweep {sweep_id}: {plural(removed.runs, 'MLflow run')} (to MLflow's trash; "
+        f"`mlflow gc` empties it), {plural(len(removed.studies), 'Optuna study', 'studies')}, "
+        f"{plural(len(removed.folders), 'checkpoint folder')}",
         markup=False,
         soft_wrap=True,
     )
+
+
+def can_ask() -> bool:
+    """Whether a question can be answered: stdin is a terminal."""
+    return sys.stdin is not None and sys.stdin.isatty()

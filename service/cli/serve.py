@@ -1,7 +1,8 @@
-"""`bitsweep serve`, `bitsweep submit` and `bitsweep status`: the service and its clients."""
+"""`bitsweep serve`, `submit`, `status` and `cancel`: the service and its clients."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -125,10 +126,42 @@ def status(
     if d.best:
         table = Table(title=f"best so far by {next(iter(d.best.values())).metric}")
         for col in ("strategy", "value", "trial", "run"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for name, b in d.best.items():
             value = "" if b.value is None else f"{b.value:.4g}"
-            table.add_row(name, value, b.trial_id, b.link or b.run_id)
+            table.add_row(name, value, b.trial_id, b.run_id)
         out.print(table)
+        # Links whole, each on its own line: a table cell would cut or break them.
+        for name, b in d.best.items():
+            if b.link:
+                out.print(f"{name}: {b.link}", markup=False, highlight=False, soft_wrap=True)
     if d.links.parent_run:
-        out.print(f"MLflow: {d.links.parent_run}", soft_wrap=True)
+        out.print(f"MLflow: {d.links.parent_run}", markup=False, highlight=False, soft_wrap=True)
+
+
+def cancel(
+    sweep_id: Annotated[str, typer.Argument(metavar="ID", help="the sweep to stop")],
+    server: Annotated[str, typer.Option(envvar="BITSWEEP_SERVER", help=SERVER_HELP)] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="print the sweep as JSON")] = False,
+) -> None:
+    """Cancel a sweep on the service (token from BITSWEEP_TOKEN): a queued one never runs, a
+    running one's Ray job is stopped; its finished trials stay on the leaderboard."""
+    from schemas.names import SWEEP_ID_ANCHORED
+
+    if not server:
+        raise InputRefused("--server", "is required (or BITSWEEP_SERVER)")
+    if not re.fullmatch(SWEEP_ID_ANCHORED, sweep_id):
+        raise InputRefused("ID", f"{sweep_id!r} is not a sweep id")
+    with _client(server) as c:
+        sweep = c.cancel(sweep_id)
+    if as_json:
+        sys.stdout.write(sweep.model_dump_json() + "\n")
+        return
+    stopping = sweep.status in ("queued", "running")
+    out.print(f"{sweep.id}: {sweep.status}" + (", stopping" if stopping else ""), highlight=False)
+    if stopping:
+        err.print(
+            f"its Ray job is stopping; follow it with bitsweep status {sweep.id} --server {server}",
+            highlight=False,
+            soft_wrap=True,
+        )

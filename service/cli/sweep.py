@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from schemas.secrets import masked
+from service.cli.text import plural
 from service.errors import InputRefused
 
 # The commands import what they run inside their functions, to keep `bitsweep --help` fast.
@@ -156,7 +157,7 @@ def sweep(
         summary.leaderboard,
         f"leaderboard of sweep {summary.sweep_id} on {summary.experiment}: {summary.selection}",
     )
-    out.print(f"{summary.completed} trials completed, {summary.failed} failed")
+    out.print(f"{plural(summary.completed, 'trial')} completed, {summary.failed} failed")
     for f in summary.failures:
         out.print(
             f"failed: {f['strategy']} trial {f['trial_id']}: {escape(f['error'])}",
@@ -193,7 +194,18 @@ def _board_columns() -> list[tuple[str, Any]]:
         ("val", lambda d: number(d.get("val_accuracy"))),
         ("bytes", lambda d: number(d.get("weight_bytes"))),
         ("search", lambda d: f"{d.get('search_trials', 0)} tr / {d.get('search_epochs', 0)} ep"),
+        ("trial", lambda d: d.get("short_trial_id", "")),
     ]
+
+
+# The characters of a trial id a table shows: Tune's trial ids are 8 characters, and
+# `bitsweep rerun` takes any unambiguous prefix of one.
+SHORT_ID = 8
+
+
+def with_short_ids(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with `short_trial_id`: the first `SHORT_ID` characters of each trial id."""
+    return [{**r, "short_trial_id": str(r.get("trial_id") or "")[:SHORT_ID]} for r in rows]
 
 
 def show_board(rows: list[dict[str, Any]], title: str) -> None:
@@ -203,11 +215,11 @@ def show_board(rows: list[dict[str, Any]], title: str) -> None:
     for header, _ in columns:
         table.add_column(
             header,
-            justify="left" if header in ("strategy", "vs #1", "seeds") else "right",
+            justify="left" if header in ("strategy", "vs #1", "seeds", "trial") else "right",
             no_wrap=True,
             min_width=14 if header == "strategy" else None,
         )
-    for r in rows:
+    for r in with_short_ids(rows):
         table.add_row(*[cell(r) for _, cell in columns])
     if not out.is_terminal:
         out.width = BOARD_WIDTH  # rich would assume 80
@@ -219,7 +231,7 @@ def show_board(rows: list[dict[str, Any]], title: str) -> None:
     else:
         out.print(
             "mean ± std over fresh seeds; 'tied': Welch's t-test p >= 0.05 against #1; "
-            "search: trials / trial-epochs",
+            "search: trials / trial-epochs; trial: the id `bitsweep rerun` takes",
             soft_wrap=True,
         )
 
@@ -236,8 +248,7 @@ BOARD_COLUMNS = (
     ("sparsity", "sparsity"),
     ("trial_id", "trial"),
 )
-# With rows from several sweeps the table shows each row's sweep and epochs in place of its
-# trial id (which repeats across sweeps; the JSON and leaderboard.md keep it), and is wider.
+# With rows from several sweeps the table also shows each row's sweep and epochs, and is wider.
 SWEEP_COLUMNS = (("sweep_id", "sweep"), ("epochs", "ep"))
 WIDTH, SWEEPS_WIDTH, BOARD_WIDTH = 100, 130, 160  # of the table in a file or a pipe
 
@@ -250,18 +261,23 @@ def show_rows(rows: list[dict[str, Any]], title: str) -> None:
     columns = list(BOARD_COLUMNS)
     several = several_sweeps(rows)
     if several:
-        columns = [*columns[:2], *SWEEP_COLUMNS, *columns[2:-1]]
+        columns = [*columns[:2], *SWEEP_COLUMNS, *columns[2:]]
     table = Table(title=title, title_justify="left")
     for key, header in columns:
-        fold = key in ("trial_id", "sweep_id")
+        fold = key == "sweep_id"
         table.add_column(
             header,
-            justify="left" if key == "strategy" or fold else "right",
+            justify="left" if key in ("strategy", "trial_id") or fold else "right",
             no_wrap=not fold,
             overflow="fold" if fold else "ellipsis",
         )
-    for r in rows:
-        table.add_row(*[format_cell(r.get(key)) for key, _ in columns])
+    for r in with_short_ids(rows):
+        table.add_row(
+            *[
+                r["short_trial_id"] if key == "trial_id" else format_cell(r.get(key))
+                for key, _ in columns
+            ]
+        )
     if not out.is_terminal:
         out.width = SWEEPS_WIDTH if several else WIDTH  # rich would assume 80
     out.print(table)

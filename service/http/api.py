@@ -46,6 +46,7 @@ class Links(Response):
     parent_run: str | None = Field(None, description="the sweep's parent run in the MLflow UI")
     leaderboard: str = Field(..., description="this sweep's board in this API")
     logs: str
+    page: str = Field(..., description="this sweep's page: its board, strategies and log")
 
 
 class TrialCounts(Response):

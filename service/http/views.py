@@ -16,6 +16,7 @@ def links(service: Service, row: SweepRow) -> Links:
         experiment=exp,
         parent_run=run,
         leaderboard=f"/leaderboard?sweep={row.id}",
+        page=f"/board/{row.id}",
         logs=f"/sweeps/{row.id}/logs",
     )
 

@@ -359,12 +359,12 @@ def test_a_killed_service_restarts_and_every_accepted_sweep_runs_once(service: S
                 return own.sweeps().total + len(own.leaderboard().boards)
 
         with ThreadPoolExecutor(6) as pool:
-            submitted = pool.map(submit, range(3))
+            submitted = pool.map(submit, range(2))
             reads = pool.map(read, range(6))
             queued = list(submitted)
             assert all(n >= 1 for n in reads)
         before = c.sweep(sweep.id)
-        assert [c.sweep(q).status for q in queued] == ["queued"] * 3  # behind the running one
+        assert [c.sweep(q).status for q in queued] == ["queued"] * 2  # behind the running one
     assert before.status == "running"
     service.kill()
     service.start()
@@ -379,8 +379,8 @@ def test_a_killed_service_restarts_and_every_accepted_sweep_runs_once(service: S
     assert done.ray_job_id == before.ray_job_id  # followed, not submitted again
     assert done.trials.done == 4
     assert_invariants(service, sweep.id, planned=4)
-    assert [e.status for e in ended] == ["succeeded"] * 3, [e.error for e in ended]
-    assert len({e.ray_job_id for e in ended}) == 3
+    assert [e.status for e in ended] == ["succeeded"] * 2, [e.error for e in ended]
+    assert len({e.ray_job_id for e in ended}) == 2
     for q in queued:
         parents = [
             r for r in mlflow_runs(service, q) if r.data.tags.get("bitsweep.kind") == "sweep"

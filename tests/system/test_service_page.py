@@ -245,12 +245,60 @@ def test_screenshot_shows_the_leaderboard_and_the_check_refuses_pages_without_it
         assert_shows_table(no_table)
 
 
-def test_an_unknown_sort_column_is_refused_with_422(base):
-    r = httpx.get(f"{base}/", params={"sort": "bogus"}, timeout=30)
-    assert r.status_code == 422, r.text
-    assert r.json()["field"] == "sort"
-    r = httpx.get(f"{base}/", params={"order": "sideways"}, timeout=30)
-    assert r.status_code == 422 and r.json()["field"] == "order"
+def test_a_refusal_is_a_page_that_says_why(base):
+    for query, field in (({"sort": "bogus"}, "sort"), ({"order": "sideways"}, "order")):
+        r = httpx.get(f"{base}/", params=query, timeout=30)
+        assert r.status_code == 422 and r.headers["content-type"].startswith("text/html")
+        assert f"<code>{field}</code>: must be" in r.text, r.text
+    r = httpx.get(f"{base}/board/no-such-sweep", timeout=30)
+    assert r.status_code == 404 and "<code>sweep_id</code>: no sweep no-such-sweep" in r.text
+    assert 'href="/"' in r.text  # a way back
+
+
+def _add_rows(home: Path, swept_id: str) -> None:
+    """The service's rows of the page's sweeps: the one that ran, and one still queued."""
+    from service.db import Status, SweepRow, engine_for, sessions, utcnow
+
+    engine = engine_for(f"sqlite:///{home / 'service.db'}")
+    with sessions(engine)() as s, s.begin():
+        for seq, (sid, status) in enumerate(
+            ((swept_id, Status.succeeded), ("page-waiting", Status.queued)), 100
+        ):
+            if s.get(SweepRow, sid) is None:
+                s.add(
+                    SweepRow(
+                        id=sid, seq=seq, name="page", spec={}, status=status,
+                        benchmark="bitsweep/digits/mlp", submitted_by="ci",
+                        finished_at=utcnow() if status == Status.succeeded else None,
+                    )
+                )  # fmt: skip
+    engine.dispose()
+
+
+def test_a_sweeps_page_shows_its_board_strategies_plot_and_log(base, swept):
+    sid = swept["summary"].sweep_id
+    _add_rows(swept["home"], sid)
+    dom = dump_dom(f"{base}/board/{sid}")
+    page = Page(dom)
+    assert page.scripts == 0
+    _, rows = board(dom)
+    assert sorted(r["strategy"]["text"] for r in rows) == sorted(STRATEGIES)
+    assert all(r["seeds"]["text"] == "2" for r in rows)  # the evidence behind each row
+    for name in STRATEGIES:  # each strategy said: its paper, summary and docs page
+        assert f'id="strategy-{name}"' in dom and f"docs/strategies/{name}.md" in dom
+    (img,) = [i for i in page.images if "pareto" in (i.get("src") or "")]
+    assert f"sweep={sid}" in img["src"]
+    png = httpx.get(urljoin(f"{base}/", img["src"]), timeout=60)
+    assert png.status_code == 200 and png.content.startswith(PNG_MAGIC)
+    assert 'id="no-log"' in dom  # this service ran no job for it
+
+    waiting = dump_dom(f"{base}/board/page-waiting")
+    assert 'id="no-board"' in waiting and "its board appears here once one finishes" in waiting
+    assert "the sweep waits for its turn" in waiting
+
+    index = dump_dom(f"{base}/")
+    assert f'href="/board/{sid}"' in index and 'href="/board/page-waiting"' in index
+    assert 'id="strategy-bit_learning"' in index
 
 
 def test_a_missing_chromium_fails_saying_to_install_it(monkeypatch, tmp_path):

@@ -319,7 +319,8 @@ def test_npz_sample_count_must_match_labels(tmp_path: Path) -> None:
 def test_npz_that_is_not_an_archive_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "junk.npz"
     path.write_bytes(b"not a zip at all")
-    assert "cannot read" in error_of(f"npz:{path}")
+    message = error_of(f"npz:{path}")
+    assert f"{path} is not an npz archive" in message and "pickle" not in message
 
 
 # ---------------------------------------------------------------------------- errors

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
-from service.core import public_uri
+from schemas.secrets import masked
 from service.db import Status, SweepRow
 from service.http.api import Health, version
 from service.http.deps import ServiceDep
@@ -36,7 +36,7 @@ def health(service: ServiceDep) -> Any:
         database=service.engine.dialect.name,
         ray=service.ray_address,
         ray_ok=ray_ok,
-        tracking_uri=public_uri(service.settings.tracking),
+        tracking_uri=masked(service.settings.tracking),
         sweeps=counts,  # type: ignore[arg-type]
     )
     if ray_ok is False:

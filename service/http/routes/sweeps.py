@@ -11,9 +11,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from schemas.secrets import scrubbed
 from schemas.sweep import SweepSpec
-from service.core import Conflict, NotFound, Service, public_uri
+from service.core import Conflict, NotFound, Service
 from service.db import LIVE, Status, SweepRow, utcnow
 from service.http.api import (
     AUTH_ERRORS,
@@ -111,12 +110,7 @@ def get_sweep(sweep_id: SweepId, service: ServiceDep) -> SweepDetail:
 
 def detail(service: Service, row: SweepRow) -> SweepDetail:
     spec = SweepSpec.recorded(row.spec)
-    shown = spec.model_copy(  # the stores as /health shows them: no password
-        update={
-            "tracking_uri": public_uri(spec.tracking_uri or ""),
-            "optuna_storage": public_uri(spec.optuna_storage or ""),
-        }
-    )
+    shown = spec.shown()  # its stores without their passwords
     planned = spec.total_trials()
     found = service.read_runs(row.id)
     trials = found.trials if found is not None else {}
@@ -229,11 +223,5 @@ def logs(
     tail: Annotated[int, Query(ge=1, le=100_000)] = 1000,
 ) -> PlainTextResponse:
     """The sweep's Ray job log (the last `tail` lines): one line per trial event."""
-    row = get_row(service, sweep_id)
-    text = ""
-    settings = service.settings
-    if row.ray_job_id is not None and service.run_jobs:
-        # A sweep prints its stores masked; a driver's error may still quote one.
-        text = scrubbed(service.jobs.logs(row.ray_job_id), [settings.tracking, settings.optuna])
-    lines = text.splitlines()[-tail:]
+    lines = service.job_log(get_row(service, sweep_id), tail)
     return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""))
