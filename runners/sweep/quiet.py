@@ -15,18 +15,24 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 LOGGERS = ("ray", "optuna", "py.warnings")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class Kept(logging.FileHandler):
-    """A file handler that counts what it kept."""
+    """A file handler that counts what it kept, and creates its file (and folder) only with
+    the first record: a sweep refused before it starts writes nothing."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, encoding="utf-8")
+        super().__init__(path, encoding="utf-8", delay=True)
         self.setFormatter(logging.Formatter(FORMAT))
         self.count = 0
+
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.count += 1
@@ -43,7 +49,6 @@ def _to_terminal(handler: logging.Handler) -> bool:
 def third_party_to_log(path: Path) -> Iterator[Kept]:
     """While it lasts, what `LOGGERS` log and Python's warnings go to `path` (appended), not to
     the terminal. Yields the handler: `count` is how many records it kept."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     kept = Kept(path)
     saved: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
     logging.captureWarnings(True)

@@ -21,6 +21,9 @@ def test_third_party_lines_go_to_the_log_and_come_back_after(
     stream = logging.StreamHandler()  # as Ray gives its logger one
     logging.getLogger("ray").addHandler(stream)
     try:
+        with third_party_to_log(path):
+            pass
+        assert not path.parent.exists()  # nothing logged, nothing written
         with third_party_to_log(path) as kept:
             ray_logger.warning("to resume, call Tuner.restore(path=...)")
             logging.getLogger("optuna").warning("an optuna notice")
