@@ -160,6 +160,20 @@ def board_tables(
     return out
 
 
+def _boards(service: Service, sweep_id: str | None) -> list[Any]:
+    """The boards a page shows: by test accuracy, each sweep's selected configs (of `sweep_id`
+    alone, when given)."""
+    return service.read_boards(
+        dataset=None,
+        model=None,
+        metric="test_accuracy",
+        mode="max",
+        every_trial=False,
+        limit=100,
+        sweep_id=sweep_id,
+    )
+
+
 def _sorting(request: Request) -> tuple[str, str] | HTMLResponse:
     sort = request.query_params.get("sort", "rank")
     order = request.query_params.get("order", "asc")
@@ -186,15 +200,7 @@ def page(request: Request, service: ServiceDep) -> HTMLResponse:
     if isinstance(sorting, HTMLResponse):
         return sorting
     sort, order = sorting
-    boards = service.read_boards(
-        dataset=None,
-        model=None,
-        metric="test_accuracy",
-        mode="max",
-        every_trial=False,
-        limit=100,
-        sweep_id=None,
-    )
+    boards = _boards(service, None)
     with service.sessions() as s:
         sweeps = s.scalars(select(SweepRow).order_by(SweepRow.seq.desc()).limit(50)).all()
     tables = [
@@ -245,15 +251,7 @@ def sweep_page(request: Request, service: ServiceDep, sweep_id: str) -> HTMLResp
     notes: list[dict[str, str]] = []
     pareto = None
     try:
-        boards = service.read_boards(
-            dataset=None,
-            model=None,
-            metric="test_accuracy",
-            mode="max",
-            every_trial=False,
-            limit=100,
-            sweep_id=sweep_id,
-        )
+        boards = _boards(service, sweep_id)
     except NotFound:
         boards = []  # it has written nothing yet (queued, or failed before its first trial)
     for b in boards:
