@@ -26,6 +26,7 @@ from runners.board.query import (
     store_version,
     sweep_runs,
     sweep_title,
+    sweeps_board,
 )
 from runners.board.ranking import (
     BOARD_METRICS,
@@ -85,5 +86,6 @@ __all__ = [
     "sweep_runs",
     "sweep_strategies",
     "sweep_title",
+    "sweeps_board",
     "trial_strategies",
 ]

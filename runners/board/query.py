@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,25 +249,12 @@ def query_leaderboard(
     for exp in exps:
         eid = str(exp.experiment_id)
         if not every_trial:
-            reader = reader_of(client)
-            try:
-                rows, infos = board_of(
-                    reader, eid, sweep_id=sweep_id, metric=metric, mode=mode, limit=limit
+            with closing(reader_of(client)) as reader:
+                boards.append(
+                    sweeps_board(
+                        reader, exp, metric=metric, mode=mode, limit=limit, sweep_id=sweep_id
+                    )
                 )
-            finally:
-                reader.close()
-            boards.append(
-                Board.of(
-                    exp,
-                    metric=metric,
-                    mode=mode,
-                    every_trial=False,
-                    sweep_id=sweep_id,
-                    rows=rows,
-                    epochs=as_int(parent.data.params.get("epochs")) if parent is not None else None,
-                    sweep_infos=infos,
-                )
-            )
             continue
         runs = leaderboard_runs(
             client,
@@ -359,6 +347,32 @@ def board_of(
     return rows, shown
 
 
+def sweeps_board(
+    reader: Reader,
+    exp: Any,
+    *,
+    metric: str = "test_accuracy",
+    mode: str = "max",
+    limit: int = MAX_LIMIT,
+    sweep_id: str | None = None,
+) -> Board:
+    """The board of each sweep of benchmark `exp` (or of sweep `sweep_id`), as `board_of` reads
+    it, with the sweep's epochs when it is one sweep's."""
+    rows, infos = board_of(
+        reader, str(exp.experiment_id), sweep_id=sweep_id, metric=metric, mode=mode, limit=limit
+    )
+    return Board.of(
+        exp,
+        metric=metric,
+        mode=mode,
+        every_trial=False,
+        sweep_id=sweep_id,
+        rows=rows,
+        epochs=infos[0].epochs if sweep_id is not None and infos else None,
+        sweep_infos=infos,
+    )
+
+
 def _sql_boards(
     uri: str,
     *,
@@ -418,20 +432,8 @@ def _sql_boards(
                     )
                 )
                 continue
-            rows, infos = board_of(
-                reader, exp.experiment_id, sweep_id=sweep_id, metric=metric, mode=mode, limit=limit
-            )
             boards.append(
-                Board.of(
-                    exp,
-                    metric=metric,
-                    mode=mode,
-                    every_trial=False,
-                    sweep_id=sweep_id,
-                    rows=rows,
-                    epochs=infos[0].epochs if sweep_id is not None and infos else None,
-                    sweep_infos=infos,
-                )
+                sweeps_board(reader, exp, metric=metric, mode=mode, limit=limit, sweep_id=sweep_id)
             )
         return boards
     finally:

@@ -294,7 +294,13 @@ def load_weights(
     """(deployed weights by layer, integer codes by layer, metadata) of a file `save_weights`
     wrote, packed or not. Raises ValueError when the file is not a bitsweep weights file, or
     its metadata disagrees with what it holds."""
-    meta, tensors = _read(path)
+    return _decoded(path, *_read(path))
+
+
+def _decoded(
+    path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """`load_weights` of a file already read."""
     try:
         layers = json.loads(meta["layers"])
         info = {
@@ -338,7 +344,7 @@ def load_deployed(path: Path) -> nn.Module:
     meta, tensors = _read(path)
     if meta["format"] != PACKED_FORMAT:
         raise ValueError(f"{path}: an unpacked export does not hold the model; export it packed")
-    weights, _, info = load_weights(path)
+    weights, _, info = _decoded(path, meta, tensors)
     spec = info["model"]
     try:
         args = (

@@ -10,9 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from runners.board import (
     MAX_LIMIT,
-    Board,
-    as_int,
-    board_of,
     board_plot,
     csv_value,
     leaderboard_rows,
@@ -20,6 +17,7 @@ from runners.board import (
     reader_of,
     rows_to_csv,
     sweep_strategies,
+    sweeps_board,
 )
 from schemas.names import Tag
 
@@ -44,7 +42,7 @@ def log_leaderboard(
     sweep_id = sweep_id or parent.data.tags.get(Tag.SWEEP_ID)
     assert sweep_id is not None
     with closing(reader_of(client)) as reader:
-        rows, infos = board_of(reader, experiment_id, sweep_id=sweep_id)
+        board = sweeps_board(reader, client.get_experiment(experiment_id), sweep_id=sweep_id)
     every = leaderboard_runs(
         client,
         experiment_id,
@@ -55,16 +53,6 @@ def log_leaderboard(
         sweep_id=sweep_id,
         limit=MAX_LIMIT,
     )
-    board = Board.of(
-        client.get_experiment(experiment_id),
-        metric="test_accuracy",
-        mode="max",
-        every_trial=False,
-        sweep_id=sweep_id,
-        rows=rows,
-        epochs=as_int(parent.data.params.get("epochs")),
-        sweep_infos=infos,
-    )
     flat = board.to_json()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -73,7 +61,7 @@ def log_leaderboard(
         )
         (folder / "leaderboard.md").write_text(board.markdown())
         (folder / "trials.csv").write_text(rows_to_csv(leaderboard_rows(every)))
-        board_plot(rows, folder / "pareto.png", f"{title}\nsweep {sweep_id}")
+        board_plot(board.rows, folder / "pareto.png", f"{title}\nsweep {sweep_id}")
         for name in ("leaderboard.csv", "leaderboard.md", "trials.csv", "pareto.png"):
             client.log_artifact(parent_run_id, str(folder / name))
     return {
