@@ -122,6 +122,13 @@ class TrainingSettings(Strict):
     batch_size: int | None = Field(None, ge=1, le=65_536)
     seed: int = Field(0, ge=0, lt=2**32)
     val_fraction: float = Field(0.1, ge=0, lt=0.9)
+    val_every_steps: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="also measure validation accuracy every this many optimizer steps "
+        "(`TrialResult.val_steps`), for how fast a method converges; nothing chooses on it",
+    )
 
     def training_settings(self) -> dict[str, Any]:
         """The `TrainingSettings` fields of this model, as a dict of their values."""
@@ -199,6 +206,14 @@ class EpochRecord(Record):
     extra: dict[str, float] = Field(default_factory=dict)
 
 
+class StepRecord(Record):
+    """Validation of the deployed weights after an optimizer step (`val_every_steps`)."""
+
+    step: int
+    val_accuracy: float
+    val_loss: float
+
+
 class EnvironmentInfo(BaseModel):
     python: str
     torch: str
@@ -232,6 +247,9 @@ class TrialResult(Record):
     weights: WeightMetrics
     strategy_info: dict[str, Any] = Field(default_factory=dict)
     history: list[EpochRecord] = Field(default_factory=list)
+    val_steps: list[StepRecord] = Field(
+        default_factory=list, description="validation every `val_every_steps` optimizer steps"
+    )
     environment: EnvironmentInfo
 
     def metrics(self) -> dict[str, float]:

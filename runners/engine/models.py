@@ -225,8 +225,9 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, opts: MLPOptions) -> nn.
 
 
 class LeNetOptions(_Options):
-    channels: tuple[_Width, _Width] = Field(
-        (30, 50), description="Filters of the two 5x5 convolutions."
+    channels: tuple[_Width, _Width] = Field((30, 50), description="Filters of the two convs.")
+    kernel: Literal[3, 5] = Field(
+        5, description="Side of the convs' kernels: 5 on MNIST, 3 in BitNet's CIFAR-10 LeNet32."
     )
     dense: _Width = Field(500, description="Units of the hidden dense layer.")
     bias: bool = Field(True, description="Biases in the Conv and Linear layers.")
@@ -238,11 +239,11 @@ class LeNetOptions(_Options):
 
 @register_model("lenet", LeNetOptions)
 def lenet(input_shape: tuple[int, ...], num_classes: int, opts: LeNetOptions) -> nn.Module:
-    """BitNet's tanh LeNet ("LeNet32"); 'same' 5x5 convs so 8x8 digits survive both pools."""
+    """BitNet's tanh LeNet ("LeNet32"); 'same' convs so 8x8 digits survive both pools."""
     c, h, w = _image_shape("lenet", input_shape)
     layers: list[nn.Module] = []
     for out in opts.channels:
-        layers.append(nn.Conv2d(c, out, 5, padding=2, bias=opts.bias))
+        layers.append(nn.Conv2d(c, out, opts.kernel, padding=opts.kernel // 2, bias=opts.bias))
         if opts.batch_norm:
             layers.append(nn.BatchNorm2d(out, affine=opts.bn_affine))
         pool, h, w = _pool2(h, w)
@@ -312,7 +313,16 @@ class ResNetOptions(_Options):
         description="A: subsample and zero-pad channels; B: 1x1 conv + BN projection.",
     )
     bias: bool = Field(True, description="Bias in the final Linear (convs never have one).")
+    batch_norm: bool = Field(
+        True,
+        description="BatchNorm after each conv, the shortcut's 1x1 conv included; off in the "
+        "bit-wise training paper's ResNet-20 (with shortcut B: a bare 1x1 projection).",
+    )
     bn_affine: bool = Field(True, description="Learnable BatchNorm scale and offset.")
+
+
+def _norm(channels: int, opts: ResNetOptions) -> nn.Module:
+    return nn.BatchNorm2d(channels, affine=opts.bn_affine) if opts.batch_norm else nn.Identity()
 
 
 class _SubsamplePad(nn.Module):
@@ -333,17 +343,16 @@ class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, opts: ResNetOptions) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout, affine=opts.bn_affine)
+        self.bn1 = _norm(cout, opts)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout, affine=opts.bn_affine)
+        self.bn2 = _norm(cout, opts)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             if opts.shortcut == "A":
                 self.shortcut = _SubsamplePad(stride, cout)
             else:
                 self.shortcut = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                    nn.BatchNorm2d(cout, affine=opts.bn_affine),
+                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _norm(cout, opts)
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -358,7 +367,7 @@ class _ResNet(nn.Module):
         n = (opts.depth - 2) // 6
         widths = [16 * opts.width, 32 * opts.width, 64 * opts.width]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0], affine=opts.bn_affine)
+        self.bn1 = _norm(widths[0], opts)
         blocks: list[nn.Module] = []
         cin = widths[0]
         for stage, cout in enumerate(widths):

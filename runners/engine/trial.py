@@ -37,6 +37,7 @@ from schemas.trial import (
     EpochRecord,
     OptimizerConfig,
     ScheduleConfig,
+    StepRecord,
     TrainingKnobs,
     TrialConfig,
     TrialResult,
@@ -450,6 +451,7 @@ def train(
     gen = torch.Generator().manual_seed(resolved.seed)
     state = _State()
     history: list[EpochRecord] = []
+    val_steps: list[StepRecord] = []
 
     if resume_from is not None:
         ckpt = torch.load(
@@ -466,6 +468,7 @@ def train(
             torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
         state = _State(**ckpt["state"])
         history = [EpochRecord(**h) for h in ckpt["history"]]
+        val_steps = [StepRecord(**v) for v in ckpt.get("val_steps", [])]
 
     def save(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -481,6 +484,7 @@ def train(
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "state": state.__dict__,
                 "history": [h.model_dump() for h in history],
+                "val_steps": [v.model_dump() for v in val_steps],
             },
             folder / CHECKPOINT_FILE,
         )
@@ -536,6 +540,13 @@ def train(
             progress.step = state.step
             progress.lr = base_lr * factor
             strategy.on_step(model, progress)
+            if resolved.val_every_steps and state.step % resolved.val_every_steps == 0:
+                # The deployed weights of this step, as an epoch's end measures them; nothing
+                # here draws a random number, so the training run is the same with or without.
+                acc, vloss = evaluate(
+                    strategy.deploy(model), data.x_val, data.y_val, resolved.eval_batch_size
+                )
+                val_steps.append(StepRecord(step=state.step, val_accuracy=acc, val_loss=vloss))
             loss_sum += loss.detach() * yb.shape[0]
             correct += (out.argmax(1) == yb).sum()
             seen += yb.shape[0]
@@ -598,6 +609,7 @@ def train(
         weights=weight_metrics(exported),
         strategy_info=strategy.extra_metrics(model),
         history=history,
+        val_steps=val_steps,
         environment=environment(device, trial.origin),
     )
     return Trained(result=result, strategy=strategy, model=model)

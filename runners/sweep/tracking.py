@@ -31,6 +31,7 @@ from schemas.names import (
     EPOCH_METRICS,
     EXPERIMENT_KIND_TAG,
     NOTE_TAG,
+    STEP_CURVE_METRIC,
     TRAINING_KIND,
     Attr,
     Phase,
@@ -347,6 +348,11 @@ class TrialLogger(tune.Callback):
                 entries.append(Metric(param_metric_key(k, keys), float(v), now, 0))
         entries.append(Metric("epochs_run", float(result.epochs_run), now, 0))
         entries.append(Metric("best_epoch", float(result.best_epoch), now, 0))
+        entries += [  # a curve at the optimizer step, when the trial measured one
+            Metric(STEP_CURVE_METRIC, v.val_accuracy, now, v.step)
+            for v in result.val_steps
+            if finite(v.val_accuracy)
+        ]
         deployed = folder / WEIGHTS_FILE
         if self.export_weights and deployed.exists():
             size = deployed.stat().st_size  # the packed file: codes, floats, BatchNorm, header

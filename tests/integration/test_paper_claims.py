@@ -53,12 +53,17 @@ def test_bit_learning_sign_and_two_msbs_match_float_and_all_bits_bring_zeros() -
     assert every.weights.sparsity > 2 * sign2.weights.sparsity, (every.weights, sign2.weights)
 
 
-def test_bitnet_learns_about_six_bits_within_two_points_of_float() -> None:
+def test_bitnet_ends_level_with_float_at_the_bits_of_the_eps_threshold() -> None:
+    # The report's reading (bn-bits, bn-acc): BitNet trains to float's level, not 2 points
+    # above it, and its mean bits are where eps stops the bit cost (the lambda1 = 0 control's),
+    # with lambda1 moving single layers at most.
     bitnet, float_ = _with_float(_config("bit_regularization", 8))
+    control = _run(_config("bit_regularization", 8, params={"lambda1": 0.0}))
     bits = [lm.bits for lm in bitnet.weights.layers]
     mean = statistics.fmean(bits)
     assert 5 <= mean <= 7 and bitnet.strategy_info["compression_ratio_paper"] == 32 / mean
-    assert float_.test_accuracy - bitnet.test_accuracy <= 0.02, (bitnet, float_)
+    assert {lm.bits for lm in control.weights.layers} == {6.0}, control.weights
+    assert abs(float_.test_accuracy - bitnet.test_accuracy) <= 0.02, (bitnet, float_)
 
 
 def test_weight_fixing_from_a_float_start_fewer_values_as_delta_grows(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ def write_cifar10_binary(folder: Path, *, per_batch: int = 20) -> dict:
 
 def error_of(ref: str, **kwargs: object) -> str:
     with pytest.raises(DatasetError) as info:
-        load_dataset(ref, **kwargs)  # type: ignore[arg-type]
+        load_dataset(ref, **kwargs)
     message = str(info.value)
     assert message.startswith("dataset: ")
     assert "\n" not in message
@@ -242,7 +242,7 @@ def test_cifar_folder_without_batches_says_what_it_expected(tmp_path: Path) -> N
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
-    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stubs type **kwds as bool
+    np.savez(path, **arrays)  # numpy's stubs type **kwds as bool
     return path
 
 
@@ -635,3 +635,20 @@ def test_one_gather_equals_crop_flip_and_cutout_done_one_after_another(
     got, want = _apply(x, aug, d), _augment_step_by_step(x, aug, d)
     # Bit for bit, signed zeros included.
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize(
+    ("kind", "shape", "classes"),
+    [("mnist", (1, 28, 28), 10), ("cifar10", (3, 32, 32), 10), ("cifar100", (3, 32, 32), 100)],
+)
+def test_a_stand_in_reads_as_its_dataset_does(
+    tmp_path: Path, kind: str, shape: tuple[int, ...], classes: int
+) -> None:
+    from runners.engine.standins import write_standin
+
+    folder = write_standin(kind, tmp_path / kind, n_train=20, n_test=10)
+    data = load_dataset(f"{kind}:{folder}", val_fraction=0.1)
+    assert data.input_shape == shape and data.num_classes == classes
+    assert data.x_train.shape[0] + data.x_val.shape[0] == 20 and data.x_test.shape[0] == 10
+    with pytest.raises(ValueError, match="needs 5 training images"):
+        write_standin(kind, tmp_path / "few", n_train=4)

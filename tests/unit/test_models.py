@@ -158,6 +158,16 @@ def test_lenet_structure() -> None:
     bn = build_model("lenet", (1, 8, 8), 10, {"batch_norm": True, "bn_affine": False})
     norms = [m for m in bn.modules() if isinstance(m, NORM_TYPES)]
     assert len(norms) == 3 and not any(m.affine for m in norms)
+    # BitNet's CIFAR-10 LeNet32: 3x3 convs of 256 and 512 filters, dense 1024.
+    wide = build_model(
+        "lenet", (3, 32, 32), 10, {"channels": [256, 512], "dense": 1024, "kernel": 3}
+    )
+    convs = [m for m in wide.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (256, (3, 3), (1, 1)),
+        (512, (3, 3), (1, 1)),
+    ]
+    assert next(m for m in wide.modules() if isinstance(m, nn.Linear)).in_features == 512 * 8 * 8
 
 
 def test_conv6_structure_and_small_inputs() -> None:
@@ -185,6 +195,14 @@ def test_resnet20_parameter_count_and_shortcuts() -> None:
     assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in b.modules()) == 2
     deeper = build_model("resnet20", (3, 32, 32), 10, {"depth": 32, "width": 2})
     assert sum(isinstance(m, nn.Conv2d) for m in deeper.modules()) == 31
+    # The bit-wise training paper's ResNet-20: no BatchNorm anywhere, bare 1x1 projections.
+    bare = build_model("resnet20", (3, 32, 32), 10, {"shortcut": "B", "batch_norm": False})
+    assert not any(isinstance(m, NORM_TYPES) for m in bare.modules())
+    assert sum(isinstance(m, nn.Conv2d) for m in bare.modules()) == 21
+    assert n_params(bare) == n_params(b) - sum(
+        p.numel() for m in b.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()
+    )
+    assert bare(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_wrn_structure() -> None:
@@ -238,6 +256,7 @@ def test_unknown_option() -> None:
         ("conv6", {"width": 0}, "width"),
         ("resnet20", {"depth": 21}, "depth"),
         ("resnet20", {"shortcut": "C"}, "shortcut"),
+        ("lenet", {"kernel": 4}, "kernel"),
         ("wrn", {"width": 0}, "width"),
         ("wrn", {"depth": 22}, "depth"),
     ],

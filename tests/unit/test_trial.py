@@ -208,3 +208,30 @@ def test_a_result_keeps_nan_and_infinities_through_its_json() -> None:
     back = TrialResult.model_validate_json(odd.model_dump_json())
     assert math.isnan(back.test_loss) and back.best_val_loss == math.inf
     assert result.best_val_loss == result.history[result.best_epoch - 1].val_loss
+
+
+@pytest.mark.parametrize("strategy", ["full_precision", "bit_regularization", "weight_fixing"])
+def test_validation_every_n_steps_leaves_the_training_run_unchanged(digits, strategy, tmp_path):
+    cfg = TrialConfig(strategy=strategy, epochs=2, batch_size=256)
+    plain = run_trial(cfg, dataset=digits)
+    curve_cfg = cfg.model_copy(update={"val_every_steps": 2})
+    curved = run_trial(curve_cfg, dataset=digits)
+    steps_per_epoch = math.ceil(digits.x_train.shape[0] / 256)
+    assert [v.step for v in curved.val_steps] == list(range(2, 2 * steps_per_epoch + 1, 2))
+    # The same run: nothing the measurement does draws a random number or moves a weight.
+    assert [h.train_loss for h in curved.history] == [h.train_loss for h in plain.history]
+    assert curved.test_loss == plain.test_loss
+    assert not plain.val_steps
+    # At an epoch's last step the curve measures what the epoch's end does, unless the
+    # strategy changes the weights at the epoch's end (weight_fixing fixes a share of them).
+    end = {v.step: v for v in curved.val_steps}[steps_per_epoch - steps_per_epoch % 2]
+    if strategy != "weight_fixing" and steps_per_epoch % 2 == 0:
+        assert end.val_accuracy == curved.history[0].val_accuracy
+
+    def stop_after_one(record, save):
+        save(tmp_path / "epoch1")
+        return True
+
+    run_trial(curve_cfg, dataset=digits, on_epoch=stop_after_one)
+    resumed = run_trial(curve_cfg, dataset=digits, resume_from=tmp_path / "epoch1")
+    assert resumed.val_steps == curved.val_steps
