@@ -20,6 +20,8 @@ SWEEP_ID_ANCHORED: Final = rf"^{SWEEP_ID}$"
 NOTE_TAG: Final = "mlflow.note.content"
 # The size of a trial's deployed (packed) weights file, beside `weight_bytes`.
 DEPLOYED_FILE_METRIC: Final = "deployed_file_bytes"
+# A trial's numeric params logged again as metrics (`param/bits`), in a chart section of their own.
+PARAM_METRIC_PREFIX: Final = "param/"
 # Validation accuracy at optimizer steps, logged when a trial sets `val_every_steps`.
 STEP_CURVE_METRIC: Final = "val_accuracy_by_step"
 # MLflow's experiment kind (the UI's "experiment type"): a benchmark is a model-training one.

@@ -334,6 +334,23 @@ def _decoded(
     return weights, codes, info
 
 
+def packed_model_spec(path: Path) -> ModelSpec:
+    """The model a packed export rebuilds, read from the file's header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        spec = json.loads(meta["model"])
+        return ModelSpec(
+            name=str(spec["name"]),
+            options=dict(spec["options"]),
+            defaults=dict(spec["defaults"]),
+            input_shape=tuple(int(d) for d in spec["input_shape"]),
+            num_classes=int(spec["num_classes"]),
+        )
+    except Exception as e:  # a damaged header, an unpacked export, missing keys
+        raise ValueError(f"{path}: no packed model in its header ({e})") from None
+
+
 def load_deployed(path: Path) -> nn.Module:
     """The float model a packed export stands for: built by name, every tensor loaded.
 

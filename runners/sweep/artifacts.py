@@ -1,5 +1,6 @@
 """The sweep's board as artifacts of its parent run: leaderboard.csv, leaderboard.md, trials.csv
-and pareto.png, written when the sweep ends (and by `bitsweep rerun`'s sweep of one trial)."""
+and pareto.png (also as the run's `pareto` image), written when the sweep ends (and by
+`bitsweep rerun`'s sweep of one trial)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from runners.board import (
     MAX_LIMIT,
@@ -64,6 +67,9 @@ def log_leaderboard(
         board_plot(board.rows, folder / "pareto.png", f"{title}\nsweep {sweep_id}")
         for name in ("leaderboard.csv", "leaderboard.md", "trials.csv", "pareto.png"):
             client.log_artifact(parent_run_id, str(folder / name))
+        # The plot again as an image of the run: MLflow's chart view shows it with the metrics.
+        with Image.open(folder / "pareto.png") as image:
+            client.log_image(parent_run_id, image.convert("RGB"), key="pareto", step=0)
     return {
         "board": board,
         "rows": flat,

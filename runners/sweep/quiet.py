@@ -5,6 +5,7 @@ sees bitsweep's own lines (its progress table or events, its errors) and one fin
 Ray logs through its own handlers on the `ray` logger (its token-auth notice at every start,
 Tune's advice to call `Tuner.restore` after Ctrl-C, which a bitsweep user does with
 `--resume`, and the files a resumed experiment no longer finds); Optuna through `optuna`'s;
+MLflow through `mlflow`'s (a new store's "Creating initial MLflow database tables");
 `warnings.warn` (Optuna's ExperimentalWarning) through `py.warnings` once captured. Their
 handlers that write to the terminal are set aside and given back when the sweep ends.
 """
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-LOGGERS = ("ray", "optuna", "py.warnings")
+LOGGERS = ("ray", "optuna", "mlflow", "py.warnings")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

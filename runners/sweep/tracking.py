@@ -31,6 +31,7 @@ from schemas.names import (
     EPOCH_METRICS,
     EXPERIMENT_KIND_TAG,
     NOTE_TAG,
+    PARAM_METRIC_PREFIX,
     STEP_CURVE_METRIC,
     TRAINING_KIND,
     Attr,
@@ -141,9 +142,11 @@ def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> 
     return runs[0] if runs else None
 
 
-def param_metric_key(name: str, result_keys: set[str]) -> str:
-    """The metric key under which a numeric param is logged (prefixed only on a clash)."""
-    return f"param.{name}" if name in result_keys else name
+def param_metric_key(name: str) -> str:
+    """The metric key under which a numeric param is logged again, for numeric filters such as
+    ``metrics.`param/bits` <= 4`` (a param is a string to MLflow's search). The `param/`
+    prefix puts them in a section of their own in MLflow's charts, after the leaderboard's."""
+    return f"{PARAM_METRIC_PREFIX}{name}"
 
 
 class TrialLogger(tune.Callback):
@@ -317,7 +320,7 @@ class TrialLogger(tune.Callback):
                 self._done.add(tid)
                 return
             result = TrialResult.model_validate_json((final / RESULT_FILE).read_text())
-            self._log_result(run_id, result, final)
+            self._log_result(run_id, result, final, tid)
         self.client.set_terminated(run_id, status="FINISHED")
         self._done.add(tid)
 
@@ -338,14 +341,13 @@ class TrialLogger(tune.Callback):
 
     # -- final results -------------------------------------------------------------------------
 
-    def _log_result(self, run_id: str, result: TrialResult, folder: Path) -> None:
+    def _log_result(self, run_id: str, result: TrialResult, folder: Path, tid: str) -> None:
         now = int(time.time() * 1000)
         metrics = result.metrics()
         entries = [Metric(k, float(v), now, 0) for k, v in metrics.items() if finite(v)]
-        keys = set(metrics)
         for k, v in sorted(resolved_params(result.config).items()):
             if finite(v):
-                entries.append(Metric(param_metric_key(k, keys), float(v), now, 0))
+                entries.append(Metric(param_metric_key(k), float(v), now, 0))
         entries.append(Metric("epochs_run", float(result.epochs_run), now, 0))
         entries.append(Metric("best_epoch", float(result.best_epoch), now, 0))
         entries += [  # a curve at the optimizer step, when the trial measured one
@@ -369,6 +371,17 @@ class TrialLogger(tune.Callback):
         self.client.log_artifact(run_id, str(folder / RESULT_FILE))
         if self.export_weights and (folder / WEIGHTS_FILE).exists():
             self.client.log_artifact(run_id, str(folder / WEIGHTS_FILE))
+            # The same file as a logged model: MLflow's Models view, and loading by model id.
+            from runners.sweep.logged_model import log_deployed_model
+
+            log_deployed_model(
+                self.client,
+                self.experiment_id,
+                run_id,
+                folder / WEIGHTS_FILE,
+                name=f"{self.strategy}-{tid}",
+                tags={Tag.STRATEGY: self.strategy, Tag.TRIAL_ID: tid, Tag.SWEEP_ID: self.sweep_id},
+            )
 
 
 def run_description(result: TrialResult) -> str:

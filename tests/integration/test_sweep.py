@@ -124,7 +124,8 @@ def test_trial_runs_carry_design_tags_params_and_metrics(sqlite_sweep):
         "unique_weights",
         "sparsity",
     } <= set(metrics)
-    assert metrics["lr"] == pytest.approx(float(params["lr"]))  # numeric params as metrics too
+    assert metrics["param/lr"] == pytest.approx(float(params["lr"]))  # numeric params as metrics
+    assert "lr" not in metrics and "bits" not in metrics  # in their own section, not beside them
 
 
 def test_per_epoch_metrics_have_one_step_per_epoch(sqlite_sweep):
@@ -498,3 +499,31 @@ def test_selection_cannot_read_the_test_split(tmp_path):
         assert a.status == b.status == "confirmed" and a.test.n == b.test.n == 2
         # Reported on the test split, as it is: chance (0.1 of 10 classes) once shuffled.
         assert b.test.mean < 0.2 and a.test.mean > b.test.mean
+
+
+def test_each_finished_trial_is_a_logged_model_that_loads_and_scores_its_test_accuracy(
+    sqlite_sweep,
+):
+    import mlflow.pyfunc
+
+    from runners.engine.data import load_dataset
+
+    _, plan, summary = sqlite_sweep
+    client = MlflowClient(plan.tracking_uri)
+    data = load_dataset("digits")
+    for run in children(client, summary.parent_run_id):
+        (output,) = run.outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert model.source_run_id == run.info.run_id
+        assert model.tags["bitsweep.trial_id"] == run.data.tags["bitsweep.trial_id"]
+        loaded = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
+        logits = loaded.predict(data.x_test.numpy())
+        accuracy = float((logits.argmax(1) == data.y_test.numpy()).mean())
+        assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-12)
+
+
+def test_the_parent_run_shows_the_pareto_plot_as_an_image(sqlite_sweep):
+    _, plan, summary = sqlite_sweep
+    client = MlflowClient(plan.tracking_uri)
+    images = [a.path for a in client.list_artifacts(summary.parent_run_id, "images")]
+    assert any(p.startswith("images/pareto+step+0") and p.endswith(".png") for p in images)

@@ -253,3 +253,12 @@ def test_bench_selection_bias_verdicts_check_what_the_board_claims(load):
     after = bench.ranking(rows, "after")
     assert after.order == ["a", "b", "c"] and after.independent == ["b", "a", "c"]
     assert (after.alike, after.pairs) == (2, 3)
+
+
+def test_bench_logged_model_smoke_prints_a_table(load, capsys):
+    bench = load("bench_logged_model")
+    assert bench.main(["--smoke"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert rows[0].startswith("| model | weights file | trial (1 epoch) |") and len(rows) == 3
+    cells = [c.strip() for c in rows[2].split("|")[1:-1]]
+    assert cells[0] == "mlp" and cells[4].endswith(" ms")
