@@ -504,6 +504,7 @@ def test_selection_cannot_read_the_test_split(tmp_path):
 def test_each_finished_trial_is_a_logged_model_that_loads_and_scores_its_test_accuracy(
     sqlite_sweep,
 ):
+    import mlflow
     import mlflow.pyfunc
 
     from runners.engine.data import load_dataset
@@ -511,15 +512,20 @@ def test_each_finished_trial_is_a_logged_model_that_loads_and_scores_its_test_ac
     _, plan, summary = sqlite_sweep
     client = MlflowClient(plan.tracking_uri)
     data = load_dataset("digits")
-    for run in children(client, summary.parent_run_id):
-        (output,) = run.outputs.model_outputs
-        model = client.get_logged_model(output.model_id)
-        assert model.source_run_id == run.info.run_id
-        assert model.tags["bitsweep.trial_id"] == run.data.tags["bitsweep.trial_id"]
-        loaded = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
-        logits = loaded.predict(data.x_test.numpy())
-        accuracy = float((logits.argmax(1) == data.y_test.numpy()).mean())
-        assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-12)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(plan.tracking_uri)  # `models:/<id>` is looked up in this store
+    try:
+        for run in children(client, summary.parent_run_id):
+            (output,) = run.outputs.model_outputs
+            model = client.get_logged_model(output.model_id)
+            assert model.source_run_id == run.info.run_id
+            assert model.tags["bitsweep.trial_id"] == run.data.tags["bitsweep.trial_id"]
+            loaded = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
+            logits = loaded.predict(data.x_test.numpy())
+            accuracy = float((logits.argmax(1) == data.y_test.numpy()).mean())
+            assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-12)
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def test_the_parent_run_shows_the_pareto_plot_as_an_image(sqlite_sweep):
