@@ -4,15 +4,13 @@ claim fails here. "float" is full_precision trained with the strategy's own reci
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from scripts import load_script
 
 from runners.engine.trial import train
 from schemas.trial import TrialConfig, TrialResult
@@ -20,17 +18,7 @@ from schemas.trial import TrialConfig, TrialResult
 pytestmark = pytest.mark.slow
 
 
-def _reproduce() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
-    spec = importlib.util.spec_from_file_location("bitsweep_reproduce", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-REPRODUCE = _reproduce()
+REPRODUCE = load_script("reproduce", "bitsweep_reproduce")
 
 
 def _config(strategy: str, epochs: int, **kw: Any) -> TrialConfig:

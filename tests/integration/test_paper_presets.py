@@ -5,14 +5,12 @@ recipe and is measured. What the stand-ins measure is not checked: it means noth
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from scripts import load_script
 
 from runners.engine.data import load_dataset
 from runners.engine.models import build_model
@@ -20,17 +18,7 @@ from runners.engine.models import build_model
 pytestmark = pytest.mark.slow
 
 
-def _reproduce() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
-    spec = importlib.util.spec_from_file_location("bitsweep_reproduce_presets", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-R = _reproduce()
+R = load_script("reproduce", "bitsweep_reproduce_presets")
 
 
 @pytest.fixture(scope="module")
