@@ -20,10 +20,15 @@ SWEEP_ID_ANCHORED: Final = rf"^{SWEEP_ID}$"
 NOTE_TAG: Final = "mlflow.note.content"
 # The size of a trial's deployed (packed) weights file, beside `weight_bytes`.
 DEPLOYED_FILE_METRIC: Final = "deployed_file_bytes"
-# A trial's numeric params logged again as metrics (`param/bits`), in a chart section of their own.
-PARAM_METRIC_PREFIX: Final = "param/"
+# A trial's seed, a param, logged again as a metric: the board reads it with the run's numbers.
+SEED_METRIC: Final = "seed"
 # Validation accuracy at optimizer steps, logged when a trial sets `val_every_steps`.
 STEP_CURVE_METRIC: Final = "val_accuracy_by_step"
+# A view of MLflow's run table saved on a benchmark's experiment (MLflow's "shared view": the
+# tag `mlflow.sharedViewState.<key>`, opened by `?viewStateShareKey=<key>` on its runs page):
+# the confirmation runs grouped by strategy with their means, the board's columns.
+SHARED_VIEW_TAG_PREFIX: Final = "mlflow.sharedViewState."
+BOARD_VIEW_KEY: Final = "bitsweep-board"
 # MLflow's experiment kind (the UI's "experiment type"): a benchmark is a model-training one.
 EXPERIMENT_KIND_TAG: Final = "mlflow.experimentKind"
 TRAINING_KIND: Final = "custom_model_development"

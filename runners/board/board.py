@@ -35,7 +35,7 @@ from runners.board.selection import select
 from runners.board.stats import ALPHA, Estimate, difference, estimate, welch_p
 from schemas.names import (
     LEADERBOARD_COLUMNS,
-    PARAM_METRIC_PREFIX,
+    SEED_METRIC,
     TEST_METRICS,
     TRIAL_METRICS,
     Phase,
@@ -47,9 +47,7 @@ FLOAT = "full_precision"  # the baseline whose gap each row reports
 COSTS = tuple(c for c in LEADERBOARD_COLUMNS if c not in ("test_accuracy", "train_seconds"))
 # The metrics a board reads of each trial run.
 READ_METRICS = (*TRIAL_METRICS, "epochs_run")
-# A trial's seed is a param, and a metric of its run too: `param/seed` (`seed` in older runs).
-SEED_KEYS = (f"{PARAM_METRIC_PREFIX}seed", "seed")
-READ_KEYS = (*READ_METRICS, *SEED_KEYS)
+READ_KEYS = (*READ_METRICS, SEED_METRIC)  # a trial's seed is a param, and a metric of its run
 LEGACY = "recorded before 0.2"
 
 
@@ -227,10 +225,6 @@ def _value(metrics: dict[str, float], key: str) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def _seed(metrics: dict[str, float]) -> float | None:
-    return next((v for k in SEED_KEYS if (v := _value(metrics, k)) is not None), None)
-
-
 def budgets(trials: Iterable[TrialRecord]) -> dict[str, Budget]:
     """Each strategy's search budget from its search runs that are not RUNNING."""
     acc: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
@@ -341,7 +335,7 @@ def _row(
         budget=spent.get(chosen.strategy, Budget()),
         values=values,
         confirm_run_ids=[t.run_id for t in measured if t is not chosen],
-        seeds=[int(v) for t in measured if (v := _seed(t.metrics)) is not None],
+        seeds=[int(v) for t in measured if (v := _value(t.metrics, SEED_METRIC)) is not None],
         selected=dict(chosen.metrics),
     )
 

@@ -51,6 +51,7 @@ class SweepSummary:
     pareto: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     selection: str = ""
     """How the board was measured, in words (its title's tail)."""
+    experiment_id: str = ""
 
     @property
     def pareto_plot(self) -> str:
@@ -324,6 +325,7 @@ class SweepRecord:
             objectives=[f"{o.metric}:{o.mode}" for o in spec.objectives],
             pareto=pareto,
             selection=board["board"].title().split(": ", 1)[-1],
+            experiment_id=state.experiment_id,
         )
 
 

@@ -57,6 +57,7 @@ from runners.sweep.signals import (
 )
 from runners.sweep.space import SpecError
 from runners.sweep.state import SweepState, find_resumable
+from runners.sweep.tracking import board_view_url
 from runners.sweep.worker import trainable
 from schemas.home import Home
 
@@ -387,6 +388,7 @@ __all__ = [
     "SweepState",
     "SweepSummary",
     "TrialEvent",
+    "board_view_url",
     "data_home",
     "find_resumable",
     "plan_sweep",

@@ -27,11 +27,13 @@ from ray import tune
 from runners.sweep.worker import FINAL_KEY, RESULT_FILE, WEIGHTS_FILE, confirms, split_config
 from schemas.errors import FieldError
 from schemas.names import (
+    BOARD_VIEW_KEY,
     DEPLOYED_FILE_METRIC,
     EPOCH_METRICS,
     EXPERIMENT_KIND_TAG,
     NOTE_TAG,
-    PARAM_METRIC_PREFIX,
+    SEED_METRIC,
+    SHARED_VIEW_TAG_PREFIX,
     STEP_CURVE_METRIC,
     TRAINING_KIND,
     Attr,
@@ -71,6 +73,35 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
     return str(client.create_experiment(name, artifact_location=location))
 
 
+# The board as a view of MLflow's run table (`SHARED_VIEW_TAG_PREFIX`): the runs measured on
+# fresh seeds, grouped by strategy with their means, the board's columns. The keys are those of
+# the view state MLflow 3.17's UI saves (search facets and table state); a group-by written as
+# "tag.<aggregate>.<tag key>".
+BOARD_VIEW: dict[str, Any] = {
+    "searchFilter": f"tags.`{Tag.PHASE}` = '{Phase.CONFIRM}'",
+    "orderByKey": "attributes.start_time",
+    "orderByAsc": False,
+    "groupBy": f"tag.average.{Tag.STRATEGY}",
+    "selectedColumns": [
+        f"metrics.`{m}`"
+        for m in (
+            "test_accuracy",
+            "weight_bytes",
+            "mean_bits",
+            "weight_entropy_bits",
+            "unique_weights",
+            "sparsity",
+            "best_val_accuracy",
+        )
+    ],
+}
+
+
+def board_view_url(experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """Where MLflow's UI at `ui` shows `BOARD_VIEW` of an experiment."""
+    return f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={BOARD_VIEW_KEY}"
+
+
 def describe_experiment(
     client: MlflowClient, experiment_id: str, *, dataset: str, model: str
 ) -> None:
@@ -80,6 +111,9 @@ def describe_experiment(
     exp = client.get_experiment(experiment_id)
     if exp.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    view = json.dumps(BOARD_VIEW, sort_keys=True)
+    if exp.tags.get(SHARED_VIEW_TAG_PREFIX + BOARD_VIEW_KEY) != view:
+        client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + BOARD_VIEW_KEY, view)
     if exp.tags.get(NOTE_TAG):
         return
     text = (
@@ -92,7 +126,10 @@ def describe_experiment(
         "strategy's selected config is trained again on fresh seeds (`bitsweep.phase = "
         "confirm`), and a sweep's leaderboard.md reports their mean test accuracy with its 95% "
         "interval. Sort runs by test_accuracy here and you select on the test split: read "
-        "leaderboard.md or `bitsweep leaderboard` instead."
+        "leaderboard.md or `bitsweep leaderboard` instead. MLflow's view of the board: the "
+        f"runs page with `?viewStateShareKey={BOARD_VIEW_KEY}` groups the confirmation runs "
+        "by strategy with their means (every sweep's together: add "
+        "`and tags.`bitsweep.sweep_id` = '...'` to the filter for one)."
     )
     client.set_experiment_tag(experiment_id, NOTE_TAG, text)
     client.set_experiment_tag(experiment_id, Tag.DATASET, dataset)
@@ -140,13 +177,6 @@ def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> 
     if len(runs) > 1:
         log.warning("several runs carry %s; continuing the first", tags)
     return runs[0] if runs else None
-
-
-def param_metric_key(name: str) -> str:
-    """The metric key under which a numeric param is logged again, for numeric filters such as
-    ``metrics.`param/bits` <= 4`` (a param is a string to MLflow's search). The `param/`
-    prefix puts them in a section of their own in MLflow's charts, after the leaderboard's."""
-    return f"{PARAM_METRIC_PREFIX}{name}"
 
 
 class TrialLogger(tune.Callback):
@@ -345,9 +375,9 @@ class TrialLogger(tune.Callback):
         now = int(time.time() * 1000)
         metrics = result.metrics()
         entries = [Metric(k, float(v), now, 0) for k, v in metrics.items() if finite(v)]
-        for k, v in sorted(resolved_params(result.config).items()):
-            if finite(v):
-                entries.append(Metric(param_metric_key(k), float(v), now, 0))
+        # Params stay params (MLflow charts a numeric metric as a one-bar chart among the
+        # board's): the seed alone is a metric too, read by the board with the run's numbers.
+        entries.append(Metric(SEED_METRIC, float(result.config.seed), now, 0))
         entries.append(Metric("epochs_run", float(result.epochs_run), now, 0))
         entries.append(Metric("best_epoch", float(result.best_epoch), now, 0))
         entries += [  # a curve at the optimizer step, when the trial measured one

@@ -127,7 +127,7 @@ def sweep(
         stamp = time.strftime("%H:%M:%S")
         err.print(f"{stamp} {event.line()}", markup=False, highlight=False, soft_wrap=True)
 
-    from runners.sweep.run import SweepInterrupted
+    from runners.sweep.run import SweepInterrupted, board_view_url
 
     if live is not None:
         live.start()
@@ -170,6 +170,11 @@ def sweep(
         soft_wrap=True,
     )
     out.print(f"browse: mlflow ui --backend-store-uri {masked(plan.tracking_uri)}", soft_wrap=True)
+    if summary.experiment_id:
+        out.print(
+            f"the board as an MLflow view: {board_view_url(summary.experiment_id)}",
+            soft_wrap=True,
+        )
 
 
 # (header, cell of a board row): a board as a table of at most 160 columns.

@@ -124,8 +124,9 @@ def test_trial_runs_carry_design_tags_params_and_metrics(sqlite_sweep):
         "unique_weights",
         "sparsity",
     } <= set(metrics)
-    assert metrics["param/lr"] == pytest.approx(float(params["lr"]))  # numeric params as metrics
-    assert "lr" not in metrics and "bits" not in metrics  # in their own section, not beside them
+    # A param is not also a metric (MLflow would chart it among the board's), but the seed.
+    assert metrics["seed"] == float(params["seed"])
+    assert not {"lr", "bits", "batch_size", "param/lr", "param.lr"} & set(metrics)
 
 
 def test_per_epoch_metrics_have_one_step_per_epoch(sqlite_sweep):
@@ -533,3 +534,27 @@ def test_the_parent_run_shows_the_pareto_plot_as_an_image(sqlite_sweep):
     client = MlflowClient(plan.tracking_uri)
     images = [a.path for a in client.list_artifacts(summary.parent_run_id, "images")]
     assert any(p.startswith("images/pareto+step+0") and p.endswith(".png") for p in images)
+
+
+def test_the_experiment_holds_mlflows_view_of_the_board(sqlite_sweep):
+    import json
+
+    from runners.sweep.tracking import BOARD_VIEW, board_view_url
+    from schemas.names import TRIAL_METRICS
+
+    _, plan, summary = sqlite_sweep
+    client = MlflowClient(plan.tracking_uri)
+    exp = client.get_experiment(summary.experiment_id)
+    view = json.loads(exp.tags["mlflow.sharedViewState.bitsweep-board"])
+    assert view == BOARD_VIEW
+    # The view's filter and columns name what the runs hold: the confirmation runs, and
+    # metrics every one of them has.
+    confirm = client.search_runs([exp.experiment_id], view["searchFilter"])
+    assert len(confirm) == 3 and {r.data.tags["bitsweep.phase"] for r in confirm} == {"confirm"}
+    columns = [c.removeprefix("metrics.`").removesuffix("`") for c in view["selectedColumns"]]
+    assert set(columns) <= set(TRIAL_METRICS)
+    assert all(set(columns) <= set(r.data.metrics) for r in confirm)
+    assert view["groupBy"] == "tag.average.bitsweep.strategy"
+    assert board_view_url(exp.experiment_id).endswith(
+        f"/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=bitsweep-board"
+    )
