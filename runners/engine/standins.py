@@ -18,7 +18,7 @@ CLASSES: dict[str, int] = {"mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 def write_standin(
-    kind: str, folder: Path, *, n_train: int = 20, n_test: int = 10, seed: int = 0
+    kind: str, folder: Path, *, n_train: int = 10, n_test: int = 5, seed: int = 0
 ) -> Path:
     """Write a stand-in of `kind` with `n_train` training and `n_test` test images into
     `folder` (labels 0, 1, 2, ... in turn: MNIST, whose classes are read off its labels, needs
