@@ -98,8 +98,12 @@ BOARD_VIEW: dict[str, Any] = {
 
 
 def board_view_url(experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
-    """Where MLflow's UI at `ui` shows `BOARD_VIEW` of an experiment."""
-    return f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={BOARD_VIEW_KEY}"
+    """Where MLflow's UI at `ui` shows `BOARD_VIEW` of an experiment, in its "Model training"
+    workspace (a browser MLflow has not seen opens its GenAI one, whatever the experiment)."""
+    return (
+        f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={BOARD_VIEW_KEY}"
+        "&workflowType=machine_learning"
+    )
 
 
 def describe_experiment(
@@ -127,7 +131,8 @@ def describe_experiment(
         "confirm`), and a sweep's leaderboard.md reports their mean test accuracy with its 95% "
         "interval. Sort runs by test_accuracy here and you select on the test split: read "
         "leaderboard.md or `bitsweep leaderboard` instead. MLflow's view of the board: the "
-        f"runs page with `?viewStateShareKey={BOARD_VIEW_KEY}` groups the confirmation runs "
+        f"runs page with `?viewStateShareKey={BOARD_VIEW_KEY}&workflowType=machine_learning` "
+        "groups the confirmation runs "
         "by strategy with their means (every sweep's together: add "
         "`and tags.`bitsweep.sweep_id` = '...'` to the filter for one)."
     )

@@ -557,4 +557,5 @@ def test_the_experiment_holds_mlflows_view_of_the_board(sqlite_sweep):
     assert view["groupBy"] == "tag.average.bitsweep.strategy"
     assert board_view_url(exp.experiment_id).endswith(
         f"/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=bitsweep-board"
+        "&workflowType=machine_learning"
     )
