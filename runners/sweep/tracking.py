@@ -213,6 +213,10 @@ class TrialLogger(tune.Callback):
         self.study_name = study_name
         self._optuna: Any = None
         self.inputs = list(inputs or [])
+        if export_weights:
+            # MLflow's model code takes a while to import (0.5 s on an idle machine): once, as
+            # the sweep starts, not as the first trial ends while the driver follows the rest.
+            import runners.sweep.logged_model  # noqa: F401
         self.export_weights = export_weights
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()
