@@ -188,7 +188,11 @@ def test_a_sweep_shows_its_wait_for_busy_resources_then_runs(local_ray, tmp_path
         plan_sweep(spec, home=tmp_path / "data"), on_progress=on_progress, on_event=on_event
     )
     assert summary.completed == 2
-    assert [e.kind for e in events][:2] == ["waiting", "started"]
+    # The wait is shown first, then the trials start; a loaded machine may note the wait
+    # again (the other trial's) before the resources free up.
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "waiting" and "started" in kinds
+    assert set(kinds[: kinds.index("started")]) == {"waiting"}
     assert events[0].detail == (
         "for busy resources: each trial asks 1 CPU; free now 0 of 2 CPU, "
         "with 0 of the sweep's trials running"
