@@ -241,6 +241,23 @@ def _limits_failed(m: dict[str, list[float]]) -> str:
     )
 
 
+GAIN_RULE = "the paired gain Δ bitnet - float at least 0.01 and above 0 by more than 2 SE"
+
+
+def gain(bitnet: str, float_: str) -> Measure:
+    """BitNet's and float's test accuracy (trials `bitnet` and `float_`) and their paired
+    difference, for the rule `GAIN_RULE`."""
+    return lambda r: {
+        "bitnet acc": _acc(r[bitnet]),
+        "float acc": _acc(r[float_]),
+        f"{DIFF}bitnet - float": _acc(r[bitnet]) - _acc(r[float_]),
+    }
+
+
+def gain_holds(m: dict[str, list[float]]) -> bool:
+    return above(m[f"{DIFF}bitnet - float"], 0.01)
+
+
 def steps_to(r: TrialResult, target: float) -> float:
     """The first optimizer step at which `r`'s validation curve (`val_steps`) reaches
     `target`; infinity when it never does."""
@@ -288,6 +305,21 @@ def _claims() -> list[Claim]:
     def wfn(delta: float) -> Trial:
         params = {"delta": delta, "init_checkpoint": CHECKPOINT, "epochs_per_step": 3}
         return Trial(f"delta {delta}", "weight_fixing", epochs=30, params=params)
+
+    def gain_claim(id_: str, claim: str, bitnet: Trial, float_: Trial) -> Claim:
+        """BitNet's end accuracy against float's, each recipe's own row."""
+        return Claim(
+            id=id_,
+            paper="bit_regularization",
+            claim=claim,
+            paper_value="about 2 points less test error than the float LeNet32 (MNIST, "
+            "CIFAR-10), in about half the iterations",
+            trials=(bitnet, float_),
+            measure=gain(bitnet.label, float_.label),
+            rule=GAIN_RULE,
+            holds=gain_holds,
+            failed="not reproduced: BitNet and float reach the same level",
+        )
 
     def layer_bits(label: str, r: Results) -> dict[str, float]:
         return {f"{label} bits layer {i}": b for i, b in enumerate(_bits(r[label]), 1)}
@@ -477,42 +509,21 @@ def _claims() -> list[Claim]:
             ),
             failed="not reproduced: the mean bits, and so the compression, are the eps threshold's",
         ),
-        Claim(
-            id="bn-acc",
-            paper="bit_regularization",
-            claim="BitNet ends with lower test error than the float net, under bitsweep's "
-            "recipe (SGD momentum 0.9 at lr 0.05 halved every 200 steps, batch 200; MLP tanh, "
-            "mnist-5k, 20 epochs)",
-            paper_value="about 2 points less test error than the float LeNet32 (MNIST, "
-            "CIFAR-10), in about half the iterations",
-            trials=(bn, bn_float),
-            measure=lambda r: {
-                "bitnet acc": _acc(r["bitnet"]),
-                "float acc": _acc(r["float"]),
-                f"{DIFF}bitnet - float": _acc(r["bitnet"]) - _acc(r["float"]),
-            },
-            rule="the paired gain Δ bitnet - float at least 0.01 and above 0 by more than 2 SE",
-            holds=lambda m: above(m[f"{DIFF}bitnet - float"], 0.01),
-            failed="not reproduced: BitNet and float reach the same level",
+        gain_claim(
+            "bn-acc",
+            "BitNet ends with lower test error than the float net, under bitsweep's recipe (SGD "
+            "momentum 0.9 at lr 0.05 halved every 200 steps, batch 200; MLP tanh, mnist-5k, 20 "
+            "epochs)",
+            bn,
+            bn_float,
         ),
-        Claim(
-            id="bn-acc-paper",
-            paper="bit_regularization",
-            claim="the same, under the paper's recipe: plain SGD at mu = 1e-3 for W, halved "
-            f"every 200 steps, batch 200 (MLP tanh, mnist-5k, {PAPER_SGD_EPOCHS} epochs = "
-            "1,008 steps, by which the paper's schedule has spent 97 % of its learning-rate sum)",
-            paper_value="about 2 points less test error than the float LeNet32 (MNIST, "
-            "CIFAR-10), in about half the iterations",
-            trials=(bn_paper, bn_paper_float),
-            measure=lambda r: {
-                "bitnet acc": _acc(r["bitnet, paper's SGD"]),
-                "float acc": _acc(r["float, paper's SGD"]),
-                f"{DIFF}bitnet - float": _acc(r["bitnet, paper's SGD"])
-                - _acc(r["float, paper's SGD"]),
-            },
-            rule="the paired gain Δ bitnet - float at least 0.01 and above 0 by more than 2 SE",
-            holds=lambda m: above(m[f"{DIFF}bitnet - float"], 0.01),
-            failed="not reproduced: BitNet and float reach the same level",
+        gain_claim(
+            "bn-acc-paper",
+            "the same, under the paper's recipe: plain SGD at mu = 1e-3 for W, halved every 200 "
+            f"steps, batch 200 (MLP tanh, mnist-5k, {PAPER_SGD_EPOCHS} epochs = 1,008 steps, by "
+            "which the paper's schedule has spent 97 % of its learning-rate sum)",
+            bn_paper,
+            bn_paper_float,
         ),
         Claim(
             id="bn-speed",
@@ -754,9 +765,7 @@ def _paper_claims() -> list[Claim]:
             },
             rule="Δ bitnet - float at least 0.01 and above 0 by more than 2 SE, and BitNet's "
             "steps at most 0.6 of float's (mean ratio)",
-            holds=lambda m: (
-                above(m[f"{DIFF}bitnet - float"], 0.01) and _mean(m["steps ratio, paper's"]) <= 0.6
-            ),
+            holds=lambda m: gain_holds(m) and _mean(m["steps ratio, paper's"]) <= 0.6,
         )
 
     # wrn_1bit's protocol, and exact_binary on it: WRN-20-10, SGD 0.1 momentum 0.9, weight
@@ -1095,27 +1104,20 @@ def verdict(claim: Claim, values: dict[str, list[float]], ok: bool) -> str:
     return f"**no**: {claim.failed if isinstance(claim.failed, str) else claim.failed(values)}"
 
 
+def _git(*args: str) -> str:
+    """What `git ARGS` prints in the checkout, stripped; raises where git fails."""
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+
+
 def provenance() -> tuple[str, str]:
     """(the commit the report is made from, with "-dirty" when the tree has changes, or
     "unknown" outside git; the date, UTC)."""
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
+        head = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown", date
     return (head + "-dirty" if dirty else head) or "unknown", date
