@@ -1,8 +1,9 @@
 """What a bitsweep sweep costs beside a plain in-process Optuna loop doing the same trials.
 
 Both train the same trials with the same engine on the same machine: one strategy on
-`digits`/`mlp`, E epochs each, TPE choosing the learning rate. The plain loop runs them one
-after another in this process with an in-memory study and no records. bitsweep runs them as
+`digits`/`mlp`, E epochs each, TPE choosing the learning rate, and no others (the sweep's
+confirmation is off). The plain loop runs them one after another in this process with an
+in-memory study and no records. bitsweep runs them as
 `bitsweep sweep SPEC`, a fresh process from command start to exit, as a user runs it: local
 Ray, an Optuna study and an MLflow store in SQLite, a checkpoint per epoch, the deployed
 weights, the leaderboard and the Pareto plot.
@@ -76,6 +77,9 @@ def sweep_command(
         "epochs": epochs,
         "trials_per_strategy": trials,
         "seed": seed,
+        # The plain loop trains the search's trials alone: so does the sweep (no confirmation
+        # seeds after the search).
+        "confirmation": {"enabled": False},
         "strategies": [
             {"name": strategy, "search": {"lr": [1e-4, 3e-2]}, "search_defaults": False}
         ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,9 +62,11 @@ def test_bench_step_cost_smoke_prints_a_table(load, capsys, monkeypatch):
 
 
 @pytest.mark.system  # starts real processes
-def test_bench_sweep_overhead_smoke_prints_a_table(load, capsys):
+def test_bench_sweep_overhead_smoke_prints_a_table(load, capsys, tmp_path):
     bench = load("bench_sweep_overhead")
-    assert bench.main(["--smoke"]) == 0
+    assert bench.main(["--smoke", "--json", str(tmp_path / "r.json")]) == 0
+    # The sweep trains the plain loop's trials and no confirmation seeds beside them.
+    assert json.loads((tmp_path / "r.json").read_text())["completed"] == 2
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert rows[0].startswith("| run | plain Optuna | bitsweep | speed-up |")
     assert len(rows) == 3
