@@ -95,10 +95,27 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    # The training split's statistics every split was standardized with, `x = (raw - mean) /
+    # std`, per channel (images) or per feature; None where the splits came standardized.
+    input_mean: torch.Tensor | None = None
+    input_std: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def standardization(self) -> dict[str, list[Any]] | None:
+        """`input_mean` and `input_std` as JSON lists with their shape (broadcast against one
+        input), for an export whose model takes inputs as the dataset's files hold them."""
+        if self.input_mean is None or self.input_std is None:
+            return None
+        mean, std = self.input_mean.detach().cpu(), self.input_std.detach().cpu()
+        return {
+            "shape": list(mean.shape),
+            "mean": mean.reshape(-1).tolist(),
+            "std": std.reshape(-1).tolist(),
+        }
 
     def to(self, device: torch.device | str) -> Dataset:
         """A new Dataset with every tensor on `device`."""
@@ -617,6 +634,8 @@ def _assemble(name: str, raw: _Raw, val_fraction: float) -> Dataset:
         x_test=x_test,
         y_test=torch.from_numpy(np.array(raw.y_test, dtype=np.int64)),
         num_classes=raw.num_classes,
+        input_mean=mean[0],
+        input_std=std[0],
     )
 
 

@@ -45,6 +45,9 @@ class ModelSpec:
     defaults: dict[str, Any]
     input_shape: tuple[int, ...]
     num_classes: int
+    # How the inputs were standardized in training (`Dataset.standardization`): shape, mean,
+    # std. None: the model takes standardized inputs.
+    standardization: dict[str, list[Any]] | None = None
 
 
 # -- bit packing ------------------------------------------------------------------------------
@@ -183,6 +186,11 @@ def save_weights(
                 "defaults": model_spec.defaults,
                 "input_shape": list(model_spec.input_shape),
                 "num_classes": model_spec.num_classes,
+                **(
+                    {"standardization": model_spec.standardization}
+                    if model_spec.standardization is not None
+                    else {}
+                ),
             },
             sort_keys=True,
         )
@@ -193,10 +201,17 @@ def save_weights(
 
 
 def save_trained(
-    path: Path, trained: Any, input_shape: tuple[int, ...], num_classes: int, *, packed: bool
+    path: Path,
+    trained: Any,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    packed: bool,
+    standardization: dict[str, list[Any]] | None = None,
 ) -> int:
     """Export a finished trial (`runners.engine.trial.Trained`) to `path`; returns the payload
-    bytes."""
+    bytes. `standardization` (`Dataset.standardization`) is kept in a packed file's model, so
+    that a reader can standardize raw inputs as the trial's training split was."""
     result = trained.result
     cfg = result.config
     return save_weights(
@@ -212,6 +227,7 @@ def save_trained(
             defaults=dict(type(trained.strategy).recipe.model_options),
             input_shape=tuple(input_shape),
             num_classes=num_classes,
+            standardization=standardization,
         ),
         packed=packed,
     )
@@ -346,9 +362,26 @@ def packed_model_spec(path: Path) -> ModelSpec:
             defaults=dict(spec["defaults"]),
             input_shape=tuple(int(d) for d in spec["input_shape"]),
             num_classes=int(spec["num_classes"]),
+            standardization=_standardization(spec.get("standardization")),
         )
     except Exception as e:  # a damaged header, an unpacked export, missing keys
         raise ValueError(f"{path}: no packed model in its header ({e})") from None
+
+
+def _standardization(value: Any) -> dict[str, list[Any]] | None:
+    """A model header's standardization, checked: a shape, and a mean and a positive std of
+    as many finite numbers as the shape holds. Files written before it have none."""
+    if value is None:
+        return None
+    shape = [int(d) for d in value["shape"]]
+    mean = [float(v) for v in value["mean"]]
+    std = [float(v) for v in value["std"]]
+    size = int(np.prod(shape)) if shape else 1
+    if min(shape, default=1) < 1 or len(mean) != size or len(std) != size:
+        raise ValueError(f"standardization of shape {shape} holds {len(mean)}/{len(std)} values")
+    if not all(np.isfinite(mean)) or not all(np.isfinite(std) & (np.asarray(std) > 0)):
+        raise ValueError("standardization holds a non-finite mean or a std that is not positive")
+    return {"shape": shape, "mean": mean, "std": std}
 
 
 def load_deployed(path: Path) -> nn.Module:

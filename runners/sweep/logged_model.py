@@ -3,8 +3,10 @@ view lists it and `mlflow.pyfunc.load_model("models:/<model id>")` loads it.
 
 The model is the packed file (`weights.safetensors`) and a small Python model that rebuilds
 the float network from it through `runners.engine.export.load_deployed`; its signature is the
-network's: float32 inputs of the dataset's shape, standardized as the trial's training split
-was, and one float32 logit a class out.
+network's: float32 inputs of the dataset's shape, as the dataset's files hold them (for example
+pixel values 0-255), and one float32 logit a class out. The model standardizes its inputs with
+the training split's statistics, which the packed file keeps; a file written without them
+(before bitsweep kept them) takes inputs standardized already.
 """
 
 from __future__ import annotations
@@ -38,22 +40,36 @@ MODEL_TYPE = "bitsweep-deployed"
 
 class DeployedModel(PythonModel):  # type: ignore[misc]
     """The float network a packed export stands for, as a pyfunc: `predict` takes a float32
-    array (N, *input_shape) and returns the logits (N, classes).
+    array (N, *input_shape) of raw inputs, standardizes it as the trial's training split was,
+    and returns the logits (N, classes).
 
     MLflow warns as this class is made that `predict` has no type hints (under a filter of its
     own, which no caller's filter overrides): a sweep imports this module while its
     third-party warnings go to its log (`runners.sweep.quiet`), not at start."""
 
     def load_context(self, context: Any) -> None:
+        import torch
+
         from runners.engine.export import load_deployed
 
-        self.model = load_deployed(Path(context.artifacts[WEIGHTS_ARTIFACT]))
+        path = Path(context.artifacts[WEIGHTS_ARTIFACT])
+        self.model = load_deployed(path)
+        scaling = packed_model_spec(path).standardization
+        self.scaling = None
+        if scaling is not None:
+            shape = scaling["shape"]
+            mean = torch.tensor(scaling["mean"], dtype=torch.float32).reshape(shape)
+            std = torch.tensor(scaling["std"], dtype=torch.float32).reshape(shape)
+            self.scaling = (mean, std)
 
     # No type hints: MLflow would read a schema off them; the signature is logged instead.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import torch
 
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        # A copy: standardizing works in place, on the training split's float32 arithmetic.
+        x = torch.tensor(np.asarray(model_input, dtype=np.float32))
+        if self.scaling is not None:
+            x.sub_(self.scaling[0]).div_(self.scaling[1])
         with torch.no_grad():
             return self.model(x).numpy()
 

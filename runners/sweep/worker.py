@@ -93,7 +93,12 @@ def trainable(
             from runners.engine.export import save_trained
 
             save_trained(
-                folder / WEIGHTS_FILE, trained, data.input_shape, data.num_classes, packed=True
+                folder / WEIGHTS_FILE,
+                trained,
+                data.input_shape,
+                data.num_classes,
+                packed=True,
+                standardization=data.standardization,
             )
         tune.report(final_metrics(result, node), checkpoint=tune.Checkpoint.from_directory(tmp))
 

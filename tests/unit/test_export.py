@@ -112,3 +112,70 @@ def test_a_file_whose_metadata_lies_is_refused_before_it_costs_memory(
 
 def test_the_rewritten_file_itself_loads(packed_file: Path, tmp_path: Path) -> None:
     load_deployed(_rewritten(packed_file, tmp_path / "same.safetensors", lambda m: None))
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(digits):
+    return train(TrialConfig(strategy="full_precision", epochs=1), dataset=digits)
+
+
+def _pyfunc(path: Path):
+    from types import SimpleNamespace
+
+    from runners.sweep.logged_model import WEIGHTS_ARTIFACT, DeployedModel
+
+    model = DeployedModel()
+    model.load_context(SimpleNamespace(artifacts={WEIGHTS_ARTIFACT: str(path)}))
+    return model
+
+
+def test_the_logged_model_takes_inputs_as_the_files_hold_them(digits, trained_mlp, tmp_path):
+    """The packed file keeps the training split's statistics, and the pyfunc standardizes raw
+    inputs with them: its logits on the raw test split are the network's on the standardized
+    one, bit for bit."""
+    from runners.engine.data import _read
+    from runners.engine.export import packed_model_spec
+
+    path = tmp_path / "w.safetensors"
+    std = digits.standardization
+    assert std is not None and std["shape"] == [1, 1, 1]  # digits: one channel
+    save_trained(
+        path, trained_mlp, digits.input_shape, digits.num_classes, packed=True, standardization=std
+    )
+    assert packed_model_spec(path).standardization == std
+    raw = np.asarray(_read("digits").x_test, dtype=np.float32)
+    assert raw.max() == 16.0  # digits' pixel values, 0 to 16
+    with torch.no_grad():
+        expected = load_deployed(path)(digits.x_test).numpy()
+    assert np.array_equal(_pyfunc(path).predict(None, raw), expected)
+
+
+def test_a_file_without_statistics_takes_standardized_inputs(digits, trained_mlp, tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_trained(path, trained_mlp, digits.input_shape, digits.num_classes, packed=True)
+    with torch.no_grad():
+        expected = load_deployed(path)(digits.x_test).numpy()
+    assert np.array_equal(_pyfunc(path).predict(None, digits.x_test.numpy()), expected)
+
+
+@pytest.mark.parametrize(
+    ("standardization", "reason"),
+    [
+        ({"shape": [1, 1, 1], "mean": [0.0], "std": [0.0]}, "std that is not positive"),
+        ({"shape": [1, 1, 1], "mean": [float("nan")], "std": [1.0]}, "non-finite mean"),
+        ({"shape": [3, 1, 1], "mean": [0.0], "std": [1.0]}, "holds 1/1 values"),
+        ({"shape": [1], "mean": [0.0]}, "std"),
+    ],
+)
+def test_a_file_whose_statistics_lie_is_refused(
+    packed_file: Path, tmp_path: Path, standardization, reason: str
+) -> None:
+    from runners.engine.export import packed_model_spec
+
+    bad = _rewritten(
+        packed_file,
+        tmp_path / "bad.safetensors",
+        lambda m: m["model"].update(standardization=standardization),
+    )
+    with pytest.raises(ValueError, match=reason):
+        packed_model_spec(bad)
