@@ -177,6 +177,13 @@ def sweep(
         )
 
 
+# The board's columns of text with spaces, which wrap onto a second line where the table would
+# be wider than the screen.
+WRAPPING_BOARD_COLUMNS = ("95% CI", "vs #1", "gap to float", "search")
+# The columns a screen too narrow for the whole board leaves out, in this order.
+OPTIONAL_BOARD_COLUMNS = ("search", "val", "95% CI", "gap to float")
+
+
 # (header, cell of a board row): a board as a table of at most 160 columns.
 def _board_columns() -> list[tuple[str, Any]]:
     from runners.board.render import (
@@ -213,22 +220,61 @@ def with_short_ids(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**r, "short_trial_id": str(r.get("trial_id") or "")[:SHORT_ID]} for r in rows]
 
 
-def show_board(rows: list[dict[str, Any]], title: str) -> None:
-    """One sweep's board as a table, and how it is measured in one line under it."""
+def _least_width(header: str, cells: list[str]) -> int:
+    """A board column's least width: its longest word where it wraps, its widest cell where it
+    does not (a number is never cut)."""
+    texts = [header, *cells]
+    if header in WRAPPING_BOARD_COLUMNS:
+        return max((len(w) for text in texts for w in text.split()), default=1)
+    return max(14 if header == "strategy" else 1, *(len(text) for text in texts))
+
+
+def _board_table(title: str, columns: list[tuple[str, list[str]]]) -> tuple[Table, int]:
+    """The board's table of (header, cells) columns, and the least width it takes. A column of
+    text with spaces wraps at them where the screen is narrow, never inside a word."""
     table = Table(title=title, title_justify="left")
-    columns = _board_columns()
-    for header, _ in columns:
+    least = 1  # the right border; each column adds its padding and left border
+    for header, cells in columns:
+        width = _least_width(header, cells)
+        least += width + 3
         table.add_column(
             header,
             justify="left" if header in ("strategy", "vs #1", "seeds", "trial") else "right",
-            no_wrap=True,
-            min_width=14 if header == "strategy" else None,
+            no_wrap=header not in WRAPPING_BOARD_COLUMNS,
+            min_width=width,
         )
-    for r in with_short_ids(rows):
-        table.add_row(*[cell(r) for _, cell in columns])
+    for row in zip(*(cells for _, cells in columns), strict=True):
+        table.add_row(*row)
+    return table, least
+
+
+def show_board(rows: list[dict[str, Any]], title: str) -> None:
+    """One sweep's board as a table, and how it is measured in one line under it. On a screen
+    too narrow for every column, the columns of `OPTIONAL_BOARD_COLUMNS` are left out in turn,
+    and a line says which; narrower still, the table is wider than the screen rather than
+    cut."""
     if not out.is_terminal:
         out.width = BOARD_WIDTH  # rich would assume 80
-    out.print(table)
+    shown = with_short_ids(rows)
+    columns = [(header, [cell(r) for r in shown]) for header, cell in _board_columns()]
+    table, least = _board_table(title, columns)
+    left_out: list[str] = []
+    for header in OPTIONAL_BOARD_COLUMNS:
+        if least <= out.width:
+            break
+        left_out.append(header)
+        table, least = _board_table(title, [c for c in columns if c[0] not in left_out])
+    screen = out.width
+    out.width = max(screen, least)  # Rich's own width for print() can only be narrower
+    try:
+        out.print(table, crop=False)
+    finally:
+        out.width = screen
+    if left_out:
+        out.print(
+            f"not shown at {screen} columns: {', '.join(left_out)} (a wider window shows them)",
+            soft_wrap=True,
+        )
     if any(r.get("status") == "unconfirmed" for r in rows):
         out.print(
             "unconfirmed: one seed, the search trial's own; no spread, no test", soft_wrap=True

@@ -157,6 +157,63 @@ def test_the_board_of_a_sweep_ends_with_the_trial_id(capsys):
     assert max(len(ln) for ln in out.splitlines()) <= 160
 
 
+def test_a_full_board_shows_every_number_whole_in_a_file_and_a_narrow_terminal(capsys, monkeypatch):
+    """A board of every column (a float row's 200800 bytes, the gap to float with its interval)
+    is wider than 160 columns: the intervals wrap at their spaces, a narrower screen leaves
+    columns out and says which, and no number is cut short."""
+    import io
+
+    from rich.console import Console
+
+    import service.cli.sweep as sweep
+
+    full = {
+        **board_row(2, "bit_regularization", "2361a3c4e5f6"),
+        "test_accuracy_ci_low": 0.9506,
+        "test_accuracy_ci_high": 0.9586,
+        "p_vs_best": 0.001,
+        "tied_with_best": False,
+        "gap_to_float": -0.0176,
+        "gap_to_float_ci_low": -0.0282,
+        "gap_to_float_ci_high": -0.0069,
+        "val_accuracy": 0.9583,
+        "weight_bytes": 200800.0,
+        "search_trials": 3,
+        "search_epochs": 24,
+    }
+    rows = [board_row(1, "full_precision", "a1b2c3d4"), full]
+    sweep.show_board(rows, "board")
+    in_a_file = capsys.readouterr().out
+    terminal = io.StringIO()
+    monkeypatch.setattr(
+        sweep, "out", Console(file=terminal, force_terminal=True, width=120, color_system=None)
+    )
+    sweep.show_board(rows, "board")
+    for out, width in ((in_a_file, 160), (terminal.getvalue(), 120)):
+        table = [ln for ln in out.splitlines() if ln[:1] in "┏┃┡│└"]
+        assert max(len(ln) for ln in table) <= width
+        assert "…" not in out
+        for text in ("0.9000 ± 0.0100", "200800", "2361a3c4", "-0.0176", "[-0.0282,"):
+            assert text in out, (width, text, out)
+        assert "apart" in out and "(p=0.001)" in out
+    assert "0.9583" in in_a_file and "3 tr / 24 ep" in in_a_file
+    # 120 columns leave out the search budget, and say so.
+    narrow = terminal.getvalue()
+    assert "24 ep" not in narrow and "0.9583" in narrow
+    assert "not shown at 120 columns: search (a wider window shows them)" in narrow
+    # Too narrow for the essential columns: those whole, the table as wide as they need.
+    tiny = io.StringIO()
+    monkeypatch.setattr(
+        sweep, "out", Console(file=tiny, force_terminal=True, width=60, color_system=None)
+    )
+    sweep.show_board(rows, "board")
+    shown = tiny.getvalue()
+    assert "not shown at 60 columns: search, val, 95% CI, gap to float" in shown
+    for text in ("0.9000 ± 0.0100", "200800", "2361a3c4", "apart", "(p=0.001)"):
+        assert text in shown, (text, shown)
+    assert "…" not in shown and sweep.out.width == 60
+
+
 @pytest.mark.parametrize("sweeps", [1, 2])
 def test_every_trial_table_shows_the_trial_id_with_one_sweep_or_several(capsys, sweeps):
     from service.cli.sweep import show_rows
