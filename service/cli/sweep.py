@@ -184,7 +184,7 @@ WRAPPING_BOARD_COLUMNS = ("95% CI", "vs #1", "gap to float", "search")
 OPTIONAL_BOARD_COLUMNS = ("search", "val", "95% CI", "gap to float")
 
 
-# (header, cell of a board row): a board as a table of at most 160 columns.
+# (header, cell of a board row): the board's columns.
 def _board_columns() -> list[tuple[str, Any]]:
     from runners.board.render import (
         accuracy_text,
@@ -301,7 +301,8 @@ BOARD_COLUMNS = (
 )
 # With rows from several sweeps the table also shows each row's sweep and epochs, and is wider.
 SWEEP_COLUMNS = (("sweep_id", "sweep"), ("epochs", "ep"))
-WIDTH, SWEEPS_WIDTH, BOARD_WIDTH = 100, 130, 160  # of the table in a file or a pipe
+# Of the table in a file or a pipe: the board's every column on one line a row (about 165).
+WIDTH, SWEEPS_WIDTH, BOARD_WIDTH = 100, 130, 180
 
 
 def show_rows(rows: list[dict[str, Any]], title: str) -> None:

@@ -154,13 +154,13 @@ def test_the_board_of_a_sweep_ends_with_the_trial_id(capsys):
     out = capsys.readouterr().out
     assert header_cells(out)[-1] == "trial"
     assert "a1b2c3d4" in out and "a1b2c3d4e5" not in out
-    assert max(len(ln) for ln in out.splitlines()) <= 160
+    assert max(len(ln) for ln in out.splitlines()) <= 180
 
 
 def test_a_full_board_shows_every_number_whole_in_a_file_and_a_narrow_terminal(capsys, monkeypatch):
     """A board of every column (a float row's 200800 bytes, the gap to float with its interval)
-    is wider than 160 columns: the intervals wrap at their spaces, a narrower screen leaves
-    columns out and says which, and no number is cut short."""
+    takes a line a row in a file. On a screen too narrow for it, columns are left out in turn
+    and a line says which, the intervals wrap at their spaces, and no number is cut short."""
     import io
 
     from rich.console import Console
@@ -189,7 +189,9 @@ def test_a_full_board_shows_every_number_whole_in_a_file_and_a_narrow_terminal(c
         sweep, "out", Console(file=terminal, force_terminal=True, width=120, color_system=None)
     )
     sweep.show_board(rows, "board")
-    for out, width in ((in_a_file, 160), (terminal.getvalue(), 120)):
+    (line,) = [ln for ln in in_a_file.splitlines() if "bit_regularization" in ln]
+    assert "-0.0176 [-0.0282, -0.0069]" in line and "3 tr / 24 ep" in line
+    for out, width in ((in_a_file, 180), (terminal.getvalue(), 120)):
         table = [ln for ln in out.splitlines() if ln[:1] in "┏┃┡│└"]
         assert max(len(ln) for ln in table) <= width
         assert "…" not in out
