@@ -220,32 +220,63 @@ def with_short_ids(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**r, "short_trial_id": str(r.get("trial_id") or "")[:SHORT_ID]} for r in rows]
 
 
-def _least_width(header: str, cells: list[str]) -> int:
-    """A board column's least width: its longest word where it wraps, its widest cell where it
-    does not (a number is never cut)."""
+def _least_width(header: str, cells: list[str], wraps: bool, folds: bool) -> int:
+    """A column's least width: a few characters where it folds (an id), its longest word where
+    it wraps, its widest cell where it does neither (a number is never cut)."""
     texts = [header, *cells]
-    if header in WRAPPING_BOARD_COLUMNS:
+    if folds:
+        return 8
+    if wraps:
         return max((len(w) for text in texts for w in text.split()), default=1)
     return max(14 if header == "strategy" else 1, *(len(text) for text in texts))
 
 
-def _board_table(title: str, columns: list[tuple[str, list[str]]]) -> tuple[Table, int]:
-    """The board's table of (header, cells) columns, and the least width it takes. A column of
-    text with spaces wraps at them where the screen is narrow, never inside a word."""
+def _whole_table(
+    title: str,
+    columns: list[tuple[str, list[str]]],
+    *,
+    left: tuple[str, ...],
+    wrapping: tuple[str, ...] = (),
+    folding: tuple[str, ...] = (),
+) -> tuple[Table, int]:
+    """A table of (header, cells) columns, and the least width it takes. A column of
+    `wrapping` wraps at its spaces, one of `folding` anywhere; every other cell stays whole."""
     table = Table(title=title, title_justify="left")
     least = 1  # the right border; each column adds its padding and left border
     for header, cells in columns:
-        width = _least_width(header, cells)
+        wraps, folds = header in wrapping, header in folding
+        width = _least_width(header, cells, wraps, folds)
         least += width + 3
         table.add_column(
             header,
-            justify="left" if header in ("strategy", "vs #1", "seeds", "trial") else "right",
-            no_wrap=header not in WRAPPING_BOARD_COLUMNS,
+            justify="left" if header in left else "right",
+            no_wrap=not (wraps or folds),
+            overflow="fold",
             min_width=width,
         )
     for row in zip(*(cells for _, cells in columns), strict=True):
         table.add_row(*row)
     return table, least
+
+
+def _print_whole(table: Table, least: int) -> None:
+    """`table` at the screen's width, or at `least` where the screen is narrower: wider than
+    the screen rather than cut."""
+    screen = out.width
+    out.width = max(screen, least)  # Rich's own width for print() can only be narrower
+    try:
+        out.print(table, crop=False)
+    finally:
+        out.width = screen
+
+
+def _board_table(title: str, columns: list[tuple[str, list[str]]]) -> tuple[Table, int]:
+    return _whole_table(
+        title,
+        columns,
+        left=("strategy", "vs #1", "seeds", "trial"),
+        wrapping=WRAPPING_BOARD_COLUMNS,
+    )
 
 
 def show_board(rows: list[dict[str, Any]], title: str) -> None:
@@ -264,15 +295,10 @@ def show_board(rows: list[dict[str, Any]], title: str) -> None:
             break
         left_out.append(header)
         table, least = _board_table(title, [c for c in columns if c[0] not in left_out])
-    screen = out.width
-    out.width = max(screen, least)  # Rich's own width for print() can only be narrower
-    try:
-        out.print(table, crop=False)
-    finally:
-        out.width = screen
+    _print_whole(table, least)
     if left_out:
         out.print(
-            f"not shown at {screen} columns: {', '.join(left_out)} (a wider window shows them)",
+            f"not shown at {out.width} columns: {', '.join(left_out)} (a wider window shows them)",
             soft_wrap=True,
         )
     if any(r.get("status") == "unconfirmed" for r in rows):
@@ -314,25 +340,22 @@ def show_rows(rows: list[dict[str, Any]], title: str) -> None:
     several = several_sweeps(rows)
     if several:
         columns = [*columns[:2], *SWEEP_COLUMNS, *columns[2:]]
-    table = Table(title=title, title_justify="left")
-    for key, header in columns:
-        fold = key == "sweep_id"
-        table.add_column(
+    cells = [
+        (
             header,
-            justify="left" if key in ("strategy", "trial_id") or fold else "right",
-            no_wrap=not fold,
-            overflow="fold" if fold else "ellipsis",
-        )
-    for r in with_short_ids(rows):
-        table.add_row(
-            *[
+            [
                 r["short_trial_id"] if key == "trial_id" else format_cell(r.get(key))
-                for key, _ in columns
-            ]
+                for r in with_short_ids(rows)
+            ],
         )
+        for key, header in columns
+    ]
     if not out.is_terminal:
         out.width = SWEEPS_WIDTH if several else WIDTH  # rich would assume 80
-    out.print(table)
+    table, least = _whole_table(
+        title, cells, left=("strategy", "trial", "sweep"), folding=("sweep",)
+    )
+    _print_whole(table, least)
 
 
 # The query's fields, as this command's options.
