@@ -270,12 +270,16 @@ def _print_whole(table: Table, least: int) -> None:
         out.width = screen
 
 
-def _board_table(title: str, columns: list[tuple[str, list[str]]]) -> tuple[Table, int]:
+def _board_table(
+    title: str, columns: list[tuple[str, list[str]]], *, tight: bool = False
+) -> tuple[Table, int]:
+    """The board's table; `tight`, for a screen too narrow for its essential columns, also
+    wraps the test accuracy between its mean and its spread."""
     return _whole_table(
         title,
         columns,
         left=("strategy", "vs #1", "seeds", "trial"),
-        wrapping=WRAPPING_BOARD_COLUMNS,
+        wrapping=WRAPPING_BOARD_COLUMNS + (("test accuracy",) if tight else ()),
     )
 
 
@@ -295,6 +299,9 @@ def show_board(rows: list[dict[str, Any]], title: str) -> None:
             break
         left_out.append(header)
         table, least = _board_table(title, [c for c in columns if c[0] not in left_out])
+    if least > out.width:
+        kept = [c for c in columns if c[0] not in left_out]
+        table, least = _board_table(title, kept, tight=True)
     _print_whole(table, least)
     if left_out:
         out.print(
