@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -270,6 +271,34 @@ def _print_whole(table: Table, least: int) -> None:
         out.width = screen
 
 
+def _fitted(
+    columns: list[tuple[str, list[str]]],
+    optional: tuple[str, ...],
+    build: Callable[[list[tuple[str, list[str]]]], tuple[Table, int]],
+) -> tuple[Table, int, list[tuple[str, list[str]]], list[str]]:
+    """The table `build` makes of `columns`, leaving out those of `optional` in turn while it
+    is wider than the screen: (table, least width, the columns kept, the headers left out)."""
+    left_out: list[str] = []
+    kept = columns
+    table, least = build(kept)
+    for header in optional:
+        if least <= out.width:
+            break
+        if header in {h for h, _ in kept}:
+            left_out.append(header)
+            kept = [c for c in kept if c[0] != header]
+            table, least = build(kept)
+    return table, least, kept, left_out
+
+
+def _say_left_out(left_out: list[str]) -> None:
+    if left_out:
+        out.print(
+            f"not shown at {out.width} columns: {', '.join(left_out)} (a wider window shows them)",
+            soft_wrap=True,
+        )
+
+
 def _board_table(
     title: str, columns: list[tuple[str, list[str]]], *, tight: bool = False
 ) -> tuple[Table, int]:
@@ -292,22 +321,13 @@ def show_board(rows: list[dict[str, Any]], title: str) -> None:
         out.width = BOARD_WIDTH  # rich would assume 80
     shown = with_short_ids(rows)
     columns = [(header, [cell(r) for r in shown]) for header, cell in _board_columns()]
-    table, least = _board_table(title, columns)
-    left_out: list[str] = []
-    for header in OPTIONAL_BOARD_COLUMNS:
-        if least <= out.width:
-            break
-        left_out.append(header)
-        table, least = _board_table(title, [c for c in columns if c[0] not in left_out])
+    table, least, kept, left_out = _fitted(
+        columns, OPTIONAL_BOARD_COLUMNS, lambda cs: _board_table(title, cs)
+    )
     if least > out.width:
-        kept = [c for c in columns if c[0] not in left_out]
         table, least = _board_table(title, kept, tight=True)
     _print_whole(table, least)
-    if left_out:
-        out.print(
-            f"not shown at {out.width} columns: {', '.join(left_out)} (a wider window shows them)",
-            soft_wrap=True,
-        )
+    _say_left_out(left_out)
     if any(r.get("status") == "unconfirmed" for r in rows):
         out.print(
             "unconfirmed: one seed, the search trial's own; no spread, no test", soft_wrap=True
@@ -332,6 +352,8 @@ BOARD_COLUMNS = (
     ("sparsity", "sparsity"),
     ("trial_id", "trial"),
 )
+# The columns of a trial table a narrow screen leaves out, in this order.
+OPTIONAL_ROW_COLUMNS = ("ratio", "sparsity", "entropy", "unique", "ep")
 # With rows from several sweeps the table also shows each row's sweep and epochs, and is wider.
 SWEEP_COLUMNS = (("sweep_id", "sweep"), ("epochs", "ep"))
 # Of the table in a file or a pipe: the board's every column on one line a row (about 165).
@@ -359,10 +381,13 @@ def show_rows(rows: list[dict[str, Any]], title: str) -> None:
     ]
     if not out.is_terminal:
         out.width = SWEEPS_WIDTH if several else WIDTH  # rich would assume 80
-    table, least = _whole_table(
-        title, cells, left=("strategy", "trial", "sweep"), folding=("sweep",)
+    table, least, _, left_out = _fitted(
+        cells,
+        OPTIONAL_ROW_COLUMNS,
+        lambda cs: _whole_table(title, cs, left=("strategy", "trial", "sweep"), folding=("sweep",)),
     )
     _print_whole(table, least)
+    _say_left_out(left_out)
 
 
 # The query's fields, as this command's options.

@@ -232,17 +232,13 @@ def test_every_trial_table_shows_the_trial_id_with_one_sweep_or_several(capsys, 
     assert max(len(ln) for ln in out.splitlines()) <= (130 if sweeps > 1 else 100)
 
 
-def test_a_trial_table_on_a_narrow_screen_is_wider_than_it_rather_than_cut(monkeypatch):
+def test_a_trial_table_on_a_narrow_screen_leaves_columns_out_and_cuts_no_cell(monkeypatch):
     import io
 
     from rich.console import Console
 
     import service.cli.sweep as sweep
 
-    screen = io.StringIO()
-    monkeypatch.setattr(
-        sweep, "out", Console(file=screen, force_terminal=True, width=60, color_system=None)
-    )
     row = {
         **board_row(1, "bit_regularization", "2361a3c4e5f6", "digits-benchmark-20261205-1"),
         "weight_bytes": 200800.0,
@@ -251,12 +247,21 @@ def test_a_trial_table_on_a_narrow_screen_is_wider_than_it_rather_than_cut(monke
         "weight_entropy_bits": 13.2,
         "sparsity": 0.0123,
     }
-    sweep.show_rows([row, {**row, "sweep_id": "digits-benchmark-20261205-2"}], "trials")
-    shown = screen.getvalue()
-    assert "…" not in shown
-    for text in ("bit_regularization", "200800", "12345", "13.2", "0.0123", "2361a3c4"):
-        assert text in shown, (text, shown)
-    assert sweep.out.width == 60
+    rows = [row, {**row, "sweep_id": "digits-benchmark-20261205-2"}]
+    shown = {}
+    for width in (160, 60):
+        screen = io.StringIO()
+        console = Console(file=screen, force_terminal=True, width=width, color_system=None)
+        monkeypatch.setattr(sweep, "out", console)
+        sweep.show_rows(rows, "trials")
+        shown[width] = screen.getvalue()
+        assert "…" not in shown[width] and sweep.out.width == width
+        for text in ("bit_regularization", "200800", "2361a3c4", "0.9"):
+            assert text in shown[width], (text, shown[width])
+    assert all(text in shown[160] for text in ("12345", "13.2", "0.0123"))
+    assert "not shown" not in shown[160]
+    assert "not shown at 60 columns: ratio, sparsity, entropy, unique, ep" in shown[60]
+    assert not any(text in shown[60] for text in ("12345", "13.2", "0.0123"))
 
 
 # -- 3. cancel, and the client's refusals ------------------------------------------------------
