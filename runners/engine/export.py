@@ -356,31 +356,39 @@ def packed_model_spec(path: Path) -> ModelSpec:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         spec = json.loads(meta["model"])
+        input_shape = tuple(int(d) for d in spec["input_shape"])
         return ModelSpec(
             name=str(spec["name"]),
             options=dict(spec["options"]),
             defaults=dict(spec["defaults"]),
-            input_shape=tuple(int(d) for d in spec["input_shape"]),
+            input_shape=input_shape,
             num_classes=int(spec["num_classes"]),
-            standardization=_standardization(spec.get("standardization")),
+            standardization=_standardization(spec.get("standardization"), input_shape),
         )
     except Exception as e:  # a damaged header, an unpacked export, missing keys
         raise ValueError(f"{path}: no packed model in its header ({e})") from None
 
 
-def _standardization(value: Any) -> dict[str, list[Any]] | None:
-    """A model header's standardization, checked: a shape, and a mean and a positive std of
-    as many finite numbers as the shape holds. Files written before it have none."""
+def _standardization(value: Any, input_shape: tuple[int, ...]) -> dict[str, list[Any]] | None:
+    """A model header's standardization, checked: a shape of the input's rank whose every
+    dimension is 1 or the input's (per channel, or per feature), and a finite mean and a
+    positive std of as many numbers as it holds. Files written before it have none."""
     if value is None:
         return None
     shape = [int(d) for d in value["shape"]]
     mean = [float(v) for v in value["mean"]]
     std = [float(v) for v in value["std"]]
+    if len(shape) != len(input_shape) or any(
+        d not in (1, n) for d, n in zip(shape, input_shape, strict=True)
+    ):
+        raise ValueError(f"standardization of shape {shape} does not fit inputs {input_shape}")
     size = int(np.prod(shape)) if shape else 1
-    if min(shape, default=1) < 1 or len(mean) != size or len(std) != size:
+    if len(mean) != size or len(std) != size:
         raise ValueError(f"standardization of shape {shape} holds {len(mean)}/{len(std)} values")
-    if not all(np.isfinite(mean)) or not all(np.isfinite(std) & (np.asarray(std) > 0)):
-        raise ValueError("standardization holds a non-finite mean or a std that is not positive")
+    if not np.isfinite(mean).all():
+        raise ValueError("standardization holds a mean that is not finite")
+    if not (np.isfinite(std) & (np.asarray(std) > 0)).all():
+        raise ValueError("standardization holds a std that is not a positive number")
     return {"shape": shape, "mean": mean, "std": std}
 
 

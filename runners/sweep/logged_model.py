@@ -3,10 +3,11 @@ view lists it and `mlflow.pyfunc.load_model("models:/<model id>")` loads it.
 
 The model is the packed file (`weights.safetensors`) and a small Python model that rebuilds
 the float network from it through `runners.engine.export.load_deployed`; its signature is the
-network's: float32 inputs of the dataset's shape, as the dataset's files hold them (for example
-pixel values 0-255), and one float32 logit a class out. The model standardizes its inputs with
-the training split's statistics, which the packed file keeps; a file written without them
-(before bitsweep kept them) takes inputs standardized already.
+network's: float32 inputs of the dataset's shape, `(N, C, H, W)` or `(N, F)`, with the values
+as the dataset's files hold them (for example pixel values 0-255), and one float32 logit a
+class out. The model standardizes its inputs with the training split's statistics (per channel
+or per feature), which the packed file keeps; a file written without them (before bitsweep
+kept them) takes inputs standardized already.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
+from rich.segment import Segment, Segments
 from rich.table import Table
 
 from schemas.secrets import masked
@@ -260,15 +261,23 @@ def _whole_table(
     return table, least
 
 
+def _rendered_width(table: Table, width: int) -> int:
+    """The width `table` takes when Rich lays it out for a screen of `width` columns: more
+    than `width` where its cells cannot be narrowed that far (Rich narrows the columns that
+    wrap evenly, then widens each back to its least width)."""
+    # render(), not render_lines(): the latter crops every line to the width.
+    lines = Segment.split_lines(out.render(table, out.options.update_width(width)))
+    return max((Segment.get_line_length(line) for line in lines), default=0)
+
+
 def _print_whole(table: Table, least: int) -> None:
-    """`table` at the screen's width, or at `least` where the screen is narrower: wider than
-    the screen rather than cut."""
-    screen = out.width
-    out.width = max(screen, least)  # Rich's own width for print() can only be narrower
-    try:
+    """`table` at the screen's width, or where it does not fit, laid out at `least` columns
+    and printed wider than the screen rather than cut."""
+    if _rendered_width(table, out.width) <= out.width:
         out.print(table, crop=False)
-    finally:
-        out.width = screen
+        return
+    wide = out.options.update_width(max(out.width, least))
+    out.print(Segments(list(out.render(table, wide))), crop=False, end="")
 
 
 def _fitted(
@@ -282,7 +291,7 @@ def _fitted(
     kept = columns
     table, least = build(kept)
     for header in optional:
-        if least <= out.width:
+        if _rendered_width(table, out.width) <= out.width:
             break
         if header in {h for h, _ in kept}:
             left_out.append(header)
@@ -324,7 +333,7 @@ def show_board(rows: list[dict[str, Any]], title: str) -> None:
     table, least, kept, left_out = _fitted(
         columns, OPTIONAL_BOARD_COLUMNS, lambda cs: _board_table(title, cs)
     )
-    if least > out.width:
+    if _rendered_width(table, out.width) > out.width:
         table, least = _board_table(title, kept, tight=True)
     _print_whole(table, least)
     _say_left_out(left_out)

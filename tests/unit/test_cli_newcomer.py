@@ -232,6 +232,39 @@ def test_every_trial_table_shows_the_trial_id_with_one_sweep_or_several(capsys, 
     assert max(len(ln) for ln in out.splitlines()) <= (130 if sweeps > 1 else 100)
 
 
+def test_the_board_fits_every_screen_from_80_columns_whole(monkeypatch):
+    """At every width from 80 to 170 columns the board as Rich lays it out fits the screen
+    (Rich narrows wrapping columns evenly, then widens each back to its least width: the fit
+    is checked on the layout, not on a sum of widths), and no number is cut."""
+    import io
+
+    from rich.console import Console
+
+    import service.cli.sweep as sweep
+
+    full = {
+        **board_row(2, "bit_regularization", "2361a3c4e5f6"),
+        "test_accuracy_ci_low": 0.9506,
+        "test_accuracy_ci_high": 0.9586,
+        "p_vs_best": 0.001,
+        "gap_to_float": -0.0176,
+        "gap_to_float_ci_low": -0.0282,
+        "gap_to_float_ci_high": -0.0069,
+        "weight_bytes": 200800.0,
+        "search_trials": 3,
+        "search_epochs": 24,
+    }
+    for width in range(80, 171):
+        screen = io.StringIO()
+        console = Console(file=screen, force_terminal=True, width=width, color_system=None)
+        monkeypatch.setattr(sweep, "out", console)
+        sweep.show_board([board_row(1, "full_precision", "a1b2c3d4"), full], "board")
+        shown = screen.getvalue()
+        table = [ln for ln in shown.splitlines() if ln[:1] in "┏┃┡│└"]
+        assert max(len(ln) for ln in table) <= width, (width, shown)
+        assert "…" not in shown and "200800" in shown and "0.0100" in shown, (width, shown)
+
+
 def test_a_trial_table_on_a_narrow_screen_leaves_columns_out_and_cuts_no_cell(monkeypatch):
     import io
 

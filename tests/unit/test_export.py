@@ -161,10 +161,13 @@ def test_a_file_without_statistics_takes_standardized_inputs(digits, trained_mlp
 @pytest.mark.parametrize(
     ("standardization", "reason"),
     [
-        ({"shape": [1, 1, 1], "mean": [0.0], "std": [0.0]}, "std that is not positive"),
-        ({"shape": [1, 1, 1], "mean": [float("nan")], "std": [1.0]}, "non-finite mean"),
-        ({"shape": [3, 1, 1], "mean": [0.0], "std": [1.0]}, "holds 1/1 values"),
-        ({"shape": [1], "mean": [0.0]}, "std"),
+        ({"shape": [1, 1, 1], "mean": [0.0], "std": [0.0]}, "std that is not a positive"),
+        ({"shape": [1, 1, 1], "mean": [float("nan")], "std": [1.0]}, "mean that is not finite"),
+        ({"shape": [1, 8, 8], "mean": [0.0], "std": [1.0]}, "holds 1/1 values"),
+        # digits' inputs are (1, 8, 8): three channels, or a shape of another rank, do not fit
+        ({"shape": [3, 1, 1], "mean": [0.0] * 3, "std": [1.0] * 3}, "does not fit inputs"),
+        ({"shape": [8], "mean": [0.0] * 8, "std": [1.0] * 8}, "does not fit inputs"),
+        ({"shape": [1, 1, 1], "mean": [0.0]}, "std"),
     ],
 )
 def test_a_file_whose_statistics_lie_is_refused(
