@@ -66,14 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             trained = train(config, dataset=data)
             trial_s = time.perf_counter() - t0
             weights = folder / f"{model}.safetensors"
-            save_trained(
-                weights,
-                trained,
-                data.input_shape,
-                data.num_classes,
-                packed=True,
-                standardization=data.standardization,
-            )
+            save_trained(weights, trained, data, packed=True)
             run_id = client.create_run(exp).info.run_id
             t0 = time.perf_counter()
             log_deployed_model(client, exp, run_id, weights, name=model)

@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from strategies.exported import Encoding, ExportedLayer
+
+if TYPE_CHECKING:
+    from runners.engine.data import Dataset
 
 FORMAT = "bitsweep.weights/1"
 PACKED_FORMAT = "bitsweep.packed/1"
@@ -200,18 +203,10 @@ def save_weights(
     return payload
 
 
-def save_trained(
-    path: Path,
-    trained: Any,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    *,
-    packed: bool,
-    standardization: dict[str, list[Any]] | None = None,
-) -> int:
-    """Export a finished trial (`runners.engine.trial.Trained`) to `path`; returns the payload
-    bytes. `standardization` (`Dataset.standardization`) is kept in a packed file's model, so
-    that a reader can standardize raw inputs as the trial's training split was."""
+def save_trained(path: Path, trained: Any, data: Dataset, *, packed: bool) -> int:
+    """Export a finished trial (`runners.engine.trial.Trained`) trained on `data` to `path`;
+    returns the payload bytes. A packed file's model keeps the data's input shape, classes and
+    standardization, so that a reader can standardize raw inputs as the training split was."""
     result = trained.result
     cfg = result.config
     return save_weights(
@@ -225,9 +220,9 @@ def save_trained(
             name=cfg.model,
             options=dict(cfg.model_options),
             defaults=dict(type(trained.strategy).recipe.model_options),
-            input_shape=tuple(input_shape),
-            num_classes=num_classes,
-            standardization=standardization,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            standardization=data.standardization,
         ),
         packed=packed,
     )

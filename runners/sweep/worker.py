@@ -92,14 +92,7 @@ def trainable(
         if export_weights:
             from runners.engine.export import save_trained
 
-            save_trained(
-                folder / WEIGHTS_FILE,
-                trained,
-                data.input_shape,
-                data.num_classes,
-                packed=True,
-                standardization=data.standardization,
-            )
+            save_trained(folder / WEIGHTS_FILE, trained, data, packed=True)
         tune.report(final_metrics(result, node), checkpoint=tune.Checkpoint.from_directory(tmp))
 
 

@@ -167,14 +167,7 @@ def train(
     if export is not None:
         from runners.engine.export import save_trained
 
-        save_trained(
-            export,
-            trained,
-            data.input_shape,
-            data.num_classes,
-            packed=not unpacked,
-            standardization=data.standardization,
-        )
+        save_trained(export, trained, data, packed=not unpacked)
     if as_json:
         sys.stdout.write(result.model_dump_json() + "\n")
         return

@@ -35,7 +35,7 @@ def test_packed_export_costs_its_weight_bytes_and_loads_back(name, digits, tmp_p
     epochs = 4 if name == "weight_fixing" else 2  # every weight fixed by the end
     trained = train(TrialConfig(strategy=name, epochs=epochs), dataset=digits)
     path = tmp_path / "w.safetensors"
-    payload = save_trained(path, trained, digits.input_shape, digits.num_classes, packed=True)
+    payload = save_trained(path, trained, digits, packed=True)
     cost = trained.result.weights.weight_bytes
     layers = len(trained.result.weights.layers)
     assert cost <= payload <= 1.1 * cost + layers  # + rounding each layer up to whole bytes
@@ -59,7 +59,7 @@ def test_packed_export_costs_its_weight_bytes_and_loads_back(name, digits, tmp_p
 def packed_file(digits, tmp_path_factory) -> Path:
     trained = train(TrialConfig(strategy="bit_learning", epochs=1), dataset=digits)
     path = tmp_path_factory.mktemp("packed") / "w.safetensors"
-    save_trained(path, trained, digits.input_shape, digits.num_classes, packed=True)
+    save_trained(path, trained, digits, packed=True)
     return path
 
 
@@ -139,9 +139,7 @@ def test_the_logged_model_takes_inputs_as_the_files_hold_them(digits, trained_ml
     path = tmp_path / "w.safetensors"
     std = digits.standardization
     assert std is not None and std["shape"] == [1, 1, 1]  # digits: one channel
-    save_trained(
-        path, trained_mlp, digits.input_shape, digits.num_classes, packed=True, standardization=std
-    )
+    save_trained(path, trained_mlp, digits, packed=True)
     assert packed_model_spec(path).standardization == std
     raw = np.asarray(_read("digits").x_test, dtype=np.float32)
     assert raw.max() == 16.0  # digits' pixel values, 0 to 16
@@ -151,8 +149,15 @@ def test_the_logged_model_takes_inputs_as_the_files_hold_them(digits, trained_ml
 
 
 def test_a_file_without_statistics_takes_standardized_inputs(digits, trained_mlp, tmp_path):
+    import dataclasses
+
+    from runners.engine.export import packed_model_spec
+
     path = tmp_path / "w.safetensors"
-    save_trained(path, trained_mlp, digits.input_shape, digits.num_classes, packed=True)
+    # As a file written before bitsweep kept the statistics.
+    unscaled = dataclasses.replace(digits, input_mean=None, input_std=None)
+    save_trained(path, trained_mlp, unscaled, packed=True)
+    assert packed_model_spec(path).standardization is None
     with torch.no_grad():
         expected = load_deployed(path)(digits.x_test).numpy()
     assert np.array_equal(_pyfunc(path).predict(None, digits.x_test.numpy()), expected)
