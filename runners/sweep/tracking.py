@@ -97,13 +97,14 @@ BOARD_VIEW: dict[str, Any] = {
 }
 
 
+# The runs page's query that opens `BOARD_VIEW`, in MLflow's "Model training" workspace (a
+# browser MLflow has not seen opens its GenAI one, whatever the experiment).
+BOARD_VIEW_QUERY = f"?viewStateShareKey={BOARD_VIEW_KEY}&workflowType=machine_learning"
+
+
 def board_view_url(experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
-    """Where MLflow's UI at `ui` shows `BOARD_VIEW` of an experiment, in its "Model training"
-    workspace (a browser MLflow has not seen opens its GenAI one, whatever the experiment)."""
-    return (
-        f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={BOARD_VIEW_KEY}"
-        "&workflowType=machine_learning"
-    )
+    """Where MLflow's UI at `ui` shows `BOARD_VIEW` of an experiment."""
+    return f"{ui}/#/experiments/{experiment_id}/runs{BOARD_VIEW_QUERY}"
 
 
 def describe_experiment(
@@ -115,9 +116,9 @@ def describe_experiment(
     exp = client.get_experiment(experiment_id)
     if exp.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
-    view = json.dumps(BOARD_VIEW, sort_keys=True)
-    if exp.tags.get(SHARED_VIEW_TAG_PREFIX + BOARD_VIEW_KEY) != view:
-        client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + BOARD_VIEW_KEY, view)
+    view, view_tag = json.dumps(BOARD_VIEW, sort_keys=True), SHARED_VIEW_TAG_PREFIX + BOARD_VIEW_KEY
+    if exp.tags.get(view_tag) != view:
+        client.set_experiment_tag(experiment_id, view_tag, view)
     if exp.tags.get(NOTE_TAG):
         return
     text = (
@@ -131,7 +132,7 @@ def describe_experiment(
         "confirm`), and a sweep's leaderboard.md reports their mean test accuracy with its 95% "
         "interval. Sort runs by test_accuracy here and you select on the test split: read "
         "leaderboard.md or `bitsweep leaderboard` instead. MLflow's view of the board: the "
-        f"runs page with `?viewStateShareKey={BOARD_VIEW_KEY}&workflowType=machine_learning` "
+        f"runs page with `{BOARD_VIEW_QUERY}` "
         "groups the confirmation runs "
         "by strategy with their means (every sweep's together: add "
         "`and tags.`bitsweep.sweep_id` = '...'` to the filter for one)."
