@@ -142,6 +142,26 @@ def board_row(rank: int, strategy: str, trial_id: str, sweep_id: str = "s-1") ->
     }
 
 
+def full_board() -> list[dict[str, Any]]:
+    """A board of two rows whose second fills every column: a float row's 200800 bytes, the
+    gap to float with its interval, Welch's test, the search budget."""
+    full = {
+        **board_row(2, "bit_regularization", "2361a3c4e5f6"),
+        "test_accuracy_ci_low": 0.9506,
+        "test_accuracy_ci_high": 0.9586,
+        "p_vs_best": 0.001,
+        "tied_with_best": False,
+        "gap_to_float": -0.0176,
+        "gap_to_float_ci_low": -0.0282,
+        "gap_to_float_ci_high": -0.0069,
+        "val_accuracy": 0.9583,
+        "weight_bytes": 200800.0,
+        "search_trials": 3,
+        "search_epochs": 24,
+    }
+    return [board_row(1, "full_precision", "a1b2c3d4"), full]
+
+
 def header_cells(out: str) -> list[str]:
     header = next(ln for ln in out.splitlines() if ln.startswith("┃"))
     return [c.strip() for c in header.strip("┃").split("┃")]
@@ -167,21 +187,7 @@ def test_a_full_board_shows_every_number_whole_in_a_file_and_a_narrow_terminal(c
 
     import service.cli.sweep as sweep
 
-    full = {
-        **board_row(2, "bit_regularization", "2361a3c4e5f6"),
-        "test_accuracy_ci_low": 0.9506,
-        "test_accuracy_ci_high": 0.9586,
-        "p_vs_best": 0.001,
-        "tied_with_best": False,
-        "gap_to_float": -0.0176,
-        "gap_to_float_ci_low": -0.0282,
-        "gap_to_float_ci_high": -0.0069,
-        "val_accuracy": 0.9583,
-        "weight_bytes": 200800.0,
-        "search_trials": 3,
-        "search_epochs": 24,
-    }
-    rows = [board_row(1, "full_precision", "a1b2c3d4"), full]
+    rows = full_board()
     sweep.show_board(rows, "board")
     in_a_file = capsys.readouterr().out
     terminal = io.StringIO()
@@ -242,23 +248,11 @@ def test_the_board_fits_every_screen_from_80_columns_whole(monkeypatch):
 
     import service.cli.sweep as sweep
 
-    full = {
-        **board_row(2, "bit_regularization", "2361a3c4e5f6"),
-        "test_accuracy_ci_low": 0.9506,
-        "test_accuracy_ci_high": 0.9586,
-        "p_vs_best": 0.001,
-        "gap_to_float": -0.0176,
-        "gap_to_float_ci_low": -0.0282,
-        "gap_to_float_ci_high": -0.0069,
-        "weight_bytes": 200800.0,
-        "search_trials": 3,
-        "search_epochs": 24,
-    }
     for width in range(80, 171):
         screen = io.StringIO()
         console = Console(file=screen, force_terminal=True, width=width, color_system=None)
         monkeypatch.setattr(sweep, "out", console)
-        sweep.show_board([board_row(1, "full_precision", "a1b2c3d4"), full], "board")
+        sweep.show_board(full_board(), "board")
         shown = screen.getvalue()
         table = [ln for ln in shown.splitlines() if ln[:1] in "┏┃┡│└"]
         assert max(len(ln) for ln in table) <= width, (width, shown)
